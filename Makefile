@@ -1,0 +1,29 @@
+# The two commands: `make run` and `make test`. Both start from nothing but Python 3.11 and git.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# Stage commands in dvc.yaml call `python`: put the venv first so they get its interpreter.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+# Runs on CPU without touching any hub: the embedded default builds its own model.
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test install clean
+
+# The stamp is rebuilt when pyproject.toml changes, so `make` re-installs after a dependency bump.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/dvc repro
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,150 @@
+"""What every stage does around its real work: params, atomic outputs, manifest, MLflow run.
+
+A stage script reads:
+
+    with stage_run("sft", out="models/sft", inputs=["models/base", "data/split"],
+                   params=["seed", "model", "sft"]) as run:
+        ...write files into run.dir...
+        run.metrics["val_loss"] = 1.23
+
+Files are written into a temporary sibling directory; only when the block succeeds is the manifest
+added and the directory renamed onto `out`, so a crash never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pedigree import lineage
+from pedigree.config import Params, load_params, section_dict
+
+
+@dataclass
+class StageRun:
+    name: str
+    dir: Path  # where the stage writes; becomes `out` on success
+    out: Path
+    params: Params
+    recorded_params: dict[str, Any]
+    upstream: list[dict[str, Any]]  # manifests of input directories that have one
+    input_hashes: dict[str, dict[str, str]]  # input path -> {relative file: sha256}
+    roots: dict[str, Any] = field(default_factory=dict)  # roots this stage introduces
+    details: dict[str, Any] = field(default_factory=dict)  # stage-specific manifest facts
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)  # small files in `dir` to attach to MLflow
+
+    def upstream_manifest(self, stage: str) -> dict[str, Any]:
+        for manifest in self.upstream:
+            if manifest["stage"] == stage:
+                return manifest
+        raise KeyError(f"stage {self.name!r} has no upstream {stage!r}")
+
+
+def _input_hashes(inputs: list[str]) -> dict[str, dict[str, str]]:
+    for rel in inputs:
+        if not Path(rel).exists():
+            raise FileNotFoundError(f"{rel}: input of this stage is missing; run `dvc repro`")
+    return {rel: lineage.file_hashes(Path(rel)) for rel in inputs}
+
+
+def _flat_inputs(input_hashes: dict[str, dict[str, str]]) -> list[dict[str, str]]:
+    """Every input file with its hash; a file input is listed under its own path."""
+    rows = []
+    for rel, files in input_hashes.items():
+        for sub, digest in files.items():
+            path = rel if Path(rel).is_file() else f"{rel}/{sub}"
+            rows.append({"path": path, "sha256": digest})
+    return sorted(rows, key=lambda r: r["path"])
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Put `src` at `dst`; the old `dst`, if any, is moved aside first and removed after."""
+    old = dst.with_name(f".{dst.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def build_manifest(run: StageRun) -> dict[str, Any]:
+    outputs = lineage.file_hashes(run.dir, exclude=(lineage.MANIFEST,))
+    out_prefix = run.out.as_posix()
+    return {
+        "schema_version": lineage.SCHEMA_VERSION,
+        "stage": run.name,
+        "inputs": _flat_inputs(run.input_hashes),
+        "outputs": [{"path": f"{out_prefix}/{p}", "sha256": h} for p, h in outputs.items()],
+        "outputs_sha256": lineage.hash_of_hashes(outputs),
+        "upstream": [
+            {"path": m["_path"], "stage": m["stage"], "outputs_sha256": m["outputs_sha256"]}
+            for m in run.upstream
+        ],
+        "roots": lineage.merge_roots(run.upstream, run.roots),
+        "params": run.recorded_params,
+        "params_sha256": lineage.sha256_json(run.recorded_params),
+        "code": lineage.code_identity(run.name),
+        "versions": lineage.library_versions(),
+        "seed": run.params.seed,
+        "details": run.details,
+    }
+
+
+@contextmanager
+def stage_run(name: str, *, out: str, inputs: list[str], params: list[str]) -> Iterator[StageRun]:
+    """Run a stage's body with validated params and publish its output atomically."""
+    all_params = load_params()
+    upstream = []
+    for rel in inputs:
+        if (Path(rel) / lineage.MANIFEST).is_file():
+            upstream.append({**lineage.read_manifest(Path(rel)), "_path": rel})
+    out_path = Path(out)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    run = StageRun(
+        name=name,
+        dir=tmp,
+        out=out_path,
+        params=all_params,
+        recorded_params=section_dict(all_params, params),
+        upstream=upstream,
+        input_hashes=_input_hashes(inputs),
+    )
+    try:
+        yield run
+        manifest = build_manifest(run)
+        lineage.write_manifest(tmp, manifest)
+        _replace_dir(tmp, out_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if all_params.tracking.enabled:
+        from pedigree import tracking
+
+        tracking.log_stage_run(
+            root=Path("."),
+            experiment=all_params.tracking.experiment,
+            manifest=manifest,
+            output_path=out,
+            metrics=run.metrics,
+            history=run.history,
+            datasets=_dataset_digests(run),
+            artifacts=[out_path / lineage.MANIFEST, *(out_path / a for a in run.artifacts)],
+        )
+    print(f"[{name}] wrote {out} ({manifest['outputs_sha256'][:12]})")
+
+
+def _dataset_digests(run: StageRun) -> dict[str, str]:
+    """Each input (directory or file) with its content hash, for `mlflow.log_input`."""
+    return {
+        rel: next(iter(files.values())) if Path(rel).is_file() else lineage.hash_of_hashes(files)
+        for rel, files in run.input_hashes.items()
+    }

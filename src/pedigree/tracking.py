@@ -1,0 +1,106 @@
+"""MLflow: one run per stage execution, tagged so that runs and artifacts find each other.
+
+Default store: SQLite at the repository root, by absolute path, so every process (and every queued
+DVC experiment) logs to the same place; `MLFLOW_TRACKING_URI` points at a team server instead.
+Weights are referenced by hash in tags, never copied into the artifact store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+TAG_PREFIX = "pedigree."
+# MLflow keeps dataset digests in a 36-character column; 32 hex of the sha256 fit (128 bits).
+DIGEST_CHARS = 32
+_PARAM_VALUE_LIMIT = 6000  # characters MLflow accepts per param value
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params as dotted keys with JSON-ish string values, the way MLflow stores them."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+            flat[name] = text[:_PARAM_VALUE_LIMIT]
+    return flat
+
+
+def stage_tags(manifest: dict[str, Any], output_path: str) -> dict[str, str]:
+    """The tags that tie a run to its artifact, its roots, its code and its upstream runs."""
+    roots = manifest["roots"]
+    base = roots.get("base_model") or {}
+    tags = {
+        "stage": manifest["stage"],
+        "output_path": output_path,
+        "outputs_sha256": manifest["outputs_sha256"],
+        "params_sha256": manifest["params_sha256"],
+        "data_sha256": roots.get("data_sha256") or "none",
+        "base_model.id": base.get("id") or "none",
+        "base_model.revision": base.get("revision") or "none",
+        "base_model.sha256": base.get("sha256") or "none",
+        "git_commit": manifest["code"]["git_commit"] or "none",
+        "code_sha256": manifest["code"]["source_sha256"],
+    }
+    for up in manifest["upstream"]:
+        tags[f"upstream.{up['stage']}"] = up["outputs_sha256"]
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    out = {TAG_PREFIX + k: v for k, v in tags.items()}
+    if manifest["code"]["git_commit"]:
+        out["mlflow.source.git.commit"] = manifest["code"]["git_commit"]
+    return out
+
+
+def log_stage_run(
+    *,
+    root: Path,
+    experiment: str,
+    manifest: dict[str, Any],
+    output_path: str,
+    metrics: dict[str, float],
+    history: list[tuple[int, dict[str, float]]],
+    datasets: dict[str, str],
+    artifacts: list[Path],
+) -> str:
+    """Record one finished stage as an MLflow run; returns the run id.
+
+    `datasets` maps an input path to its content hash; `history` holds (step, metrics) pairs for
+    training curves; `artifacts` are small files (manifest, reports, adapters) to attach.
+    """
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    mlflow.set_tracking_uri(tracking_uri(root))
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        # Without an explicit location, artifacts land in ./mlruns of whatever the cwd is.
+        location = (root / "mlartifacts").resolve().as_uri()
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            location = None  # a server decides where its artifacts go
+        mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=manifest["stage"]) as run:
+        mlflow.set_tags(stage_tags(manifest, output_path))
+        mlflow.log_params(flatten(manifest["params"]))
+        if metrics:
+            mlflow.log_metrics(metrics)
+        for step, values in history:
+            mlflow.log_metrics(values, step=step)
+        for path, digest in datasets.items():
+            source = LocalArtifactDatasetSource(str((root / path).resolve()))
+            dataset = MetaDataset(source, name=path, digest=digest[:DIGEST_CHARS])
+            mlflow.log_input(dataset, context=manifest["stage"])
+        for artifact in artifacts:
+            mlflow.log_artifact(str(artifact))
+        return run.info.run_id
