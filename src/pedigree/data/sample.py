@@ -1,0 +1,276 @@
+"""The shipped sample, generated deterministically: `python -m pedigree.data.sample`.
+
+Writes, from one seed:
+- `data/corpus/general.txt`: general text (simple English about places, animals and numbers) on
+  which the embedded base model is pretrained, so that fine-tuning has a real base to adapt and
+  forgetting can be measured;
+- `data/raw/`: SFT rows for four automatically checkable tasks (addition, JSON formatting, list
+  reversal, sorting) in two formats (alpaca, chat messages), and preference pairs; with planted
+  exact duplicates, near duplicates, malformed rows and rows copied from the eval set, so that
+  curation has real work to do;
+- `data/eval/task.jsonl`: held-out task prompts with references and how to match them;
+- `data/eval/general.jsonl`: held-out general text, the forgetting probe.
+
+The generator is part of the library so that the committed files can be re-created and checked
+(a test regenerates them and compares bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+SEED = 1234
+
+# ----------------------------------------------------------------------------- vocabulary
+ANIMALS = ["cat", "dog", "fox", "owl", "horse", "rabbit", "bear", "goat", "duck", "mouse",
+           "wolf", "deer", "frog", "eagle", "otter", "sheep"]
+COLORS = ["red", "blue", "green", "yellow", "black", "white", "brown", "grey", "orange", "purple"]
+ADJECTIVES = ["small", "quiet", "old", "young", "happy", "tired", "clever", "brave", "slow",
+              "quick", "gentle", "curious"]
+PLACES = ["river", "forest", "garden", "hill", "village", "field", "lake", "market", "bridge",
+          "valley", "harbor", "meadow"]
+VERBS = ["walked", "ran", "slept", "waited", "played", "sat", "looked", "sang", "rested", "hid"]
+PREPOSITIONS = ["near", "by", "across", "behind", "under", "beside", "past", "around"]
+NAMES = ["Alice", "Bruno", "Chen", "Dara", "Elif", "Farid", "Grace", "Hugo", "Ines", "Jonas",
+         "Kemal", "Lena", "Mateo", "Nora", "Omar", "Priya", "Quinn", "Rosa", "Sami", "Tara"]
+CITIES = {"Paris": "France", "Rome": "Italy", "Madrid": "Spain", "Berlin": "Germany",
+          "Lisbon": "Portugal", "Vienna": "Austria", "Oslo": "Norway", "Dublin": "Ireland",
+          "Athens": "Greece", "Warsaw": "Poland", "Prague": "Czechia", "Lima": "Peru"}
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
+          "September", "October", "November", "December"]
+FRUITS = ["apple", "pear", "plum", "grape", "lemon", "mango", "peach", "cherry", "melon", "kiwi"]
+
+
+# General sentences also name the operations the tasks ask for, so the tokenizer has words for
+# them and the base model has seen sums, orders and records before fine-tuning teaches the format.
+HOWTO = [
+    "Add the two numbers to find the total.",
+    "Sort the numbers in ascending order to put the smallest first.",
+    "Reverse the order of the list and the last item comes first.",
+    "Format the record as JSON with a name, an age and a city.",
+]
+
+
+def _sentence(rng: random.Random) -> str:
+    kind = rng.randrange(10)
+    if kind == 6:
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        return f"The sum of {a} and {b} is {a + b}."
+    if kind == 7:
+        nums = rng.sample(range(1, 100), 3)
+        low = sorted(nums)
+        return (f"From small to large, {nums[0]}, {nums[1]} and {nums[2]} are "
+                f"{low[0]}, {low[1]} and {low[2]}.")
+    if kind == 8:
+        name, age, city = rng.choice(NAMES), rng.randint(18, 90), rng.choice(list(CITIES))
+        record = json.dumps({"name": name, "age": age, "city": city})
+        return f"{name} is {age} years old and lives in {city}; as a record, {record}."
+    if kind == 9:
+        return rng.choice(HOWTO)
+    if kind == 0:
+        return (f"The {rng.choice(ADJECTIVES)} {rng.choice(ANIMALS)} {rng.choice(VERBS)} "
+                f"{rng.choice(PREPOSITIONS)} the {rng.choice(PLACES)}.")
+    if kind == 1:
+        city = rng.choice(list(CITIES))
+        return f"{city} is a city in {CITIES[city]}."
+    if kind == 2:
+        return (f"In {rng.choice(MONTHS)}, {rng.choice(NAMES)} bought {rng.randint(2, 40)} "
+                f"{rng.choice(FRUITS)}s at the {rng.choice(PLACES)} market.")
+    if kind == 3:
+        a, b = rng.randint(1, 30), rng.randint(1, 30)
+        return f"{rng.choice(NAMES)} had {a} {rng.choice(ANIMALS)}s and found {b} more."
+    if kind == 4:
+        return (f"The {rng.choice(PLACES)} was {rng.choice(COLORS)} and "
+                f"{rng.choice(ADJECTIVES)} in the morning.")
+    return (f"{rng.choice(NAMES)} and {rng.choice(NAMES)} {rng.choice(VERBS)} to the "
+            f"{rng.choice(PLACES)} with a {rng.choice(COLORS)} {rng.choice(ANIMALS)}.")
+
+
+def general_paragraph(rng: random.Random) -> str:
+    return " ".join(_sentence(rng) for _ in range(rng.randint(3, 6)))
+
+
+# ----------------------------------------------------------------------------- tasks
+# Each task maps an rng to (instruction, input, answer); `match` says how eval compares answers.
+TaskFn = Callable[[random.Random], tuple[str, str, str]]
+
+
+def task_add(rng: random.Random) -> tuple[str, str, str]:
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    return "Add the two numbers.", f"{a} + {b}", str(a + b)
+
+
+def task_json(rng: random.Random) -> tuple[str, str, str]:
+    name, age, city = rng.choice(NAMES), rng.randint(18, 90), rng.choice(list(CITIES))
+    record = json.dumps({"name": name, "age": age, "city": city})
+    return "Format the record as JSON.", f"name: {name}; age: {age}; city: {city}", record
+
+
+def task_reverse(rng: random.Random) -> tuple[str, str, str]:
+    words = rng.sample(ANIMALS + COLORS + FRUITS, rng.randint(3, 5))
+    return "Reverse the order of the list.", ", ".join(words), ", ".join(reversed(words))
+
+
+def task_sort(rng: random.Random) -> tuple[str, str, str]:
+    numbers = rng.sample(range(1, 100), rng.randint(3, 6))
+    return ("Sort the numbers in ascending order.", " ".join(map(str, numbers)),
+            " ".join(map(str, sorted(numbers))))
+
+
+TASKS: dict[str, tuple[TaskFn, str]] = {
+    "add": (task_add, "numeric"),
+    "json": (task_json, "json"),
+    "reverse": (task_reverse, "exact"),
+    "sort": (task_sort, "exact"),
+}
+
+
+def prompt_text(instruction: str, input_text: str) -> str:
+    """The user message an alpaca row becomes (the same rule `formats.py` applies)."""
+    return f"{instruction}\n\n{input_text}" if input_text else instruction
+
+
+def _wrong_answer(task: str, answer: str, rng: random.Random) -> str:
+    """A plausible but wrong answer: the rejected side of a preference pair."""
+    if task == "add":
+        return str(int(answer) + rng.choice([-3, -2, -1, 1, 2, 3]))
+    if task == "json":
+        return answer.replace('"', "'")  # not valid JSON
+    if task == "reverse":
+        items = answer.split(", ")
+        return ", ".join(reversed(items))  # the original order: not reversed
+    return " ".join(reversed(answer.split()))  # descending instead of ascending
+
+
+def _unique_examples(rng: random.Random, n_per_task: int, taken: set[str]) -> list[dict]:
+    """n distinct examples per task, none whose prompt is already in `taken`."""
+    rows = []
+    for task, (fn, match) in TASKS.items():
+        made = 0
+        while made < n_per_task:
+            instruction, input_text, answer = fn(rng)
+            prompt = prompt_text(instruction, input_text)
+            if prompt in taken:
+                continue
+            taken.add(prompt)
+            rows.append({"task": task, "instruction": instruction, "input": input_text,
+                         "output": answer, "prompt": prompt, "match": match})
+            made += 1
+    return rows
+
+
+# ----------------------------------------------------------------------------- writers
+def _alpaca(row: dict) -> dict:
+    return {"instruction": row["instruction"], "input": row["input"], "output": row["output"],
+            "task": row["task"]}
+
+
+def _chat(row: dict, rng: random.Random) -> dict:
+    messages = [{"role": "user", "content": row["prompt"]},
+                {"role": "assistant", "content": row["output"]}]
+    if rng.random() < 0.3:
+        messages.insert(0, {"role": "system", "content": "You are a precise assistant."})
+    return {"messages": messages, "task": row["task"]}
+
+
+def _near_duplicate(row: dict) -> dict:
+    """The same example with one word changed and trailing punctuation: not an exact copy."""
+    near = dict(row)
+    near["instruction"] = row["instruction"].replace("the", "these", 1).rstrip(".") + " please."
+    return near
+
+
+def _jsonl(rows: list) -> str:
+    return "".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
+                   for r in rows)
+
+
+# Malformed lines a real dataset has; each must end up in rejects.jsonl with a reason.
+MALFORMED_ALPACA = [
+    '{"instruction": "Add the two numbers.", "input": "3 + 4", "output": "7"',  # truncated JSON
+    '{"instruction": "Add the two numbers.", "input": "5 + 6"}',  # no output
+    '{"instruction": 42, "input": "", "output": "forty-two"}',  # wrong type
+    '{"instruction": "   ", "input": "", "output": "empty instruction"}',  # empty content
+    '{"instruction": "Sort the numbers in ascending order.", "input": "3 1 2", "output": ""}',
+    '{"instruction": "Describe the picture.", "input": "", "output": "<noinput>"}',  # placeholder
+    '["not", "an", "object"]',
+]
+MALFORMED_CHAT = [
+    '{"messages": [{"role": "user", "content": "Reverse the order of the list.\\n\\nred, cat"}]}',
+    '{"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "hello"}]}',
+    '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}',
+    '{"messages": "user: hi"}',
+]
+
+
+def generate(root: Path, seed: int = SEED) -> dict[str, Path]:
+    """Write the whole sample under `root`; returns the files written."""
+    rng = random.Random(seed)
+    taken: set[str] = set()
+    eval_rows = _unique_examples(rng, 20, taken)
+    train_rows = _unique_examples(rng, 250, taken)
+    pref_rows = _unique_examples(rng, 60, taken)
+    rng.shuffle(train_rows)
+
+    half = len(train_rows) // 2
+    alpaca = [_alpaca(r) for r in train_rows[:half]]
+    chat = [_chat(r, rng) for r in train_rows[half:]]
+    # Planted problems: exact duplicates (case and spacing differ), near duplicates, eval leaks.
+    for r in rng.sample(train_rows[:half], 12):
+        dup = _alpaca(r)
+        dup["instruction"] = "  " + dup["instruction"].upper() + " "
+        alpaca.append(dup)
+    for r in rng.sample(train_rows[:half], 8):
+        alpaca.append(_alpaca(_near_duplicate(r)))
+    for r in rng.sample(eval_rows, 6):
+        alpaca.append(_alpaca(r))
+    for r in rng.sample(eval_rows, 4):
+        chat.append(_chat(r, rng))
+    alpaca_lines: list = alpaca + MALFORMED_ALPACA
+    chat_lines: list = chat + MALFORMED_CHAT
+    rng.shuffle(alpaca_lines)
+    rng.shuffle(chat_lines)
+
+    prefs: list = []
+    for r in pref_rows:
+        prefs.append({"prompt": r["prompt"], "chosen": r["output"],
+                      "rejected": _wrong_answer(r["task"], r["output"], rng), "task": r["task"]})
+    prefs.append({"prompt": "Add the two numbers.\n\n1 + 1", "chosen": "2", "rejected": "2"})
+    prefs.append({"prompt": "Add the two numbers.\n\n2 + 2", "chosen": "4"})
+
+    corpus_rng = random.Random(seed + 1)
+    corpus = "\n".join(general_paragraph(corpus_rng) for _ in range(3000)) + "\n"
+    probe_rng = random.Random(seed + 2)
+    general = [{"id": f"general-{i:03d}", "text": general_paragraph(probe_rng)} for i in range(64)]
+    task_eval = [{"id": f"{r['task']}-{i:03d}", "task": r["task"], "prompt": r["prompt"],
+                  "reference": r["output"], "match": r["match"]}
+                 for i, r in enumerate(eval_rows)]
+
+    files = {
+        "corpus": root / "data/corpus/general.txt",
+        "sft_alpaca": root / "data/raw/sft_alpaca.jsonl",
+        "sft_chat": root / "data/raw/sft_chat.jsonl",
+        "preferences": root / "data/raw/preferences.jsonl",
+        "task_eval": root / "data/eval/task.jsonl",
+        "general_eval": root / "data/eval/general.jsonl",
+    }
+    contents = {
+        "corpus": corpus,
+        "sft_alpaca": _jsonl(alpaca_lines),
+        "sft_chat": _jsonl(chat_lines),
+        "preferences": _jsonl(prefs),
+        "task_eval": _jsonl(task_eval),
+        "general_eval": _jsonl(general),
+    }
+    for key, path in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(contents[key], encoding="utf-8")
+    return files
+
+
+if __name__ == "__main__":
+    for path in generate(Path(".")).values():
+        print(path)
