@@ -1,0 +1,95 @@
+"""Measurements on a loaded model: completion loss, general-text loss, greedy answers, logits."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from pedigree.train.chat import IGNORE_INDEX, Encoded, encode_completion, pad_batch, prompt_ids
+
+
+def _batches(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@torch.no_grad()
+def mean_token_loss(model, encoded: list[Encoded], pad_id: int, batch_size: int) -> float:
+    """Mean negative log-likelihood (nats/token) over every labelled token of every row."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in _batches(encoded, batch_size):
+        ids, mask, labels = pad_batch(batch, pad_id)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+            ignore_index=IGNORE_INDEX, reduction="sum",
+        )
+        total += float(nll)
+        count += int((target != IGNORE_INDEX).sum())
+    if count == 0:
+        raise ValueError("no labelled tokens to score (are the rows empty or all truncated?)")
+    return total / count
+
+
+def completion_loss(model, tokenizer, rows: list[dict[str, Any]], max_length: int,
+                    batch_size: int) -> float:
+    encoded = [encode_completion(tokenizer, r, max_length) for r in rows]
+    return mean_token_loss(model, encoded, tokenizer.pad_token_id, batch_size)
+
+
+def text_loss(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> float:
+    """Language-modelling loss on plain text (the general-ability probe)."""
+    encoded = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_length]
+        encoded.append(Encoded(ids, ids))
+    return mean_token_loss(model, encoded, tokenizer.pad_token_id, batch_size)
+
+
+@torch.no_grad()
+def greedy_answers(model, tokenizer, prompts: list[list[dict[str, str]]], max_new_tokens: int,
+                   batch_size: int) -> list[str]:
+    """Greedy completions through the chat template, batched with left padding."""
+    model.eval()
+    answers: list[str] = []
+    for batch in _batches(prompts, batch_size):
+        encoded = [Encoded(ids, ids) for ids in (prompt_ids(tokenizer, p) for p in batch)]
+        ids, mask, _ = pad_batch(encoded, tokenizer.pad_token_id, left=True)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+        for row in out[:, ids.size(1):]:
+            answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return answers
+
+
+@torch.no_grad()
+def chat_logits(model, tokenizer, rows: list[dict[str, Any]], max_length: int):
+    """(fp32 logits, attention mask) of a model on rows rendered through the chat template."""
+    model.eval()
+    encoded = [encode_completion(tokenizer, r, max_length) for r in rows]
+    ids, mask, _ = pad_batch(encoded, tokenizer.pad_token_id)
+    return model(input_ids=ids, attention_mask=mask).logits.float(), mask
+
+
+def compare_logits(reference: torch.Tensor, candidate: torch.Tensor,
+                   mask: torch.Tensor) -> dict[str, float]:
+    """Max and mean |logit difference| and top-1 agreement over real (unpadded) tokens."""
+    real = mask.bool()
+    diff = (reference - candidate).abs()[real]
+    agree = (reference.argmax(-1) == candidate.argmax(-1))[real].float()
+    return {
+        "max_abs_logit_diff": float(diff.max()),
+        "mean_abs_logit_diff": float(diff.mean()),
+        "top1_agreement": float(agree.mean()),
+        "tokens": int(real.sum()),
+    }
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))  # capped: exp of a diverged loss is not informative
