@@ -1,0 +1,54 @@
+"""Folding the policy adapters into the base, with a logit check that the fold changed nothing.
+
+The policy is a chain: the SFT adapter, then (when DPO ran) the DPO adapter trained on the
+SFT-merged weights. LoRA updates add up, so the merged model must equal the base with every
+adapter of the chain active at once; the check compares exactly that, on held-out rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pedigree.evals.measure import chat_logits, compare_logits
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ParityError(RuntimeError):
+    """The merged model does not behave like base + adapters; nothing may use it."""
+
+
+def with_adapters(base, adapters: list[Path]):
+    """The base (fp32) with every adapter of the chain loaded and active together, unmerged."""
+    from peft import PeftModel
+
+    names = [f"adapter{i}" for i in range(len(adapters))]
+    model = PeftModel.from_pretrained(base, str(adapters[0]), adapter_name=names[0])
+    for name, path in zip(names[1:], adapters[1:], strict=True):
+        model.load_adapter(str(path), adapter_name=name)
+    model.base_model.set_adapter(names)  # LoRA layers sum the deltas of all active adapters
+    return model, names
+
+
+def merge_policy(
+    base, tokenizer, adapters: list[Path], rows: list[dict[str, Any]], dtype: str,
+    tolerance: float, max_length: int,
+) -> tuple[Any, dict[str, Any]]:
+    """(merged model in `dtype`, parity report); raises ParityError past `tolerance`."""
+    model, names = with_adapters(base, adapters)
+    # The reference logits come first: merging rewrites the same base weights in place.
+    reference, mask = chat_logits(model, tokenizer, rows, max_length)
+    merged = model.merge_and_unload(adapter_names=names).to(DTYPES[dtype])
+    candidate, _ = chat_logits(merged, tokenizer, rows, max_length)
+    parity = compare_logits(reference, candidate, mask)
+    parity.update({"dtype": dtype, "tolerance": tolerance, "adapters": len(adapters)})
+    if parity["max_abs_logit_diff"] > tolerance:
+        raise ParityError(
+            f"merged model differs from base+adapters: max |logit diff| "
+            f"{parity['max_abs_logit_diff']:.3g} > merge.parity_tolerance={tolerance} "
+            f"(dtype {dtype}); raise the tolerance for low-precision dtypes or investigate"
+        )
+    return merged, parity
