@@ -1,0 +1,56 @@
+"""Stage `eval`: every model of the pipeline on the same sets -> metrics/eval.json.
+
+Run alone:  dvc repro eval        (or: python stages/eval.py)
+Read:       dvc metrics show      (and `dvc metrics diff` against another commit or experiment)
+
+Models: the base, the SFT policy (base + adapter), the DPO policy when it ran, the merged model and
+each quantized format. Measured: validation loss/perplexity, general-text loss/perplexity (the
+forgetting probe), task exact match and task score.
+"""
+
+import json
+from pathlib import Path
+
+from peft import PeftModel
+
+from pedigree.config import load_params
+from pedigree.evals.suite import answers_table, evaluate, load_eval_sets
+from pedigree.export.merge import with_adapters
+from pedigree.export.quantize import gguf_path, load_gguf
+from pedigree.stage import stage_run
+from pedigree.train.load import load_causal_lm, load_tokenizer
+
+params = load_params()
+cfg, trust = params.eval, params.model.trust_remote_code
+base = Path("models/base")
+
+with stage_run("eval", out="metrics",
+               inputs=["models/base", "models/sft", "models/dpo", "models/merged",
+                       "models/quantized", "data/split", params.data.eval_dir],
+               params=["model", "data", "eval", "tracking"]) as run:
+    sets = load_eval_sets(Path(params.data.eval_dir), Path("data/split/sft_validation.jsonl"), cfg)
+    tokenizer = load_tokenizer(base, trust)
+    policy = json.loads(Path("models/dpo/policy.json").read_text())
+    quantized = json.loads(Path("models/quantized/report.json").read_text())
+
+    models = {
+        "base": lambda: load_causal_lm(base, trust),
+        "sft": lambda: PeftModel.from_pretrained(load_causal_lm(base, trust), "models/sft"),
+        "merged": lambda: load_causal_lm(Path("models/merged"), trust),
+    }
+    if policy["dpo"]:
+        models["dpo"] = lambda: with_adapters(load_causal_lm(base, trust),
+                                              [Path(a) for a in policy["adapters"]])[0]
+    for fmt in quantized:
+        models[fmt] = lambda fmt=fmt: load_gguf(gguf_path(Path("models/quantized"), fmt))[0]
+
+    results, answers = {}, {}
+    for name, load in models.items():
+        results[name], answers[name] = evaluate(load(), tokenizer, sets, cfg)
+        print(f"[eval] {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in results[name].items()
+                                             if "." not in k))
+
+    (run.dir / "eval.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    (run.dir / "answers.jsonl").write_text(answers_table(sets, answers))
+    run.metrics = {f"{m}.{k}": v for m, r in results.items() for k, v in r.items()}
+    run.artifacts = ["eval.json", "answers.jsonl"]
