@@ -35,6 +35,7 @@ with stage_run("dpo", out="models/dpo", inputs=["models/base", "models/sft", "da
         adapter, metrics, curve = train_dpo(sft_policy, tokenizer, train, validation,
                                             params.dpo, params.seed)
         adapter.save_pretrained(run.dir)
+        (run.dir / "README.md").unlink()  # PEFT's empty card template; issue 5 writes real cards
         (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         run.metrics, run.history = metrics, curve
         run.artifacts = ["metrics.json", "adapter_config.json", "adapter_model.safetensors"]

@@ -26,6 +26,7 @@ with stage_run("sft", out="models/sft", inputs=["models/base", "data/split"],
     adapter, metrics, curve = train_sft(model, tokenizer, train, validation, params.sft, params.seed)
 
     adapter.save_pretrained(run.dir)
+    (run.dir / "README.md").unlink()  # PEFT's empty card template; issue 5 writes real cards
     tokenizer.save_pretrained(run.dir)
     (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     run.metrics, run.history = metrics, curve

@@ -24,7 +24,8 @@ def _compose(args: argparse.Namespace) -> int:
     from pedigree.config import ConfigError, load_params
 
     out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
+    # The suffix picks DVC's dumper: keep .yaml so the bytes match what `dvc exp run` writes.
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     compose_and_dump(tmp, str(Path(args.config_dir).resolve()), None, "config", "", args.overrides)
     try:
         load_params(tmp)

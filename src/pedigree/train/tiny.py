@@ -122,7 +122,7 @@ def pretrain(
         sched.step()
         opt.zero_grad(set_to_none=True)
         if step % 10 == 0 or step == cfg.pretrain_steps - 1:
-            curve.append((step, float(loss)))
+            curve.append((step, loss.item()))
     model.eval()
     return curve
 

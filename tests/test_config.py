@@ -1,0 +1,100 @@
+"""Every shipped config composes and validates; params.yaml is the composition of conf/."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from dvc.utils.hydra import compose_and_dump
+
+from pedigree.config import ConfigError, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+def compose(tmp_path: Path, overrides: list[str]) -> dict:
+    out = tmp_path / "params.yaml"
+    compose_and_dump(out, str(CONF), None, "config", "", overrides)
+    return yaml.safe_load(out.read_text())
+
+
+def test_params_yaml_is_the_composition_of_conf(tmp_path):
+    out = tmp_path / "params.yaml"
+    compose_and_dump(out, str(CONF), None, "config", "", [])
+    assert out.read_text() == (REPO / "params.yaml").read_text(), (
+        "params.yaml is stale: run `pedigree compose` and commit it"
+    )
+
+
+def _group_options() -> list[tuple[str, str]]:
+    return [(group.name, f.stem) for group in sorted(CONF.iterdir()) if group.is_dir()
+            for f in sorted(group.glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "option"), _group_options())
+def test_every_config_file_composes_and_validates(tmp_path, group, option):
+    overrides = [f"{group}={option}"]
+    if (group, option) == ("model", "local"):
+        overrides.append("model.path=/some/model")  # the one value a user must supply
+    raw = compose(tmp_path, overrides)
+    parse_params(raw)
+
+
+def test_committed_params_load():
+    params = load_params(REPO / "params.yaml")
+    assert params.model.source == "build"
+    assert params.model.build.hidden_size >= 256  # K-quants need it (issue 5)
+
+
+@pytest.fixture
+def raw() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (("sft", "learning_rate"), -1.0, "sft.learning_rate = -1.0: Input should be greater than 0"),
+        (("sft", "method"), "magic", "sft.method = 'magic'"),
+        (("split", "validation_fraction"), 1.5, "split.validation_fraction = 1.5: Input should be less than 1"),
+        (("quantize", "formats"), ["gguf-q3"], "quantize.formats.0 = 'gguf-q3'"),
+        (("model", "build", "num_heads"), 3, "hidden_size=256 must be divisible by num_heads=3"),
+    ],
+)
+def test_bad_values_name_key_value_and_allowed(raw, path, value, expected):
+    bad = copy.deepcopy(raw)
+    node = bad
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError) as err:
+        parse_params(bad, Path("params.yaml"))
+    message = str(err.value)
+    assert message.startswith("params.yaml: invalid configuration")
+    assert expected in message
+
+
+def test_allowed_values_are_listed(raw):
+    raw["sft"]["method"] = "magic"
+    with pytest.raises(ConfigError, match="'lora'"):
+        parse_params(raw)
+
+
+def test_unknown_keys_are_errors(raw):
+    raw["sft"]["learning_rat"] = 1e-4
+    with pytest.raises(ConfigError, match=r"sft\.learning_rat: unknown key"):
+        parse_params(raw)
+
+
+def test_hub_model_needs_a_pinned_revision(raw):
+    raw["model"].update(source="hub", id="org/model", revision="main")
+    with pytest.raises(ConfigError, match="40-character"):
+        parse_params(raw)
+
+
+def test_missing_params_file_says_how_to_make_it(tmp_path):
+    with pytest.raises(ConfigError, match="pedigree compose"):
+        load_params(tmp_path / "params.yaml")

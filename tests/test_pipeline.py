@@ -1,0 +1,192 @@
+"""The whole DAG end to end with `dvc repro`, on the micro configuration, in a scratch clone.
+
+One module-scoped run; the tests then check what a user would: every stage ran and wrote a
+manifest rooted in the raw data hash, a second repro does nothing, an eval-only change re-runs only
+eval, MLflow has a tagged run per stage, lineage prints the chain, and `dvc exp run -S` composes
+params from conf/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ["base", "curate", "split", "sft", "dpo", "merge", "quantize", "eval"]
+OUTS = {"base": "models/base", "curate": "data/curated", "split": "data/split",
+        "sft": "models/sft", "dpo": "models/dpo", "merge": "models/merged",
+        "quantize": "models/quantized", "eval": "metrics"}
+
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)  # the scratch clone's own ./mlflow.db
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=1200)
+    if proc.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc.stdout + proc.stderr
+
+
+def _clone_working_tree(dst: Path) -> None:
+    """The files a fresh clone would have, taken from the working tree (uncommitted edits too)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")
+    for rel in filter(None, listed):
+        src = REPO / rel
+        if src.is_file() and rel != "dvc.lock":
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("clone")
+    _clone_working_tree(root)
+    pedigree = [sys.executable, "-m", "pedigree.cli"]
+    run(pedigree + ["compose", "experiment=micro"], root)
+    run(["git", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "micro"], root)
+    run([sys.executable, "-m", "dvc", "repro"], root)
+    return root
+
+
+def manifest(project: Path, stage: str) -> dict:
+    return json.loads((project / OUTS[stage] / "lineage.json").read_text())
+
+
+def test_every_stage_ran_and_wrote_a_manifest(project):
+    for stage in STAGES:
+        m = manifest(project, stage)
+        assert m["stage"] == stage
+        assert m["schema_version"] == 1
+        for key in ("inputs", "outputs", "roots", "params", "params_sha256", "code", "versions",
+                    "seed"):
+            assert key in m, (stage, key)
+        assert m["code"]["git_commit"] and len(m["code"]["git_commit"]) == 40
+        assert m["code"]["dirty"] is False
+        assert "timestamp" not in json.dumps(m)
+    lock = (project / "dvc.lock").read_text()
+    assert all(f"  {stage}:" in lock for stage in STAGES)
+
+
+def test_manifests_are_rooted_in_the_raw_data_hash(project):
+    data_hash = run([sys.executable, "-m", "pedigree.cli", "hash", "data/raw"], project).strip()
+    base_root = manifest(project, "base")["roots"]["base_model"]
+    for stage in STAGES[1:]:
+        roots = manifest(project, stage)["roots"]
+        assert roots["data_sha256"] == data_hash, stage
+        if stage not in ("curate", "split"):
+            assert roots["base_model"] == base_root, stage
+    # The base model is built from the corpus, not from data/raw: it claims no data root.
+    assert manifest(project, "base")["roots"]["data_sha256"] is None
+    assert base_root["id"] == "pedigree/tiny-llama" and len(base_root["sha256"]) == 64
+
+
+def test_outputs_hashes_match_the_files(project):
+    from pedigree.lineage import sha256_file
+
+    for stage in STAGES:
+        for out in manifest(project, stage)["outputs"]:
+            assert sha256_file(project / out["path"]) == out["sha256"], out["path"]
+
+
+def test_stages_did_their_jobs(project):
+    report = json.loads((project / "data/curated/report.json").read_text())
+    assert report["input_rows"] == report["kept_rows"] + sum(report["dropped"].values())
+    assert report["dropped"]["exact_duplicate"] > 0
+    sft = json.loads((project / "models/sft/metrics.json").read_text())
+    assert sft["val_loss"] < sft["val_loss_base"]  # fine-tuning lowered the task loss
+    assert manifest(project, "dpo")["details"]["policy"]["dpo"] is True
+    parity = json.loads((project / "models/merged/parity.json").read_text())
+    assert parity["max_abs_logit_diff"] <= 1e-4 and parity["top1_agreement"] == 1.0
+    quant = json.loads((project / "models/quantized/report.json").read_text())["gguf-q8_0"]
+    assert (project / "models/quantized" / quant["file"]).stat().st_size == quant["size_bytes"]
+    assert quant["size_ratio_to_merged"] < 0.5
+    metrics = json.loads((project / "metrics/eval.json").read_text())
+    assert set(metrics) == {"base", "sft", "dpo", "merged", "gguf-q8_0"}
+    assert metrics["sft"]["val_loss"] < metrics["base"]["val_loss"]
+    assert abs(metrics["merged"]["val_loss"] - metrics["dpo"]["val_loss"]) < 1e-4
+
+
+def test_second_repro_does_nothing(project):
+    out = run([sys.executable, "-m", "dvc", "repro"], project)
+    assert "Running stage" not in out
+    assert "up to date" in out
+
+
+def test_lineage_prints_the_chain_to_the_raw_data(project):
+    out = run([sys.executable, "-m", "pedigree.cli", "lineage", "models/quantized"], project)
+    for path in ("models/quantized", "models/merged", "models/sft", "models/base",
+                 "data/split", "data/curated"):
+        assert f"{path}  (stage" in out
+    assert manifest(project, "curate")["roots"]["data_sha256"] in out
+    mermaid = run([sys.executable, "-m", "pedigree.cli", "lineage",
+                   "models/quantized/gguf-q8_0", "--format", "mermaid"], project)
+    assert mermaid.startswith("graph LR") and "-->" in mermaid
+
+
+def test_mlflow_has_a_tagged_run_per_stage(project):
+    import mlflow
+
+    data_hash = manifest(project, "curate")["roots"]["data_sha256"]
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("pedigree")
+    runs = client.search_runs([exp.experiment_id])
+    by_stage = {r.data.tags["pedigree.stage"]: r for r in runs}
+    assert set(by_stage) == set(STAGES)
+    for stage, r in by_stage.items():
+        m = manifest(project, stage)
+        assert r.data.tags["pedigree.outputs_sha256"] == m["outputs_sha256"]
+        assert r.data.tags["pedigree.git_commit"] == m["code"]["git_commit"]
+        if stage != "base":
+            assert r.data.tags["pedigree.data_sha256"] == data_hash
+        assert r.data.tags["pedigree.base_model.id"] in ("pedigree/tiny-llama", "none")
+    sft = by_stage["sft"]
+    assert sft.data.params["sft.lora.r"] == "16"
+    assert "val_loss" in sft.data.metrics
+    digests = {d.dataset.name: d.dataset.digest for d in sft.inputs.dataset_inputs}
+    assert digests["data/split"] == manifest(project, "split")["outputs_sha256"][:32]
+
+
+def test_eval_only_change_reruns_only_eval(project):
+    params = project / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("max_new_tokens: 8", "max_new_tokens: 6"))
+    try:
+        out = run([sys.executable, "-m", "dvc", "repro"], project)
+    finally:
+        params.write_text(original)
+    assert "Running stage 'eval'" in out
+    for stage in STAGES[:-1]:
+        assert f"Running stage '{stage}'" not in out
+    run([sys.executable, "-m", "dvc", "repro"], project)  # back to the committed params
+
+
+def test_dvc_exp_run_composes_params_from_conf(project):
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], project)
+    out = run([sys.executable, "-m", "dvc", "exp", "run", "-n", "lr-test",
+               "-S", "experiment=micro", "-S", "sft.learning_rate=0.001"], project)
+    assert "Running stage 'sft'" in out
+    assert "Running stage 'base'" not in out  # unchanged upstream stages are reused
+    show = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], project)
+    assert "lr-test" in show
+    assert "learning_rate: 0.001" in (project / "params.yaml").read_text()
