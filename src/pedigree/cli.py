@@ -55,8 +55,7 @@ def format_text(chain: list[dict]) -> str:
         for up in m["upstream"]:
             lines.append(f"  <- {up['path']} ({up['stage']}) {up['outputs_sha256'][:12]}")
         if not m["upstream"]:
-            sources = sorted({i["path"].split("/")[0] + "/" + i["path"].split("/")[1]
-                              if "/" in i["path"] else i["path"] for i in m["inputs"]})
+            sources = sorted({str(Path(i["path"]).parent) for i in m["inputs"]})
             lines.append(f"  <- source files: {', '.join(sources) or 'none'}")
     roots = chain[0]["roots"]
     base = roots.get("base_model") or {}

@@ -143,8 +143,13 @@ def stage_run(name: str, *, out: str, inputs: list[str], params: list[str]) -> I
 
 
 def _dataset_digests(run: StageRun) -> dict[str, str]:
-    """Each input (directory or file) with its content hash, for `mlflow.log_input`."""
-    return {
-        rel: next(iter(files.values())) if Path(rel).is_file() else lineage.hash_of_hashes(files)
-        for rel, files in run.input_hashes.items()
-    }
+    """Each input with its content hash, for `mlflow.log_input`: a file's sha256, or for a stage
+    output the `outputs_sha256` its manifest records (every file but the manifest)."""
+    digests = {}
+    for rel, files in run.input_hashes.items():
+        if Path(rel).is_file():
+            digests[rel] = next(iter(files.values()))
+        else:
+            content = {p: h for p, h in files.items() if p != lineage.MANIFEST}
+            digests[rel] = lineage.hash_of_hashes(content)
+    return digests
