@@ -11,8 +11,7 @@ import tempfile
 from typing import Any
 
 from pedigree.config import DPOConfig
-from pedigree.train.load import training_device
-from pedigree.train.sft import conversational_dataset, peft_lora, trainer_log
+from pedigree.train.sft import conversational_dataset, peft_lora, run_settings, trainer_log
 
 
 def train_dpo(
@@ -41,14 +40,7 @@ def train_dpo(
             precompute_ref_log_probs=cfg.precompute_ref_log_probs,
             eval_strategy="no",
             logging_steps=max(1, min(10, cfg.max_steps // 4)),
-            save_strategy="no",
-            report_to="none",
-            gradient_checkpointing=False,
-            seed=seed,
-            data_seed=seed,
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            **{k: v for k, v in training_device().items() if k != "device"},
+            **run_settings(seed),
         )
         trainer = DPOTrainer(
             model=policy,

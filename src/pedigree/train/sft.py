@@ -26,6 +26,23 @@ def peft_lora(cfg: LoraConfig):
     )
 
 
+def run_settings(seed: int) -> dict[str, Any]:
+    """TrainingArguments shared by the SFT and DPO recipes: seeded, no checkpoints, no reporting
+    (the stage logs to MLflow itself), and the device's precision."""
+    device = training_device()
+    return {
+        "save_strategy": "no",
+        "report_to": "none",
+        "gradient_checkpointing": False,  # ~25% faster for small models; memory is not the limit
+        "seed": seed,
+        "data_seed": seed,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "use_cpu": device["use_cpu"],
+        "bf16": device["bf16"],
+    }
+
+
 def conversational_dataset(rows: list[dict[str, Any]], columns: tuple[str, ...]):
     """Only the columns TRL reads: ids, sources and meta differ in shape from row to row."""
     from datasets import Dataset
@@ -71,14 +88,7 @@ def train_sft(
             eval_strategy="steps",
             eval_steps=cfg.eval_steps,
             logging_steps=max(1, min(10, cfg.eval_steps)),
-            save_strategy="no",
-            report_to="none",
-            gradient_checkpointing=False,  # ~25% faster for small models; memory is not the limit
-            seed=seed,
-            data_seed=seed,
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            **{k: v for k, v in training_device().items() if k != "device"},
+            **run_settings(seed),
         )
         trainer = SFTTrainer(
             model=model,
