@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pedigree.config import load_params
 from pedigree.data.curate import curate, eval_prompt_keys, raw_files, write_jsonl
-from pedigree.lineage import sha256_file, hash_of_hashes
+from pedigree.lineage import hash_of_hashes, sha256_file
 from pedigree.stage import stage_run
 
 params = load_params()

@@ -98,3 +98,19 @@ def test_hub_model_needs_a_pinned_revision(raw):
 def test_missing_params_file_says_how_to_make_it(tmp_path):
     with pytest.raises(ConfigError, match="pedigree compose"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_a_stage_with_a_bad_value_fails_before_work_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["split"]["validation_fraction"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, str(REPO / "stages/split.py")], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "error: params.yaml: invalid configuration" in proc.stderr
+    assert "split.validation_fraction = 2" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "data").exists()  # nothing was written

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pedigree.errors import PedigreeError
+
 PARAMS_FILE = Path("params.yaml")
 
 
@@ -113,7 +115,7 @@ class LoraConfig(Section):
 
 
 class SFTConfig(Section):
-    method: Literal["lora"] = Field("lora", description="more methods arrive with issue 4")
+    method: Literal["lora"] = Field("lora", description="how trainable parameters enter the model")
     learning_rate: float = Field(2e-3, gt=0, lt=1)
     max_steps: int = Field(200, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -183,7 +185,7 @@ class Params(Section):
     tracking: TrackingConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(PedigreeError, ValueError):
     """A params file that does not match the schema; the message is meant for the user."""
 
 

@@ -23,6 +23,10 @@ from typing import Any
 
 from pedigree import lineage
 from pedigree.config import Params, load_params, section_dict
+from pedigree.errors import MissingInputError, install_excepthook
+
+# Stage scripts import this module first: user errors print as one message, no traceback.
+install_excepthook()
 
 
 @dataclass
@@ -40,17 +44,11 @@ class StageRun:
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     artifacts: list[str] = field(default_factory=list)  # small files in `dir` to attach to MLflow
 
-    def upstream_manifest(self, stage: str) -> dict[str, Any]:
-        for manifest in self.upstream:
-            if manifest["stage"] == stage:
-                return manifest
-        raise KeyError(f"stage {self.name!r} has no upstream {stage!r}")
-
 
 def _input_hashes(inputs: list[str]) -> dict[str, dict[str, str]]:
     for rel in inputs:
         if not Path(rel).exists():
-            raise FileNotFoundError(f"{rel}: input of this stage is missing; run `dvc repro`")
+            raise MissingInputError(f"{rel}: input of this stage is missing; run `dvc repro`")
     return {rel: lineage.file_hashes(Path(rel)) for rel in inputs}
 
 

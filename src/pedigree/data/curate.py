@@ -17,6 +17,7 @@ from typing import Any
 
 from pedigree.config import CurateConfig
 from pedigree.data.formats import READABLE_SUFFIXES, RawRow, RowError, normalise, read_rows, row_id
+from pedigree.errors import MissingInputError
 
 _SPACE = re.compile(r"\s+")
 
@@ -61,7 +62,7 @@ class CurationResult:
 def raw_files(raw_dir: Path) -> list[Path]:
     files = sorted(p for p in raw_dir.rglob("*") if p.is_file() and p.suffix in READABLE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"{raw_dir}: no {'/'.join(READABLE_SUFFIXES)} files to curate")
+        raise MissingInputError(f"{raw_dir}: no {'/'.join(READABLE_SUFFIXES)} files to curate")
     return files
 
 

@@ -17,11 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pedigree.errors import PedigreeError
 from pedigree.lineage import canonical_json, sha256_bytes
 
 ROLES = ("system", "user", "assistant")
 FORMATS = ("alpaca", "prompt_completion", "messages", "preference")
 READABLE_SUFFIXES = (".jsonl", ".json")
+
+
+class InputError(PedigreeError, ValueError):
+    """A whole input file that cannot be read."""
 
 
 class RowError(ValueError):
@@ -67,9 +72,11 @@ def _read_json_array(data: bytes, rel: str) -> Iterator[RawRow]:
     try:
         items = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{rel}: not a readable JSON array ({err}); use JSONL for partial data")
+        raise InputError(
+            f"{rel}: not a readable JSON array ({err}); use JSONL for partial data"
+        ) from None
     if not isinstance(items, list):
-        raise ValueError(f"{rel}: a .json file must hold an array of rows")
+        raise InputError(f"{rel}: a .json file must hold an array of rows")
     for number, item in enumerate(items, start=1):
         yield RawRow(rel, number, json.dumps(item, ensure_ascii=False), value=item)
 

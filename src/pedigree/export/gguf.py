@@ -30,13 +30,15 @@ import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, GGMLQuantizationType, TokenType
 from gguf.utility import LocalTensor, SafetensorsLocal
 
+from pedigree.errors import PedigreeError
+
 # Every type the gguf package can quantize ordinary weights to. It has no K- or I-quants
 # (llama.cpp's llama-quantize makes those); its TQ1_0/TQ2_0 and MXFP4 are for ternary and MoE
 # expert weights.
 SUPPORTED_QTYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
 
 
-class GGUFExportError(ValueError):
+class GGUFExportError(PedigreeError, ValueError):
     """The checkpoint cannot be written as a GGUF file that llama.cpp would read correctly."""
 
 

@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 
+from pedigree.errors import PedigreeError
 from pedigree.evals.measure import chat_logits, compare_logits
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ParityError(RuntimeError):
+class ParityError(PedigreeError, RuntimeError):
     """The merged model does not behave like base + adapters; nothing may use it."""
 
 

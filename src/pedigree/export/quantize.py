@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pedigree.errors import PedigreeError
 from pedigree.evals.measure import chat_logits, compare_logits
 from pedigree.export.gguf import write_gguf
 from pedigree.train.chat import encode_completion
@@ -17,7 +18,7 @@ from pedigree.train.chat import encode_completion
 GGUF_QTYPES = {"gguf-f32": "F32", "gguf-f16": "F16", "gguf-q8_0": "Q8_0", "gguf-q4_0": "Q4_0"}
 
 
-class ExportCheckError(RuntimeError):
+class ExportCheckError(PedigreeError, RuntimeError):
     """An exported model that does not reproduce the merged model's tokenizer."""
 
 

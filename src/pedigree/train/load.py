@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pedigree.config import ModelConfig
+from pedigree.errors import PedigreeError
 from pedigree.lineage import file_hashes, hash_of_hashes
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -19,7 +20,7 @@ MODEL_FILE_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*
                        "tokenizer.model", "*.txt"]
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(PedigreeError, ValueError):
     """A base model that cannot be used; the message names the file and what to do."""
 
 

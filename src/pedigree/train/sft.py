@@ -7,7 +7,6 @@ to echo questions. The base model's chat template renders both sides.
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 from typing import Any
 
 from pedigree.config import LoraConfig, SFTConfig
