@@ -28,7 +28,8 @@ with stage_run("curate", out="data/curated", inputs=[params.data.raw_dir, params
     report = result.report()
     (run.dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
-    # The data root: one hash over every raw file read (equals `pedigree hash data/raw`).
+    # The data root: one hash over every raw file read (equals `pedigree hash data/raw` when
+    # the directory holds only data files).
     run.roots["data_sha256"] = hash_of_hashes(
         {p.relative_to(raw_dir).as_posix(): sha256_file(p) for p in files})
     run.metrics = {"input_rows": report["input_rows"], "kept_rows": report["kept_rows"],

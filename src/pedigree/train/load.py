@@ -12,7 +12,7 @@ from typing import Any
 
 from pedigree.config import ModelConfig
 from pedigree.errors import PedigreeError
-from pedigree.lineage import file_hashes, hash_of_hashes
+from pedigree.lineage import MANIFEST, file_hashes, hash_of_hashes
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # What a model directory needs: weights, config, tokenizer, chat template, generation settings.
@@ -60,7 +60,7 @@ def copy_model_files(src: Path, dst: Path) -> None:
 
 def model_identity(cfg: ModelConfig, model_dir: Path) -> dict[str, Any]:
     """The base model root recorded in every downstream manifest."""
-    hashes = file_hashes(model_dir, exclude=("lineage.json",))
+    hashes = file_hashes(model_dir, exclude=(MANIFEST,))
     return {
         "id": cfg.id,
         "source": cfg.source,
@@ -75,8 +75,8 @@ def training_device() -> dict[str, Any]:
     import torch
 
     if torch.cuda.is_available():
-        return {"use_cpu": False, "bf16": torch.cuda.is_bf16_supported(), "device": "cuda"}
-    return {"use_cpu": True, "bf16": False, "device": "cpu"}
+        return {"use_cpu": False, "bf16": torch.cuda.is_bf16_supported()}
+    return {"use_cpu": True, "bf16": False}
 
 
 def load_causal_lm(path: Path, trust_remote_code: bool = False):

@@ -28,7 +28,6 @@ def peft_lora(cfg: LoraConfig):
 def run_settings(seed: int) -> dict[str, Any]:
     """TrainingArguments shared by the SFT and DPO recipes: seeded, no checkpoints, no reporting
     (the stage logs to MLflow itself), and the device's precision."""
-    device = training_device()
     return {
         "save_strategy": "no",
         "report_to": "none",
@@ -37,8 +36,7 @@ def run_settings(seed: int) -> dict[str, Any]:
         "data_seed": seed,
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
-        "use_cpu": device["use_cpu"],
-        "bf16": device["bf16"],
+        **training_device(),
     }
 
 
