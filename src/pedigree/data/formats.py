@@ -7,26 +7,66 @@ Canonical preference row: {"id", "prompt": [messages], "chosen": [messages],
 This is TRL's conversational prompt/completion and preference format. A row id is the sha256 of
 the normalised row's content (not of its source or position), so the same example from two files
 has the same id.
+
+Readers (`read_rows`): JSONL, JSON array, Parquet and CSV. A bad row becomes a `RawRow` with an
+`error` (counted and quarantined by curation); only a file that cannot be read at all raises
+`InputError`.
+
+Formats (`normalise`), with the fields each reads; a field is present when it is not null:
+  alpaca             instruction, input (optional), output, system (optional)
+  prompt_completion  prompt, completion: strings or lists of messages
+  messages           messages: [{"role", "content"}] (OpenAI style)
+  sharegpt           conversations, or messages, whose items are [{"from", "value"}]
+  preference         prompt, chosen, rejected: strings or lists of messages; or no prompt and
+                     chosen/rejected full conversations sharing the prompt turns
+A field that must be a list (messages, conversations; chosen/rejected without a prompt) may also
+be a string holding that list as JSON: CSV has no lists. A string is never parsed where it is a
+valid value as it is (prompt, completion, chosen, rejected with a prompt): an answer such as
+"[1, 2, 3]" stays text.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pedigree.errors import PedigreeError
 from pedigree.lineage import canonical_json, sha256_bytes
 
 ROLES = ("system", "user", "assistant")
-FORMATS = ("alpaca", "prompt_completion", "messages", "preference")
-READABLE_SUFFIXES = (".jsonl", ".json")
+FORMATS = ("alpaca", "prompt_completion", "messages", "sharegpt", "preference")
+READABLE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+# The field names `columns` may map to (canonical name -> the source's field name).
+CANONICAL_FIELDS = ("instruction", "input", "output", "system", "prompt", "completion",
+                    "messages", "chosen", "rejected")
+# ShareGPT `from` values. Only these: a tool or function turn has no place in the canonical
+# schema, and guessing the role of an unknown speaker would train on mislabelled turns.
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "bot": "assistant", "model": "assistant",
+}
+OPENAI_ROLES = {role: role for role in ROLES}
+_FORMAT_FIELDS = ("alpaca (instruction, output), prompt_completion (prompt, completion), "
+                  "messages (messages), sharegpt (conversations), preference (chosen, rejected)")
+
+_BLOCK = 1 << 23  # JSONL is decoded 8 MiB at a time: one decode call instead of one per line
+_PARQUET_BATCH = 8192
+_CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's default (128 KiB a field) is short for answers
+_SURROGATE = re.compile("[\udc80-\udcff]")  # undecodable bytes, under errors="surrogateescape"
 
 
 class InputError(PedigreeError, ValueError):
     """A whole input file that cannot be read."""
+
+
+class ColumnsError(PedigreeError, ValueError):
+    """A column mapping that cannot be right (a config or command line error, not a row's)."""
 
 
 class RowError(ValueError):
@@ -38,39 +78,100 @@ class RowError(ValueError):
         self.detail = detail
 
 
-@dataclass(frozen=True)
-class RawRow:
+class RawRow(NamedTuple):
+    # A NamedTuple, not a dataclass: it is built once per row and is twice as cheap to build.
     file: str  # path relative to the repository root
-    line: int  # 1-based line in a JSONL file, or 1-based item in a JSON array
+    line: int  # 1-based line (JSONL; CSV: where the record starts) or item (JSON array, Parquet)
     text: str  # the row as it appeared in the file (for the rejects file: nothing is lost)
-    value: Any = None  # parsed JSON, or None when the row failed to parse
+    value: Any = None  # the parsed row, or None when the row failed to parse
     error: RowError | None = None
 
 
+class Normalised(NamedTuple):
+    kind: str  # "sft" or "preference"
+    format: str  # the format the row was read as, one of FORMATS
+    content: dict[str, Any]  # prompt/completion or prompt/chosen/rejected, as lists of messages
+
+
+# ----------------------------------------------------------------------------- readers
 def read_rows(path: Path, rel: str) -> Iterator[RawRow]:
-    """Rows of a JSONL file (blank lines are not rows) or a JSON array file."""
-    data = path.read_bytes()
-    if path.suffix == ".json":
-        yield from _read_json_array(data, rel)
-        return
-    for number, raw_line in enumerate(data.split(b"\n"), start=1):
-        if not raw_line.strip():
-            continue
-        try:
-            text = raw_line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            shown = raw_line.decode("utf-8", errors="replace")
-            yield RawRow(rel, number, shown, error=RowError("invalid_utf8", str(err)))
-            continue
-        try:
-            yield RawRow(rel, number, text, value=json.loads(text))
-        except json.JSONDecodeError as err:
-            yield RawRow(rel, number, text, error=RowError("invalid_json", err.msg))
+    """The rows of one file, in file order, one at a time (`rel` names the file in rows and
+    errors). Blank lines are not rows."""
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return _read_json_array(path, rel)
+    if suffix == ".parquet":
+        return _read_parquet(path, rel)
+    if suffix == ".csv":
+        return _read_csv(path, rel)
+    return _read_jsonl(path, rel)
 
 
-def _read_json_array(data: bytes, rel: str) -> Iterator[RawRow]:
+def _read_jsonl(path: Path, rel: str) -> Iterator[RawRow]:
+    """The hot path (a million rows must take seconds): a block of whole lines is decoded at
+    once and split; only a block with bytes that are not UTF-8 is decoded line by line."""
+    loads, decode_error = json.loads, json.JSONDecodeError
+    scan = json.JSONDecoder().scan_once
+    number = 0
+    with path.open("rb") as f:
+        for block in _line_blocks(f):
+            if number == 0:
+                block = block.removeprefix(b"\xef\xbb\xbf")  # a byte order mark (Windows tools)
+            try:
+                lines: list[str] | list[bytes] = block.decode("utf-8").split("\n")
+            except UnicodeDecodeError:
+                lines = block.split(b"\n")
+            if block.endswith(b"\n"):
+                lines.pop()  # the empty string after the last newline is not a line
+            for line in lines:
+                number += 1
+                if line.__class__ is bytes:  # only in a block that is not all UTF-8
+                    try:
+                        line = line.decode("utf-8")
+                    except UnicodeDecodeError as err:
+                        shown = line.decode("utf-8", errors="replace")
+                        yield RawRow(rel, number, shown, error=RowError(
+                            "invalid_utf8", f"byte {err.start} of the line: {err.reason}"))
+                        continue
+                try:
+                    # json's C scanner, without json.loads's Python wrapper (a third of its
+                    # time); a line it does not take whole goes to json.loads, which decides.
+                    value, end = scan(line, 0)
+                    if end != len(line):
+                        value = loads(line)
+                except (StopIteration, decode_error):
+                    try:
+                        value = loads(line)  # leading white space; or the error and its column
+                    except decode_error as err:
+                        # Blank lines fail too: checking for them only here keeps the check off
+                        # the path of the rows that parse.
+                        if line and not line.isspace():
+                            yield RawRow(rel, number, line, error=RowError(
+                                "invalid_json", f"{err.msg} (column {err.colno})"))
+                        continue
+                yield RawRow(rel, number, line, value)  # type: ignore[arg-type]
+
+
+def _line_blocks(f: io.BufferedReader) -> Iterator[bytes]:
+    """The file in blocks that end at a newline (the last one may not), so no line is split.
+    Windows line ends become "\\n" (a raw CR cannot be inside a JSON string, so it is safe)."""
+    tail = b""
+    while chunk := f.read(_BLOCK):
+        cut = chunk.rfind(b"\n")
+        if cut < 0:  # a line longer than a block: keep reading
+            tail += chunk
+            continue
+        block = tail + chunk[:cut + 1]
+        tail = chunk[cut + 1:]
+        yield block.replace(b"\r\n", b"\n") if b"\r" in block else block
+    if tail:
+        yield tail.replace(b"\r\n", b"\n")
+
+
+def _read_json_array(path: Path, rel: str) -> Iterator[RawRow]:
+    # A JSON array is parsed whole by nature: an error anywhere makes the whole file unreadable.
     try:
-        items = json.loads(data.decode("utf-8"))
+        items = json.loads(path.read_bytes().decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(
             f"{rel}: not a readable JSON array ({err}); use JSONL for partial data"
@@ -81,54 +182,304 @@ def _read_json_array(data: bytes, rel: str) -> Iterator[RawRow]:
         yield RawRow(rel, number, json.dumps(item, ensure_ascii=False), value=item)
 
 
+def _read_parquet(path: Path, rel: str) -> Iterator[RawRow]:
+    """Rows in batches; `line` is the 1-based row number and `text` the row as JSON (values JSON
+    has no type for, such as dates and bytes, as their str())."""
+    import pyarrow as pa  # imported here: most runs read no Parquet, and pyarrow is slow to load
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_BATCH)
+    except (pa.ArrowException, OSError) as err:
+        raise InputError(f"{rel}: not a readable Parquet file ({err})") from None
+    number = 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as err:
+            raise InputError(f"{rel}: Parquet data unreadable after row {number} ({err})") from None
+        if batch is None:
+            return
+        for value in batch.to_pylist():
+            number += 1
+            text = json.dumps(value, ensure_ascii=False, default=str)
+            yield RawRow(rel, number, text, value)
+
+
+def _read_csv(path: Path, rel: str) -> Iterator[RawRow]:
+    """Rows of a CSV file with a header row; every value is a string (an empty cell is "").
+    `line` is the physical line where the record starts (a quoted field may span lines);
+    `text` is the record's lines as they are in the file."""
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
+    # surrogateescape: bytes that are not UTF-8 reject their row, not the whole file.
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        taken: list[str] = []  # the physical lines of the record being read, for `text`
+
+        def lines() -> Iterator[str]:
+            for physical in f:
+                taken.append(physical)
+                yield physical
+
+        # strict: a stray quote or a quote left open at the end of the file is an error, not a
+        # field that silently swallows the lines after it.
+        reader = csv.reader(lines(), strict=True)
+        header = _csv_header(reader, rel)
+        while header is not None:
+            taken.clear()
+            start = reader.line_num + 1
+            try:
+                fields = next(reader, None)
+            except csv.Error as err:
+                if reader.line_num < start:  # nothing consumed: stop rather than loop forever
+                    raise InputError(f"{rel}:{start}: unreadable CSV ({err})") from None
+                yield RawRow(rel, start, _record_text(taken), error=RowError(
+                    "malformed_csv", f"{err} (lines {start}-{reader.line_num})"))
+                continue
+            if fields is None:
+                return
+            if fields:  # not a blank line
+                yield _csv_row(rel, start, _record_text(taken), header, fields)
+
+
+def _record_text(lines: list[str]) -> str:
+    """The record as in the file, without its line end; bytes that are not UTF-8 as U+FFFD."""
+    text = "".join(lines)
+    text = text[:-2] if text.endswith("\r\n") else text[:-1] if text[-1:] in "\r\n" else text
+    if not text.isascii() and _SURROGATE.search(text):
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text
+
+
+def _csv_header(reader: Any, rel: str) -> list[str] | None:
+    try:
+        header = next(reader, None)
+    except csv.Error as err:
+        raise InputError(f"{rel}: the CSV header row is unreadable ({err})") from None
+    if header is None:
+        return None
+    if any(_SURROGATE.search(name) for name in header):
+        raise InputError(f"{rel}: the CSV header row has bytes that are not UTF-8")
+    if len(set(header)) != len(header):
+        raise InputError(f"{rel}: the CSV header names a column twice: {header}")
+    return header
+
+
+def _csv_row(rel: str, line: int, text: str, header: list[str], fields: list[str]) -> RawRow:
+    for i, value in enumerate(fields):
+        if not value.isascii() and _SURROGATE.search(value):
+            name = header[i] if i < len(header) else f"#{i + 1}"
+            return RawRow(rel, line, text, error=RowError(
+                "invalid_utf8", f"field {name!r} has bytes that are not UTF-8"))
+    if len(fields) != len(header):
+        return RawRow(rel, line, text, error=RowError(
+            "malformed_csv", f"{len(fields)} fields, the header has {len(header)}: {header}"))
+    return RawRow(rel, line, text, dict(zip(header, fields)))
+
+
+# ----------------------------------------------------------------------------- columns
+def parse_columns(spec: str) -> dict[str, str]:
+    """The command line's column mapping, "prompt=question,completion=answer" (canonical=source),
+    as a dict; ColumnsError (a ValueError) for bad syntax or an unknown canonical name."""
+    columns: dict[str, str] = {}
+    for item in spec.split(","):
+        canonical, sep, source = (part.strip() for part in item.partition("="))
+        if not sep or not canonical or not source:
+            raise ColumnsError(f"{item.strip()!r} is not canonical=source; "
+                               "example: prompt=question,completion=answer")
+        if canonical in columns:
+            raise ColumnsError(f"{canonical!r} is mapped twice")
+        columns[canonical] = source
+    check_columns(columns)
+    return columns
+
+
+def check_columns(columns: Mapping[str, str]) -> None:
+    """ColumnsError unless every key of `columns` is a canonical field name."""
+    for canonical, source in columns.items():
+        if canonical not in CANONICAL_FIELDS:
+            hint = (f" (the canonical name comes first: {source}={canonical}?)"
+                    if source in CANONICAL_FIELDS else "")
+            raise ColumnsError(f"{canonical!r} is not a canonical field{hint}; "
+                               f"allowed: {', '.join(CANONICAL_FIELDS)}")
+
+
+def _apply_columns(row: dict[str, Any], columns: Mapping[str, str]) -> dict[str, Any]:
+    """The row with each source field renamed to its canonical name. The source fields are
+    removed, so that they cannot decide the detected format (e.g. `instruction` mapped to
+    `prompt` must not make the row alpaca)."""
+    mapped = {}
+    for canonical, source in columns.items():
+        if canonical not in CANONICAL_FIELDS:
+            check_columns(columns)  # raises, naming the allowed fields
+        if source not in row:
+            raise RowError("missing_field", f"field {source!r} is missing (columns: "
+                           f"{canonical}={source}); fields: {sorted(row)}")
+        mapped[canonical] = row[source]
+    sources = columns.values()
+    out = {k: v for k, v in row.items() if k not in sources}
+    out.update(mapped)
+    return out
+
+
+# ----------------------------------------------------------------------------- formats
 def detect_format(row: dict[str, Any]) -> str:
-    if "messages" in row:
-        return "messages"
-    if "chosen" in row or "rejected" in row:
+    """The format of a row, one of FORMATS, from the fields it has (null fields do not count)."""
+    get = row.get
+    if get("messages") is not None:
+        return "sharegpt" if _is_sharegpt(_maybe_json(get("messages"))) else "messages"
+    if get("conversations") is not None:
+        return "sharegpt"
+    if get("chosen") is not None or get("rejected") is not None:
         return "preference"
-    if "instruction" in row:
+    if get("instruction") is not None:
         return "alpaca"
-    if "prompt" in row and "completion" in row:
+    if get("prompt") is not None and get("completion") is not None:
         return "prompt_completion"
-    raise RowError("unknown_format", f"fields {sorted(row)} match no supported format")
+    raise RowError("unknown_format",
+                   f"fields {sorted(row)} match no supported format; supported: {_FORMAT_FIELDS}")
 
 
+def normalise(row: Any, fmt: str, columns: Mapping[str, str] | None = None) -> Normalised:
+    """The canonical content of one row read as `fmt` (a name in FORMATS, or "auto" to detect it
+    per row), after renaming its fields by `columns` (canonical name -> source field name).
+    Raises RowError for a row that cannot be used."""
+    if not isinstance(row, dict):
+        raise RowError("not_an_object", f"expected a JSON object, got {type(row).__name__}")
+    if not columns:
+        return _normalise(row, fmt)
+    try:
+        return _normalise(_apply_columns(row, columns), fmt)
+    except RowError as err:
+        if "(columns:" in err.detail:
+            raise
+        # Field names in the detail are canonical names: say which source fields they were.
+        mapping = ", ".join(f"{c}={s}" for c, s in columns.items())
+        raise RowError(err.reason, f"{err.detail} (columns: {mapping})") from None
+
+
+def _normalise(row: dict[str, Any], fmt: str) -> Normalised:
+    if fmt == "auto":
+        fmt = detect_format(row)
+    if fmt == "alpaca":
+        return _alpaca(row)
+    if fmt == "prompt_completion":
+        return _prompt_completion(row)
+    if fmt in ("messages", "sharegpt"):  # either style under either name; the result says which
+        return _conversation(row)
+    if fmt == "preference":
+        return _preference(row)
+    raise RowError("unknown_format", f"format {fmt!r}; supported: {FORMATS}")
+
+
+def _alpaca(row: dict[str, Any]) -> Normalised:
+    # The rule sample.py's `_user_prompt` repeats; changing it changes every alpaca row's id.
+    instruction = _text(row, "instruction")
+    input_text = _text(row, "input", required=False)
+    output = _text(row, "output")
+    system = _text(row, "system", required=False)
+    user = f"{instruction}\n\n{input_text}" if input_text and not input_text.isspace() else instruction
+    prompt = [{"role": "user", "content": user}]
+    if system and not system.isspace():  # an empty system cell (CSV) means none
+        prompt.insert(0, {"role": "system", "content": system})
+    return Normalised("sft", "alpaca", {
+        "prompt": prompt,
+        "completion": [{"role": "assistant", "content": output}],
+    })
+
+
+def _prompt_completion(row: dict[str, Any]) -> Normalised:
+    prompt = _as_messages(row.get("prompt"), "prompt", "user")
+    completion = _as_messages(row.get("completion"), "completion", "assistant")
+    _ends_with_answer(completion, "completion")
+    return Normalised("sft", "prompt_completion", {"prompt": prompt, "completion": completion})
+
+
+def _conversation(row: dict[str, Any]) -> Normalised:
+    """OpenAI `messages` or ShareGPT `conversations`/`messages`: the last turn is the completion,
+    the turns before it the prompt."""
+    field = "messages" if row.get("messages") is not None else "conversations"
+    value = row.get(field)
+    if value is None:
+        raise RowError("missing_field", "field 'messages' (or 'conversations') is missing")
+    value = _json_list(value, field)
+    messages = _messages(value, field)
+    last = len(messages) - 1
+    if messages[last]["role"] != "assistant":
+        raise RowError("no_final_assistant", f"{field}[{last}] is a {messages[last]['role']} "
+                       "turn: the conversation must end with an assistant turn")
+    _has_user_turn(messages[:last], f"{field}[:{last}]")
+    fmt = "sharegpt" if field == "conversations" or _is_sharegpt(value) else "messages"
+    return Normalised("sft", fmt, {"prompt": messages[:last], "completion": messages[last:]})
+
+
+def _preference(row: dict[str, Any]) -> Normalised:
+    if row.get("prompt") is None:
+        return _implicit_preference(row)
+    prompt = _as_messages(row.get("prompt"), "prompt", "user")
+    chosen = _as_messages(row.get("chosen"), "chosen", "assistant")
+    rejected = _as_messages(row.get("rejected"), "rejected", "assistant")
+    _ends_with_answer(chosen, "chosen")
+    _ends_with_answer(rejected, "rejected")
+    if chosen == rejected:
+        raise RowError("chosen_equals_rejected", "chosen and rejected are identical")
+    return Normalised("preference", "preference",
+                      {"prompt": prompt, "chosen": chosen, "rejected": rejected})
+
+
+def _implicit_preference(row: dict[str, Any]) -> Normalised:
+    """No prompt field: chosen and rejected are whole conversations, and the prompt is the turns
+    they share from the start (as TRL's extract_prompt); the rest of each is its answer."""
+    chosen, rejected = (_full_conversation(row, name) for name in ("chosen", "rejected"))
+    if chosen == rejected:
+        raise RowError("chosen_equals_rejected", "chosen and rejected are identical")
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0:
+        raise RowError("no_prompt", "no 'prompt' field, and chosen and rejected share no first "
+                       "turn to take as the prompt")
+    for name, messages in (("chosen", chosen), ("rejected", rejected)):
+        if len(messages) == shared:
+            raise RowError("empty_content", f"{name} has no turn after the {shared} turn(s) it "
+                           "shares with the other answer (the prompt)")
+        if messages[shared]["role"] != "assistant":
+            raise RowError("no_prompt", f"{name}[{shared}] is a {messages[shared]['role']} turn: "
+                           f"after the shared prompt ({shared} turns) each answer must start "
+                           "with an assistant turn")
+        _ends_with_answer(messages[shared:], name)
+    _has_user_turn(chosen[:shared], f"chosen[:{shared}]")
+    return Normalised("preference", "preference", {
+        "prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]})
+
+
+def _full_conversation(row: dict[str, Any], field: str) -> list[dict[str, str]]:
+    value = row.get(field)
+    if value is None:
+        raise RowError("missing_field", f"field {field!r} is missing")
+    if isinstance(value, str) and not value.lstrip().startswith("["):
+        raise RowError("missing_field", "field 'prompt' is missing; without it, chosen and "
+                       "rejected must be whole conversations (lists of messages)")
+    return _messages(_json_list(value, field), field)
+
+
+# ----------------------------------------------------------------------------- fields
 def _text(row: dict[str, Any], field: str, *, required: bool = True) -> str:
-    if field not in row or row[field] is None:
+    value = row.get(field)
+    if value is None:
         if required:
             raise RowError("missing_field", f"field {field!r} is missing")
         return ""
-    value = row[field]
     if not isinstance(value, str):
         raise RowError("wrong_type", f"field {field!r} must be a string, not {type(value).__name__}")
-    if required and not value.strip():
+    if required and (not value or value.isspace()):
         raise RowError("empty_content", f"field {field!r} is empty")
     return value
 
 
-def _messages(value: Any, field: str) -> list[dict[str, str]]:
-    """A string becomes one user/assistant message later; a list must be valid messages."""
-    if not isinstance(value, list) or not value:
-        raise RowError("wrong_type", f"field {field!r} must be a non-empty list of messages")
-    out = []
-    for i, msg in enumerate(value):
-        if not isinstance(msg, dict):
-            raise RowError("wrong_type", f"{field}[{i}] must be an object")
-        role, content = msg.get("role"), msg.get("content")
-        if role not in ROLES:
-            raise RowError("unknown_role", f"{field}[{i}].role={role!r}; allowed: {ROLES}")
-        if not isinstance(content, str):
-            raise RowError("missing_field" if content is None else "wrong_type",
-                           f"{field}[{i}].content must be a string")
-        if not content.strip():
-            raise RowError("empty_content", f"{field}[{i}].content is empty")
-        out.append({"role": role, "content": content})
-    return out
-
-
 def _as_messages(value: Any, field: str, role: str) -> list[dict[str, str]]:
+    """A string is one message of `role`; a list must be valid messages."""
     if isinstance(value, str):
-        if not value.strip():
+        if not value or value.isspace():
             raise RowError("empty_content", f"field {field!r} is empty")
         return [{"role": role, "content": value}]
     if value is None:
@@ -136,41 +487,85 @@ def _as_messages(value: Any, field: str, role: str) -> list[dict[str, str]]:
     return _messages(value, field)
 
 
-def normalise(row: Any, fmt: str) -> tuple[str, dict[str, Any]]:
-    """(kind, canonical row without id/source/meta); kind is "sft" or "preference"."""
-    if not isinstance(row, dict):
-        raise RowError("not_an_object", f"expected a JSON object, got {type(row).__name__}")
-    fmt = detect_format(row) if fmt == "auto" else fmt
-    if fmt == "alpaca":
-        instruction = _text(row, "instruction")
-        input_text = _text(row, "input", required=False)
-        prompt = f"{instruction}\n\n{input_text}" if input_text.strip() else instruction
-        return "sft", {
-            "prompt": [{"role": "user", "content": prompt}],
-            "completion": [{"role": "assistant", "content": _text(row, "output")}],
-        }
-    if fmt == "prompt_completion":
-        return "sft", {
-            "prompt": _as_messages(row.get("prompt"), "prompt", "user"),
-            "completion": _as_messages(row.get("completion"), "completion", "assistant"),
-        }
-    if fmt == "messages":
-        messages = _messages(row.get("messages"), "messages")
-        if messages[-1]["role"] != "assistant":
-            raise RowError("no_final_assistant", "the conversation must end with an assistant turn")
-        if len(messages) < 2:
-            raise RowError("no_prompt", "the conversation has no turn before the answer")
-        return "sft", {"prompt": messages[:-1], "completion": messages[-1:]}
-    if fmt == "preference":
-        pair = {
-            "prompt": _as_messages(row.get("prompt"), "prompt", "user"),
-            "chosen": _as_messages(row.get("chosen"), "chosen", "assistant"),
-            "rejected": _as_messages(row.get("rejected"), "rejected", "assistant"),
-        }
-        if pair["chosen"] == pair["rejected"]:
-            raise RowError("chosen_equals_rejected", "chosen and rejected are identical")
-        return "preference", pair
-    raise RowError("unknown_format", f"format {fmt!r}; supported: {FORMATS}")
+def _messages(value: Any, field: str) -> list[dict[str, str]]:
+    """Messages in either style, as [{"role", "content"}]: OpenAI (role/content) or ShareGPT
+    (from/value, roles by SHAREGPT_ROLES); the first message decides the style."""
+    if not isinstance(value, list):
+        raise RowError("wrong_type", f"field {field!r} must be a list of messages, "
+                       f"not {type(value).__name__}")
+    if not value:
+        raise RowError("empty_content", f"field {field!r} is an empty list")
+    if _is_sharegpt(value):
+        role_key, content_key, table = "from", "value", SHAREGPT_ROLES
+    else:
+        role_key, content_key, table = "role", "content", OPENAI_ROLES
+    out = []
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict):
+            raise RowError("wrong_type", f"{field}[{i}] must be an object with {role_key!r} and "
+                           f"{content_key!r}, not {type(msg).__name__}")
+        name = msg.get(role_key)
+        role = table.get(name) if isinstance(name, str) else None
+        if role is None:
+            if name is None:
+                raise RowError("missing_field", f"{field}[{i}].{role_key} is missing")
+            raise RowError("unknown_role", f"{field}[{i}].{role_key}={name!r}; "
+                           f"allowed: {', '.join(table)}")
+        content = msg.get(content_key)
+        if not isinstance(content, str):
+            raise RowError("missing_field" if content is None else "wrong_type",
+                           f"{field}[{i}].{content_key} must be a string"
+                           + ("" if content is None else f", not {type(content).__name__}"))
+        if not content or content.isspace():
+            raise RowError("empty_content", f"{field}[{i}].{content_key} is empty")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _is_sharegpt(value: Any) -> bool:
+    """ShareGPT items name the speaker in `from` (a Parquet struct may have a null `role`)."""
+    if not isinstance(value, list) or not value or not isinstance(value[0], dict):
+        return False
+    return value[0].get("role") is None and value[0].get("from") is not None
+
+
+def _maybe_json(value: Any) -> Any:
+    """A string holding a JSON list (a CSV cell) as the list; anything else as it is."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _json_list(value: Any, field: str) -> Any:
+    """`value`, or the list a string holds as JSON, for a field that must be a list."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise RowError("wrong_type", f"field {field!r} must be a list of messages; it is a "
+                       f"string that is not JSON ({err.msg})") from None
+    if not isinstance(parsed, list):
+        raise RowError("wrong_type", f"field {field!r} must be a list of messages; it is a "
+                       f"string holding a JSON {type(parsed).__name__}")
+    return parsed
+
+
+def _ends_with_answer(messages: list[dict[str, str]], field: str) -> None:
+    last = len(messages) - 1
+    if messages[last]["role"] != "assistant":
+        raise RowError("no_final_assistant", f"{field}[{last}] is a {messages[last]['role']} "
+                       "turn: an answer must end with an assistant turn")
+
+
+def _has_user_turn(prompt: list[dict[str, str]], where: str) -> None:
+    # A prompt of system turns alone (or none) asks nothing: the answer would be learnt as what
+    # to say unprompted.
+    if not any(m["role"] == "user" for m in prompt):
+        raise RowError("no_prompt", f"no user turn before the answer ({where})")
 
 
 def row_id(content: dict[str, Any]) -> str:
