@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test install clean
+.PHONY: run test bench install clean
 
 # The stamp is rebuilt when pyproject.toml changes, so `make` re-installs after a dependency bump.
 $(VENV)/.installed: pyproject.toml
@@ -24,6 +24,11 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The benchmarks' baselines (datasketch) are not needed to run or test the pipeline.
+bench: install
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	@echo "run: $(BIN)/python bench/dedup.py | bench/curate_scale.py | bench/pipeline.py"
 
 clean:
 	rm -rf $(VENV)

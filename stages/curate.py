@@ -6,34 +6,39 @@ Every raw row is kept or quarantined in rejects.jsonl with its file, line and re
 report.json reconciles: input_rows == kept_rows + sum(dropped.values()).
 """
 
-import json
 from pathlib import Path
 
 from pedigree.config import load_params
-from pedigree.data.curate import curate, eval_prompt_keys, raw_files, write_jsonl
+from pedigree.data.curate import curate, eval_files, summary, write_curation
+from pedigree.data.decontaminate import EvalIndex, eval_items
+from pedigree.data.lengths import TokenCounter
+from pedigree.data.sources import resolve_sources
 from pedigree.lineage import hash_of_hashes, sha256_file
 from pedigree.stage import stage_run
 
 params = load_params()
-raw_dir, eval_dir = Path(params.data.raw_dir), Path(params.data.eval_dir)
-files = raw_files(raw_dir)
+cfg, raw_dir = params.curate, Path(params.data.raw_dir)
+sources = resolve_sources(params.data)
+# Only the tokenizer of the base is read (the length bounds): hash that, not the weights.
+inputs = [params.data.raw_dir, params.data.eval_dir]
+if cfg.tokenizer:
+    inputs.append(f"{cfg.tokenizer}/tokenizer.json")
 
-with stage_run("curate", out="data/curated", inputs=[params.data.raw_dir, params.data.eval_dir],
+with stage_run("curate", out="data/curated", inputs=inputs,
                params=["data", "curate", "tracking"]) as run:
-    eval_keys = eval_prompt_keys(eval_dir) if params.curate.decontaminate else set()
-    result = curate(files, params.curate, params.data.format, eval_keys)
-    write_jsonl(run.dir / "sft.jsonl", result.sft)
-    write_jsonl(run.dir / "preferences.jsonl", result.preference)
-    write_jsonl(run.dir / "rejects.jsonl", result.rejects)
-    report = result.report()
-    (run.dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    decon = cfg.decontaminate
+    index = (EvalIndex(eval_items(eval_files(Path(params.data.eval_dir))), decon.ngram,
+                       decon.min_words) if decon.enabled else None)
+    counter = TokenCounter(cfg.tokenizer) if cfg.tokenizer else None
+    result = curate(sources, cfg, index, counter)
+    report = write_curation(result, run.dir)
 
     # The data root: one hash over every raw file read (equals `pedigree hash data/raw` when
-    # the directory holds only data files).
+    # every file there is read).
+    files = sorted({p for s in sources for p in s.files})
     run.roots["data_sha256"] = hash_of_hashes(
         {p.relative_to(raw_dir).as_posix(): sha256_file(p) for p in files})
     run.metrics = {"input_rows": report["input_rows"], "kept_rows": report["kept_rows"],
-                   "dropped_rows": sum(report["dropped"].values())}
+                   **{f"dropped.{reason}": n for reason, n in report["dropped"].items()}}
     run.artifacts = ["report.json"]
-    print(f"[curate] kept {report['kept_rows']} of {report['input_rows']} rows; "
-          f"dropped {report['dropped']}")
+    print("[curate] " + summary(report))

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from pedigree.config import load_params
-from pedigree.data.curate import read_jsonl
+from pedigree.data.jsonl import read_jsonl
 from pedigree.stage import stage_run
 
 params = load_params()

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from pedigree.config import load_params
-from pedigree.data.curate import read_jsonl
+from pedigree.data.jsonl import read_jsonl
 from pedigree.stage import stage_run
 from pedigree.train.load import load_causal_lm, load_tokenizer
 from pedigree.train.sft import train_sft

@@ -1,30 +1,31 @@
-"""Stage `split`: curated rows -> deterministic hash-based train/validation files in data/split/.
+"""Stage `split`: curated rows -> train/validation files in data/split/.
 
 Run alone:  dvc repro split       (or: python stages/split.py)
+
+Group-aware and stable: data/split/assignments.tsv (kept between runs, `persist` in dvc.yaml)
+remembers every row's side, so adding data never moves an existing row.
 """
 
 import json
 from pathlib import Path
 
 from pedigree.config import load_params
-from pedigree.data.curate import read_jsonl, write_jsonl
-from pedigree.data.split import split_rows
+from pedigree.data.split import ASSIGNMENTS, read_assignments, split_curated
+from pedigree.lineage import sha256_file
 from pedigree.stage import stage_run
 
 params = load_params()
-cfg = params.split
+table_path = Path("data/split") / ASSIGNMENTS
+previous = read_assignments(table_path)
 
 with stage_run("split", out="data/split", inputs=["data/curated"],
                params=["split", "tracking"]) as run:
-    counts = {}
-    for kind, source in (("sft", "sft.jsonl"), ("preference", "preferences.jsonl")):
-        rows = read_jsonl(Path("data/curated") / source)
-        if not rows:
-            continue
-        train, validation = split_rows(rows, cfg.validation_fraction, cfg.salt)
-        write_jsonl(run.dir / f"{kind}_train.jsonl", train)
-        write_jsonl(run.dir / f"{kind}_validation.jsonl", validation)
-        counts[kind] = {"train": len(train), "validation": len(validation)}
-    (run.dir / "report.json").write_text(json.dumps(counts, indent=2) + "\n")
-    run.metrics = {f"{k}_{side}_rows": n for k, c in counts.items() for side, n in c.items()}
-    print(f"[split] {counts}")
+    report = split_curated(Path("data/curated"), run.dir, params.split, previous)
+    (run.dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    # The table read back is an input DVC does not see: record which one it was.
+    run.details["previous_assignments_sha256"] = (
+        sha256_file(table_path) if table_path.exists() else None)
+    run.metrics = {f"{kind}_{k}": v for kind, counts in report["kinds"].items()
+                   for k, v in counts.items()}
+    run.artifacts = ["report.json"]
+    print(f"[split] {report['summary']}")

@@ -60,7 +60,7 @@ def test_manifest_is_complete_and_byte_identical_on_rerun(in_tmp_repo):
     assert first["inputs"] == [{"path": "data/raw/a.jsonl",
                                 "sha256": lineage.sha256_file(in_tmp_repo / "data/raw/a.jsonl")}]
     assert first["outputs"][0]["path"] == "data/curated/rows.jsonl"
-    assert first["params"]["curate"]["max_chars"] == 4000
+    assert first["params"]["curate"]["max_tokens"] == 2048
     assert first["params_sha256"] == lineage.sha256_json(first["params"])
     assert first["code"]["files"][0] == "stages/curate.py"
     assert first["versions"]["torch"].startswith("2.13.0")

@@ -111,7 +111,10 @@ def test_outputs_hashes_match_the_files(project):
 def test_stages_did_their_jobs(project):
     report = json.loads((project / "data/curated/report.json").read_text())
     assert report["input_rows"] == report["kept_rows"] + sum(report["dropped"].values())
-    assert report["dropped"]["exact_duplicate"] > 0
+    assert report["dropped"]["exact_duplicate"] > 0 and report["dropped"]["near_duplicate"] > 0
+    assert report["decontamination"]["eval_texts_matched"] > 0
+    # The split's assignments table is kept for the next run (persist in dvc.yaml).
+    assert (project / "data/split/assignments.tsv").read_text().startswith("id\tsplit\n")
     sft = json.loads((project / "models/sft/metrics.json").read_text())
     assert sft["val_loss"] < sft["val_loss_base"]  # fine-tuning lowered the task loss
     assert manifest(project, "dpo")["details"]["policy"]["dpo"] is True

@@ -3,6 +3,8 @@
     pedigree compose [OVERRIDES...]      compose conf/ into params.yaml (as `dvc exp run` does)
     pedigree lineage PATH [--format ...] the chain from an artifact back to the raw data
     pedigree hash PATH                   the content hash pedigree records for a file or directory
+    pedigree curate INPUT... --out DIR   curate any files, as the curate stage does
+    pedigree split CURATED --out DIR     split a curation output, as the split stage does
 
 Commands that only read manifests import neither torch nor MLflow: they answer at once.
 """
@@ -14,19 +16,28 @@ import json
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from pedigree import lineage
+from pedigree.errors import MissingInputError, PedigreeError
 
 
 def _compose(args: argparse.Namespace) -> int:
     # The same call `dvc exp run -S` makes, so params.yaml is byte-identical either way.
     from dvc.utils.hydra import compose_and_dump
+    from hydra.errors import HydraException
 
     from pedigree.config import ConfigError, load_params
 
     out = Path(args.output)
     # The suffix picks DVC's dumper: keep .yaml so the bytes match what `dvc exp run` writes.
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    compose_and_dump(tmp, str(Path(args.config_dir).resolve()), None, "config", "", args.overrides)
+    try:
+        compose_and_dump(tmp, str(Path(args.config_dir).resolve()), None, "config", "",
+                         args.overrides)
+    except HydraException as err:  # a bad override: Hydra's own message says what to change
+        print(f"pedigree compose: {err}", file=sys.stderr)
+        return 2
     try:
         load_params(tmp)
     except ConfigError as err:
@@ -109,6 +120,63 @@ def _hash(args: argparse.Namespace) -> int:
     return 0
 
 
+def _curate(args: argparse.Namespace) -> int:
+    # The same library code as stages/curate.py, on any files; no params.yaml, no MLflow.
+    from pedigree.config import CurateConfig, DecontaminateConfig, NearDedupConfig
+    from pedigree.data.curate import curate, eval_files, summary, write_curation
+    from pedigree.data.decontaminate import EvalIndex, eval_items
+    from pedigree.data.formats import parse_columns
+    from pedigree.data.lengths import TokenCounter
+    from pedigree.data.sources import sources_from_paths
+    from pedigree.files import atomic_dir
+
+    tokenizer = args.tokenizer
+    if tokenizer is None and (Path("models/base") / "tokenizer.json").is_file():
+        tokenizer = "models/base"
+    cfg = CurateConfig(
+        tokenizer=tokenizer, min_tokens=args.min_tokens, max_tokens=args.max_tokens,
+        dedup_fields=args.dedup_fields,
+        near_dedup=NearDedupConfig(enabled=not args.no_near_dedup, threshold=args.threshold),
+        decontaminate=DecontaminateConfig(ngram=args.ngram),
+    )
+    try:
+        columns = parse_columns(args.columns) if args.columns else {}
+    except ValueError as err:
+        raise PedigreeError(f"--columns {args.columns}: {err}") from None
+    sources = sources_from_paths([Path(p) for p in args.inputs], args.format, columns)
+    against = eval_files(Path(args.eval_dir), [Path(p) for p in args.against])
+    index = EvalIndex(eval_items(against), cfg.decontaminate.ngram,
+                      cfg.decontaminate.min_words) if against else None
+    counter = TokenCounter(tokenizer) if tokenizer else None
+    result = curate(sources, cfg, index, counter)
+    with atomic_dir(Path(args.out)) as tmp:
+        report = write_curation(result, tmp)
+    print(summary(report))
+    print(f"length bounds: {f'tokens of {tokenizer}' if tokenizer else 'off (no --tokenizer)'}; "
+          f"decontaminated against {len(against)} file(s)")
+    print(f"wrote {args.out}/ (sft.jsonl, preferences.jsonl, rejects.jsonl, report.json)")
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from pedigree.config import SplitConfig
+    from pedigree.data.split import ASSIGNMENTS, read_assignments, split_curated
+    from pedigree.files import atomic_dir
+
+    curated, out = Path(args.curated), Path(args.out)
+    if not (curated / "report.json").is_file():
+        raise MissingInputError(f"{curated}: not a curation output (no report.json)")
+    cfg = SplitConfig(validation_fraction=args.val_fraction, salt=args.salt,
+                      stratify=args.stratify)
+    table = read_assignments(out / ASSIGNMENTS)
+    with atomic_dir(out) as tmp:
+        report = split_curated(curated, tmp, cfg, table)
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(report["summary"])
+    print(f"wrote {out}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pedigree", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,12 +197,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact", action="store_true",
                    help="leave out lineage.json (a stage output's outputs_sha256)")
     p.set_defaults(func=_hash)
+
+    p = sub.add_parser("curate", help="validate, filter, deduplicate and decontaminate files")
+    p.add_argument("inputs", nargs="+", help=".jsonl/.json/.parquet/.csv files or directories")
+    p.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    p.add_argument("--format", default="auto",
+                   choices=("auto", "alpaca", "prompt_completion", "messages", "sharegpt",
+                            "preference"))
+    p.add_argument("--columns", help="canonical=yours, e.g. prompt=question,completion=answer")
+    p.add_argument("--against", nargs="*", default=[], metavar="FILE",
+                   help="more eval files to decontaminate against")
+    p.add_argument("--eval-dir", default="data/eval", help="always checked when it exists")
+    p.add_argument("--tokenizer", help="directory with tokenizer.json for the length bounds "
+                   "(default: models/base when built; otherwise no length bounds)")
+    p.add_argument("--min-tokens", type=int, default=2)
+    p.add_argument("--max-tokens", type=int, default=2048)
+    p.add_argument("--threshold", type=float, default=0.8, help="near-duplicate Jaccard")
+    p.add_argument("--dedup-fields", choices=("row", "prompt"), default="row")
+    p.add_argument("--no-near-dedup", action="store_true")
+    p.add_argument("--ngram", type=int, default=13, help="decontamination n-gram, words")
+    p.set_defaults(func=_curate)
+
+    p = sub.add_parser("split", help="split a curation output into train and validation")
+    p.add_argument("curated", help="a directory written by `pedigree curate` or the stage")
+    p.add_argument("--out", required=True,
+                   help="output directory; its assignments.tsv, if any, keeps rows' sides")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--salt", default="pedigree")
+    p.add_argument("--stratify", choices=("source", "task"))
+    p.set_defaults(func=_split)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (PedigreeError, ValidationError) as err:
+        # Bad input or options: one clear message, no traceback.
+        print(f"pedigree {args.command}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

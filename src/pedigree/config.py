@@ -8,10 +8,10 @@ the key, the value and what is allowed. Unknown keys are errors: a typo must not
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pedigree.errors import PedigreeError
 
@@ -84,26 +84,110 @@ class ModelConfig(Section):
 
 
 # ----------------------------------------------------------------------------- data
+FormatName = Literal["auto", "alpaca", "prompt_completion", "messages", "sharegpt", "preference"]
+
+
+def _valid_columns(columns: dict[str, str]) -> dict[str, str]:
+    from pedigree.data.formats import check_columns
+
+    check_columns(columns)  # a ValueError naming the allowed canonical fields
+    return columns
+
+
+# Canonical field -> the field holding it in the source, e.g. {prompt: question, completion: answer}
+ColumnMap = Annotated[dict[str, str], AfterValidator(_valid_columns)]
+
+
+class SourceConfig(Section):
+    """One input dataset: a file or directory under data.raw_dir."""
+
+    path: str = Field(description="file or directory, relative to data.raw_dir")
+    name: str | None = Field(None, description="the `source` kept on every row; default: path")
+    format: FormatName | None = Field(None, description="default: data.format")
+    columns: ColumnMap | None = Field(None, description="default: data.columns")
+    limit: int | None = Field(None, ge=1, description="read only the first N rows of the source")
+    weight: float = Field(
+        1.0, gt=0, le=100,
+        description="share in the training mixture: each training row of the source appears "
+        "`weight` times on average (0.5 keeps a deterministic half, 2 repeats every row)",
+    )
+
+
 class DataConfig(Section):
-    raw_dir: str = Field("data/raw", description="every .jsonl/.json file here is read")
-    eval_dir: str = Field("data/eval", description="eval sets: task.jsonl, general.jsonl")
-    format: Literal["auto", "alpaca", "prompt_completion", "messages", "preference"] = Field(
-        "auto", description="row format; auto detects it per row from the fields present"
+    raw_dir: str = Field("data/raw", description="input datasets; read only, never modified")
+    eval_dir: str = Field(
+        "data/eval", description="eval sets: task.jsonl, general.jsonl; curation checks every "
+        "readable file here for leaks, so put other benchmarks you evaluate on here too",
+    )
+    format: FormatName = Field("auto", description="auto detects the format of each row")
+    columns: ColumnMap = Field(default_factory=dict, description="column mapping for all sources")
+    sources: list[SourceConfig] = Field(
+        default_factory=list,
+        description="the datasets to read; empty: every readable file under raw_dir",
+    )
+
+
+class NearDedupConfig(Section):
+    """MinHash LSH over word n-gram shingles, every candidate verified with exact Jaccard."""
+
+    enabled: bool = True
+    threshold: float = Field(0.8, gt=0, le=1, description="exact Jaccard at or above: duplicate")
+    ngram: int = Field(5, ge=1, description="words per shingle")
+    # Pinned, never derived from the threshold: 20 bands x 5 rows finds a pair at Jaccard 0.8
+    # with probability 1 - (1 - 0.8**5)**20 = 0.9996. Automatic choices miss ~half at 0.8.
+    bands: int = Field(20, ge=1)
+    rows: int = Field(5, ge=1, description="signature rows per band; bands*rows permutations")
+    seed: int = Field(0, description="of the MinHash permutations")
+
+
+class DecontaminateConfig(Section):
+    enabled: bool = True
+    ngram: int = Field(13, ge=1, description="words; 13 as in lm-evaluation-harness")
+    min_words: int = Field(
+        5, ge=1,
+        description="eval texts shorter than ngram words are matched whole when they have at "
+        "least this many words; shorter ones only by exact prompt match",
     )
 
 
 class CurateConfig(Section):
-    max_chars: int = Field(4000, ge=1, description="longest prompt+completion kept, characters")
     placeholder_outputs: list[str] = Field(
-        default_factory=lambda: ["<noinput>", "<no output>", "<nooutput>", "n/a", "none"],
-        description="completions equal to one of these (case-insensitive) are dropped",
+        default_factory=lambda: ["<noinput>", "<no output>", "<nooutput>", "<no input>",
+                                 "n/a", "none", "null", "-"],
+        description="answers equal to one of these (normalised) are dropped",
     )
-    decontaminate: bool = Field(True, description="drop rows whose prompt is in an eval set")
+    tokenizer: str | None = Field(
+        "models/base", description="directory with the base tokenizer.json; lengths are in its "
+        "tokens; null turns the length bounds off",
+    )
+    min_tokens: int = Field(2, ge=0, description="shortest row kept, tokens of all its messages")
+    max_tokens: int = Field(2048, ge=1, description="longest row kept, tokens of all its messages")
+    max_repetition: float = Field(
+        0.7, gt=0, le=1,
+        description="drop answers where more than this fraction of word 3-grams repeat earlier "
+        "ones (degenerate loops); answers under 16 words are not checked",
+    )
+    dedup_fields: Literal["row", "prompt"] = Field(
+        "row", description="what duplicates are compared on: the whole row, or the prompt only "
+        "(templated prompts share most of their text: use with care)",
+    )
+    exact_dedup: bool = True
+    near_dedup: NearDedupConfig = NearDedupConfig()
+    decontaminate: DecontaminateConfig = DecontaminateConfig()
+
+    @model_validator(mode="after")
+    def _bounds(self) -> CurateConfig:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens={self.min_tokens} > max_tokens={self.max_tokens}")
+        return self
 
 
 class SplitConfig(Section):
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     salt: str = Field("pedigree", description="changes the hash-based assignment of rows")
+    stratify: Literal["source", "task"] | None = Field(
+        None, description="give each source (or task) its own share of validation rows"
+    )
 
 
 # ----------------------------------------------------------------------------- training

@@ -13,7 +13,6 @@ added and the directory renamed onto `out`, so a crash never leaves a half-writt
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from typing import Any
 from pedigree import lineage
 from pedigree.config import Params, load_params, section_dict
 from pedigree.errors import MissingInputError, install_excepthook
+from pedigree.files import replace_dir
 
 # Stage scripts import this module first: user errors print as one message, no traceback.
 install_excepthook()
@@ -60,16 +60,6 @@ def _flat_inputs(input_hashes: dict[str, dict[str, str]]) -> list[dict[str, str]
             path = rel if Path(rel).is_file() else f"{rel}/{sub}"
             rows.append({"path": path, "sha256": digest})
     return sorted(rows, key=lambda r: r["path"])
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Put `src` at `dst`; the old `dst`, if any, is moved aside first and removed after."""
-    old = dst.with_name(f".{dst.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def build_manifest(run: StageRun) -> dict[str, Any]:
@@ -120,7 +110,7 @@ def stage_run(name: str, *, out: str, inputs: list[str], params: list[str]) -> I
         yield run
         manifest = build_manifest(run)
         lineage.write_manifest(tmp, manifest)
-        _replace_dir(tmp, out_path)
+        replace_dir(tmp, out_path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

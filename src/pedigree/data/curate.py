@@ -1,150 +1,378 @@
-"""Curation: every raw row is validated, normalised, filtered and deduplicated, or quarantined.
+"""Curation: every raw row is validated, normalised, filtered, decontaminated and deduplicated,
+or quarantined.
 
 Every input row ends in exactly one place: the curated SFT or preference file, or `rejects.jsonl`
-with the file, line, reason, detail and the row as it was. The report's counts reconcile:
+with its file, line, reason, detail and the row as it was. The report reconciles:
 `input_rows == kept_rows + sum(dropped.values())`.
+
+The checks run in this order, so a row's reason is the first problem it has:
+  1. per row, while reading: parse, validate and normalise, placeholder answer, repetition
+  2. length in base-model tokens (batched)
+  3. decontamination against the eval sets (n-gram overlap)
+  4. exact duplicates on normalised text (the first occurrence is kept)
+  5. near duplicates (MinHash LSH, verified with exact Jaccard; the first of a cluster is kept)
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
-import re
-import unicodedata
+import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pedigree.config import CurateConfig
-from pedigree.data.formats import READABLE_SUFFIXES, RawRow, RowError, normalise, read_rows, row_id
-from pedigree.errors import MissingInputError
+from pedigree.data import dedup
+from pedigree.data.decontaminate import EvalIndex
+from pedigree.data.formats import RawRow, RowError, normalise, read_rows, row_id
+from pedigree.data.jsonl import write_jsonl
+from pedigree.data.lengths import BATCH, TokenCounter
+from pedigree.data.sources import Source, readable_files
+from pedigree.data.text import match_text, normalise_text, repetition
 
-_SPACE = re.compile(r"\s+")
-
-
-def normalise_text(text: str) -> str:
-    """The key exact duplicates are found on: Unicode NFKC, case-folded, white space collapsed."""
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
-
-
-def _prompt_key(messages: list[dict[str, str]]) -> str:
-    return normalise_text(" ".join(m["content"] for m in messages if m["role"] != "system"))
+REPETITION_MIN_WORDS = 16  # shorter answers (numbers, names, lists) repeat by nature
 
 
-def _row_key(kind: str, content: dict[str, Any]) -> str:
-    parts = [kind] + [
-        normalise_text(" ".join(f"{m['role']}: {m['content']}" for m in content[k]))
-        for k in sorted(content)
-    ]
-    return "\x1f".join(parts)
+@dataclass(slots=True)
+class _Candidate:
+    """A row that passed the per-row checks, kept compact: a million of them stay in memory.
+    Its canonical row and raw text wait in the spool file until the last step."""
+
+    source: int  # index into the sources
+    file: str
+    line: int
+    raw: str | None  # the row as it appeared in its file (None once spooled)
+    kind: str  # "sft" or "preference"
+    format: str  # the format the row was read as (detected when the source says auto)
+    id: str
+    row: str | None  # the canonical row, as JSON (None once spooled)
+    exact_key: bytes
+    dedup_text: str  # match text of the compared fields (near duplicates)
+    row_text: str  # match text of the whole row (decontamination)
+    prompt_text: str  # match text of the prompt (exact eval-prompt matches)
+    text: str = ""  # all message contents, until their tokens are counted
+    tokens: int = -1  # tokens of `text` in the base tokenizer (-1: within bounds, not counted)
+    reject: dict[str, Any] | None = None  # its reject record, when a later step drops it
+    cluster: list[str] | None = None  # ids of the duplicates it stands for
 
 
 @dataclass
 class CurationResult:
-    sft: list[dict[str, Any]] = field(default_factory=list)
-    preference: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[Source]
+    sft: list[str] = field(default_factory=list)  # canonical rows as JSON lines
+    preference: list[str] = field(default_factory=list)
     rejects: list[dict[str, Any]] = field(default_factory=list)
-    per_source: dict[str, Counter] = field(default_factory=dict)
+    counts: list[Counter] = field(default_factory=list)  # per source
+    truncated: list[bool] = field(default_factory=list)  # per source: its limit cut rows off
+    details: dict[str, Any] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
         dropped = Counter(r["reason"] for r in self.rejects)
         kept = len(self.sft) + len(self.preference)
+        sources = {}
+        for src, counts, truncated in zip(self.sources, self.counts, self.truncated, strict=True):
+            sources[src.name] = {
+                "files": [p.as_posix() for p in src.files],
+                "format": src.format,
+                "detected_formats": {k[7:]: n for k, n in sorted(counts.items())
+                                     if k.startswith("format:")},
+                "columns": src.columns,
+                "limit": src.limit,
+                "truncated_by_limit": truncated,
+                "weight": src.weight,
+                "input_rows": counts["input_rows"],
+                "kept_rows": counts["kept_rows"],
+                "dropped": {k[8:]: n for k, n in sorted(counts.items()) if k.startswith("dropped:")},
+            }
         return {
             "input_rows": kept + len(self.rejects),
             "kept_rows": kept,
             "kept_sft_rows": len(self.sft),
             "kept_preference_rows": len(self.preference),
             "dropped": dict(sorted(dropped.items())),
-            "sources": {src: dict(sorted(c.items())) for src, c in sorted(self.per_source.items())},
+            "sources": sources,
+            **self.details,
         }
 
 
-def raw_files(raw_dir: Path) -> list[Path]:
-    files = sorted(p for p in raw_dir.rglob("*") if p.is_file() and p.suffix in READABLE_SUFFIXES)
-    if not files:
-        raise MissingInputError(f"{raw_dir}: no {'/'.join(READABLE_SUFFIXES)} files to curate")
-    return files
+def _reject(file: str, line: int, raw: str | None, reason: str, detail: str, **extra: Any) -> dict:
+    return {"file": file, "line": line, "reason": reason, "detail": detail, **extra, "raw": raw}
 
 
-def eval_prompt_keys(eval_dir: Path) -> set[str]:
-    """Normalised prompts of every eval set: training on them would inflate the evals."""
-    keys = set()
-    for path in sorted(eval_dir.glob("*.jsonl")):
-        for row in read_rows(path, path.as_posix()):
-            if isinstance(row.value, dict) and isinstance(row.value.get("prompt"), str):
-                keys.add(normalise_text(row.value["prompt"]))
-    return keys
+def _drop(c: _Candidate, result: CurationResult, reason: str, detail: str, **extra: Any) -> None:
+    """Reject a spooled candidate; its raw text is filled in when the spool is read back."""
+    c.reject = _reject(c.file, c.line, None, reason, detail, **extra)
+    result.rejects.append(c.reject)
 
 
-def curate(
-    files: list[Path], cfg: CurateConfig, fmt: str = "auto", eval_keys: set[str] | None = None
-) -> CurationResult:
-    result = CurationResult()
-    seen: dict[str, str] = {}  # duplicate key -> id of the first row kept with it
-    placeholders = {normalise_text(p) for p in cfg.placeholder_outputs}
-    eval_keys = eval_keys or set()
-    for path in files:
-        source = path.as_posix()
-        counts = result.per_source.setdefault(source, Counter())
-        for raw in read_rows(path, source):
-            counts["input_rows"] += 1
-            outcome = _curate_row(raw, fmt, cfg, placeholders, eval_keys, seen)
-            if isinstance(outcome, dict):
-                counts["rejected"] += 1
-                result.rejects.append(outcome)
-                continue
-            kind, row = outcome
-            counts[f"kept_{kind}"] += 1
-            (result.sft if kind == "sft" else result.preference).append(row)
+def _unspool(spool: IO[bytes], candidates: list[_Candidate], result: CurationResult) -> None:
+    """The last step: read rows back in order, into the outputs or their reject records."""
+    spool.seek(0)
+    for c in candidates:
+        row, raw = spool.readline()[:-1].decode(), spool.readline()
+        if c.reject is not None:
+            c.reject["raw"] = json.loads(raw)
+            continue
+        if c.cluster:
+            parsed = json.loads(row)
+            parsed["meta"]["cluster"] = c.cluster
+            row = json.dumps(parsed, ensure_ascii=False, sort_keys=True)
+        (result.sft if c.kind == "sft" else result.preference).append(row)
+
+
+def _final_answer(kind: str, content: dict[str, Any]) -> str:
+    return (content["completion"] if kind == "sft" else content["chosen"])[-1]["content"]
+
+
+def _joined(messages: list[dict[str, str]]) -> str:
+    return "\n".join(m["content"] for m in messages)
+
+
+def _exact_key(kind: str, content: dict[str, Any], fields: str) -> bytes:
+    keys = ["prompt"] if fields == "prompt" else sorted(content)
+    # NUL separates the parts: unlike \x1f it is not white space, so normalising keeps it.
+    text = "\0".join([kind] + [" ".join(f"{m['role']}: {m['content']}" for m in content[k])
+                                for k in keys])
+    return hashlib.blake2b(normalise_text(text).encode(), digest_size=16).digest()
+
+
+class _RowChecker:
+    """Step 1: one raw row -> a candidate, or a reject record."""
+
+    def __init__(self, cfg: CurateConfig):
+        self.cfg = cfg
+        self.placeholders = {normalise_text(p) for p in cfg.placeholder_outputs}
+
+    def __call__(self, raw: RawRow, src_index: int, src: Source) -> _Candidate | dict:
+        if raw.error:
+            return _reject(raw.file, raw.line, raw.text, raw.error.reason, raw.error.detail)
+        try:
+            norm = normalise(raw.value, src.format, src.columns)
+        except RowError as err:
+            return _reject(raw.file, raw.line, raw.text, err.reason, err.detail)
+        kind, content = norm.kind, norm.content
+        answer = _final_answer(kind, content)
+        if normalise_text(answer) in self.placeholders:
+            return _reject(raw.file, raw.line, raw.text, "placeholder_output",
+                           f"the answer is {answer!r}")
+        # Words with their punctuation: "a-z0-9" in a regex is one word, not four.
+        answer_words = normalise_text(answer)
+        if len(answer_words.split()) >= REPETITION_MIN_WORDS:
+            rep = repetition(answer_words)
+            if rep > self.cfg.max_repetition:
+                return _reject(raw.file, raw.line, raw.text, "repetitive",
+                               f"{rep:.2f} of the answer's word 3-grams repeat "
+                               f"(> curate.max_repetition={self.cfg.max_repetition})")
+        rid = row_id(content)
+        meta: dict[str, Any] = {"file": raw.file, "line": raw.line, "format": norm.format}
+        if isinstance(raw.value.get("task"), str):
+            meta["task"] = raw.value["task"]
+        row = {"id": rid, **content, "source": src.name, "meta": meta}
+        parts = {k: match_text(_joined(content[k])) for k in sorted(content)}
+        prompt_text, row_text = parts["prompt"], " ".join(p for p in parts.values() if p)
+        return _Candidate(
+            source=src_index, file=raw.file, line=raw.line, raw=raw.text, kind=kind,
+            format=norm.format, id=rid,
+            row=json.dumps(row, ensure_ascii=False, sort_keys=True),
+            exact_key=_exact_key(kind, content, self.cfg.dedup_fields),
+            dedup_text=prompt_text if self.cfg.dedup_fields == "prompt" else row_text,
+            row_text=row_text, prompt_text=prompt_text,
+            text="\n".join(_joined(content[k]) for k in content),
+        )
+
+
+def _read_source(src: Source) -> tuple[itertools.chain[RawRow], Callable[[], bool]]:
+    """The rows of a source up to its limit, and a check (after reading) whether it cut any."""
+    rows = itertools.chain.from_iterable(read_rows(p, p.as_posix()) for p in src.files)
+    if src.limit is None:
+        return rows, lambda: False
+    limited = itertools.islice(rows, src.limit)
+    return limited, lambda: next(rows, None) is not None
+
+
+def curate(sources: list[Source], cfg: CurateConfig, eval_index: EvalIndex | None = None,
+           counter: TokenCounter | None = None) -> CurationResult:
+    """Curate `sources`. `eval_index` None skips decontamination, `counter` None skips the
+    token-length bounds."""
+    result = CurationResult(sources=sources)
+    # Canonical rows and raw texts wait on disk, in candidate order: a million of each would
+    # take gigabytes of memory, and only the last step needs them.
+    with tempfile.TemporaryFile() as spool:
+        candidates = _check_rows(sources, cfg, counter, spool, result)
+        kept = _length_bounds(candidates, cfg, result)
+        kept = _decontaminate(kept, eval_index, result)
+        kept = _deduplicate(kept, cfg, result)
+        for c in kept:
+            result.counts[c.source]["kept_rows"] += 1
+        _unspool(spool, candidates, result)
+    index = {src.name: i for i, src in enumerate(sources)}
+    file_source = {p.as_posix(): index[s.name] for s in sources for p in s.files}
+    for r in result.rejects:
+        result.counts[file_source[r["file"]]][f"dropped:{r['reason']}"] += 1
+    result.rejects.sort(key=lambda r: (file_source[r["file"]], r["file"], r["line"]))
     return result
 
 
-def _reject(raw: RawRow, reason: str, detail: str, **extra: Any) -> dict[str, Any]:
-    return {"file": raw.file, "line": raw.line, "reason": reason, "detail": detail, **extra,
-            "raw": raw.text}
+def _check_rows(sources: list[Source], cfg: CurateConfig, counter: TokenCounter | None,
+                spool: IO[bytes], result: CurationResult) -> list[_Candidate]:
+    """Step 1 (and the token counts of step 2) while the rows stream in."""
+    check = _RowChecker(cfg)
+    candidates: list[_Candidate] = []
+    lengths = _Lengths(counter, cfg)
+    for i, src in enumerate(sources):
+        counts = Counter()
+        result.counts.append(counts)
+        rows, was_truncated = _read_source(src)
+        for raw in rows:
+            counts["input_rows"] += 1
+            outcome = check(raw, i, src)
+            if isinstance(outcome, dict):
+                result.rejects.append(outcome)
+                continue
+            counts[f"format:{outcome.format}"] += 1
+            candidates.append(outcome)
+            lengths.add(outcome)
+            spool.write(f"{outcome.row}\n{json.dumps(outcome.raw)}\n".encode())
+            outcome.row = outcome.raw = None
+        result.truncated.append(was_truncated())
+    lengths.flush()
+    return candidates
 
 
-def _curate_row(
-    raw: RawRow,
-    fmt: str,
-    cfg: CurateConfig,
-    placeholders: set[str],
-    eval_keys: set[str],
-    seen: dict[str, str],
-) -> tuple[str, dict[str, Any]] | dict[str, Any]:
-    """(kind, canonical row) when kept, else the reject record."""
-    if raw.error:
-        return _reject(raw, raw.error.reason, raw.error.detail)
-    try:
-        kind, content = normalise(raw.value, fmt)
-    except RowError as err:
-        return _reject(raw, err.reason, err.detail)
-    answers = content["completion"] if kind == "sft" else content["chosen"]
-    if normalise_text(answers[-1]["content"]) in placeholders:
-        return _reject(raw, "placeholder_output", f"answer is {answers[-1]['content']!r}")
-    n_chars = sum(len(m["content"]) for msgs in content.values() for m in msgs)
-    if n_chars > cfg.max_chars:
-        return _reject(raw, "too_long", f"{n_chars} characters > curate.max_chars={cfg.max_chars}")
-    if cfg.decontaminate and _prompt_key(content["prompt"]) in eval_keys:
-        return _reject(raw, "eval_contamination", "the prompt appears in an eval set")
-    rid = row_id(content)
-    key = _row_key(kind, content)
-    if key in seen:
-        return _reject(raw, "exact_duplicate", "same normalised text as a kept row",
-                       duplicate_of=seen[key])
-    seen[key] = rid
-    meta = {"file": raw.file, "line": raw.line}
-    if isinstance(raw.value.get("task"), str):
-        meta["task"] = raw.value["task"]
-    return kind, {"id": rid, **content, "source": Path(raw.file).name, "meta": meta}
+class _Lengths:
+    """Counts tokens in batches while rows stream in, so the texts need not stay in memory."""
+
+    def __init__(self, counter: TokenCounter | None, cfg: CurateConfig):
+        self.counter, self.cfg = counter, cfg
+        self.pending: list[_Candidate] = []
+
+    def add(self, c: _Candidate) -> None:
+        if self.counter is None:
+            c.text = ""
+            return
+        self.pending.append(c)
+        if len(self.pending) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            counts = self.counter.lengths([c.text for c in self.pending], self.cfg.min_tokens,
+                                          self.cfg.max_tokens)
+            for c, n in zip(self.pending, counts, strict=True):
+                c.tokens, c.text = n, ""
+            self.pending = []
 
 
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+def _length_bounds(candidates: list[_Candidate], cfg: CurateConfig,
+                   result: CurationResult) -> list[_Candidate]:
+    kept = []
+    for c in candidates:
+        if 0 <= c.tokens < cfg.min_tokens:
+            _drop(c, result, "too_short", f"{c.tokens} tokens < curate.min_tokens={cfg.min_tokens}")
+        elif c.tokens > cfg.max_tokens:
+            _drop(c, result, "too_long", f"{c.tokens} tokens > curate.max_tokens={cfg.max_tokens}")
+        else:
+            kept.append(c)
+    return kept
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def _decontaminate(candidates: list[_Candidate], eval_index: EvalIndex | None,
+                   result: CurationResult) -> list[_Candidate]:
+    if eval_index is None:
+        return candidates
+    matches = eval_index.match([c.row_text for c in candidates],
+                               [c.prompt_text for c in candidates])
+    kept = []
+    for c, match in zip(candidates, matches, strict=True):
+        if match is None:
+            kept.append(c)
+        else:
+            _drop(c, result, "eval_contamination", match.detail, eval_item=match.item)
+    result.details["decontamination"] = eval_index.summary()
+    return kept
+
+
+def _deduplicate(candidates: list[_Candidate], cfg: CurateConfig,
+                 result: CurationResult) -> list[_Candidate]:
+    """Steps 4 and 5. Every dropped row names the kept row it duplicates (`duplicate_of`); every
+    kept row lists the ids it stands for (`meta.cluster`), so the split keeps a cluster together."""
+    rep = list(range(len(candidates)))  # position of the row each candidate is a duplicate of
+    why: dict[int, tuple[str, str, dict[str, Any]]] = {}
+    if cfg.exact_dedup:
+        first: dict[bytes, int] = {}
+        for pos, c in enumerate(candidates):
+            rep[pos] = first.setdefault(c.exact_key, pos)
+            if rep[pos] != pos:
+                why[pos] = ("exact_duplicate", "same normalised text as a kept row", {})
+    if cfg.near_dedup.enabled:
+        nd, stats = cfg.near_dedup, Counter()
+        for kind in ("sft", "preference"):
+            positions = [p for p, r in enumerate(rep) if r == p and candidates[p].kind == kind]
+            found = dedup.near_duplicates(
+                [candidates[p].dedup_text for p in positions], threshold=nd.threshold,
+                ngram=nd.ngram, bands=nd.bands, rows=nd.rows, seed=nd.seed)
+            stats["candidate_pairs"] += found.candidates
+            stats["verified_pairs"] += len(found.pairs)
+            for local, rep_local in enumerate(found.representative.tolist()):
+                if rep_local != local:
+                    jaccard = round(float(found.similarity[local]), 4)
+                    rep[positions[local]] = positions[rep_local]
+                    detail = f"Jaccard {jaccard} >= curate.near_dedup.threshold={nd.threshold}"
+                    why[positions[local]] = ("near_duplicate", detail, {"jaccard": jaccard})
+        # An exact duplicate of a near duplicate belongs to the near duplicate's kept row.
+        for pos in why:
+            if rep[rep[pos]] != rep[pos]:
+                rep[pos] = rep[rep[pos]]
+                detail = "same normalised text as a near duplicate of a kept row"
+                why[pos] = ("exact_duplicate", detail, {})
+        result.details["near_dedup"] = dict(stats)
+
+    members: dict[int, list[str]] = {}
+    for pos, (reason, detail, extra) in sorted(why.items()):
+        c, kept = candidates[pos], candidates[rep[pos]]
+        _drop(c, result, reason, detail, duplicate_of=kept.id, **extra)
+        members.setdefault(rep[pos], []).append(c.id)
+    for pos, ids in members.items():
+        candidates[pos].cluster = sorted(set(ids) - {candidates[pos].id})
+    for c in candidates:  # the texts are no longer needed: free them before the outputs
+        c.dedup_text = c.row_text = c.prompt_text = ""
+    result.details.setdefault("near_dedup", {})["clusters"] = len(members)
+    return [c for pos, c in enumerate(candidates) if rep[pos] == pos]
+
+
+def eval_files(eval_dir: Path, more: list[Path] | None = None) -> list[Path]:
+    """Every readable file of the eval directory (always checked), then any files named."""
+    files = readable_files(eval_dir) if eval_dir.is_dir() else []
+    for path in more or []:
+        files.extend(readable_files(path))
+    return files
+
+
+def write_curation(result: CurationResult, out_dir: Path) -> dict[str, Any]:
+    """sft.jsonl, preferences.jsonl, rejects.jsonl and report.json in `out_dir`."""
+    for name, lines in (("sft.jsonl", result.sft), ("preferences.jsonl", result.preference)):
+        with open(out_dir / name, "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+    write_jsonl(out_dir / "rejects.jsonl", result.rejects)
+    report = result.report()
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def summary(report: dict[str, Any]) -> str:
+    """A few readable lines: what came in, what was kept, what was dropped and why."""
+    lines = [(f"kept {report['kept_rows']} of {report['input_rows']} rows "
+              f"({report['kept_sft_rows']} SFT, {report['kept_preference_rows']} preference)")]
+    for name, src in report["sources"].items():
+        formats = ", ".join(f"{f} {n}" for f, n in src["detected_formats"].items()) or "none"
+        cut = f", cut at limit {src['limit']}" if src["truncated_by_limit"] else ""
+        lines.append(f"  {name}: {src['input_rows']} in, {src['kept_rows']} kept; "
+                     f"format {src['format']} -> {formats}{cut}")
+    width = max((len(r) for r in report["dropped"]), default=0)
+    for reason, n in sorted(report["dropped"].items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"  dropped {reason:<{width}}  {n}")
+    return "\n".join(lines)

@@ -177,9 +177,10 @@ def _chat(row: dict, rng: random.Random) -> dict:
 
 
 def _near_duplicate(row: dict) -> dict:
-    """The same example with one word changed and trailing punctuation: not an exact copy."""
+    """The same example with other punctuation: not an exact copy, the same words."""
     near = dict(row)
-    near["instruction"] = row["instruction"].replace("the", "these", 1).rstrip(".") + " please."
+    near["instruction"] = row["instruction"].rstrip(".") + "!"
+    near["output"] = row["output"] + " ."
     return near
 
 

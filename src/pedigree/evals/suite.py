@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pedigree.config import EvalConfig
-from pedigree.data.curate import read_jsonl
+from pedigree.data.jsonl import read_jsonl
 from pedigree.evals.measure import completion_loss, greedy_answers, perplexity, text_loss
 from pedigree.evals.metrics import score_task_rows
 
