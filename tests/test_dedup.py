@@ -138,6 +138,15 @@ def test_shingles_split_like_str_split():
     assert np.array_equal(np.diff(c.offsets), [2])
 
 
+def test_shingles_do_not_depend_on_chunking(monkeypatch):
+    texts = generated_texts(30, seed=2) + ["", "x", BASE * 3]
+    whole = shingle(texts)
+    monkeypatch.setattr(dedup, "_CHUNK_CHARS", 100)  # many chunks, some of one long text
+    pieces = shingle(texts)
+    assert np.array_equal(whole.hashes, pieces.hashes)
+    assert np.array_equal(whole.offsets, pieces.offsets)
+
+
 def test_short_docs_have_one_shingle_of_all_their_words():
     sh = shingle(["a b c", "a b c", "a b", "b c", "a b c d e"], 5)
     counts = np.diff(sh.offsets)
@@ -195,6 +204,28 @@ def test_signatures_estimate_jaccard():
     assert not np.array_equal(sig, signatures(sh, 256, seed=4))
 
 
+def test_signatures_are_the_minimum_of_each_permutation(monkeypatch):
+    # small blocks, so that blocks of several docs, long docs and empty docs all occur
+    monkeypatch.setattr(dedup, "_SIG_CHUNK", 16)
+    rng = np.random.default_rng(4)
+    vocab = [f"u{i}" for i in range(500)]
+    lengths = [0, 0, 3, 30, 0, 200, 7, 12, 0, 90, 15, 16, 17, 5, 0]
+    texts = [" ".join(words_of(rng, k, vocab)) for k in lengths]
+    sh = shingle(texts)
+    sig = signatures(sh, 8, seed=2)
+    a = dedup._multipliers(8, 2)
+    for i in range(len(texts)):
+        x = sh.hashes[sh.offsets[i]:sh.offsets[i + 1]]
+        if len(x) == 0:
+            expected = np.full(8, np.iinfo(np.uint32).max, dtype=np.uint32)
+        else:
+            with np.errstate(over="ignore"):
+                expected = ((a[:, None] * x[None, :]).min(axis=1) >> np.uint64(32))
+        assert np.array_equal(sig[i], expected.astype(np.uint32)), i
+    assert np.array_equal(signatures(shingle(["", ""]), 4),
+                          np.full((2, 4), np.iinfo(np.uint32).max, dtype=np.uint32))
+
+
 def test_candidate_pairs_are_the_docs_sharing_a_band():
     rng = np.random.default_rng(2)
     sig = rng.integers(0, 4, size=(60, 6), dtype=np.uint32)  # small values: many equal bands
@@ -223,6 +254,8 @@ def test_jaccard_is_exact():
     got = jaccard(sh, pairs)
     for (i, j), value in zip(pairs.tolist(), got.tolist(), strict=True):
         assert value == exact_jaccard(texts[i], texts[j])
+    empty = shingle(["", "", "a b"])
+    assert jaccard(empty, np.array([[0, 1], [0, 2], [2, 2]])).tolist() == [0.0, 0.0, 1.0]
 
 
 # ---------------------------------------------------------------------------------------------

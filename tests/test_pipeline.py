@@ -167,6 +167,14 @@ def test_mlflow_has_a_tagged_run_per_stage(project):
     assert "val_loss" in sft.data.metrics
     digests = {d.dataset.name: d.dataset.digest for d in sft.inputs.dataset_inputs}
     assert digests["data/split"] == manifest(project, "split")["outputs_sha256"][:32]
+    # Curation and split log what they read and their counts.
+    report = json.loads((project / "data/curated/report.json").read_text())
+    curate = by_stage["curate"]
+    assert curate.data.metrics["input_rows"] == report["input_rows"]
+    assert curate.data.metrics["dropped.near_duplicate"] == report["dropped"]["near_duplicate"]
+    datasets = {d.dataset.name for d in curate.inputs.dataset_inputs}
+    assert {"data/raw", "data/eval", "models/base/tokenizer.json"} <= datasets
+    assert by_stage["split"].data.metrics["sft_validation_rows"] > 0
 
 
 def test_eval_only_change_reruns_only_eval(project):

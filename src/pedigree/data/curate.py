@@ -28,11 +28,12 @@ from typing import IO, Any
 from pedigree.config import CurateConfig
 from pedigree.data import dedup
 from pedigree.data.decontaminate import EvalIndex
-from pedigree.data.formats import RawRow, RowError, normalise, read_rows, row_id
+from pedigree.data.formats import RawRow, RowError, normalise, read_rows
 from pedigree.data.jsonl import write_jsonl
 from pedigree.data.lengths import BATCH, TokenCounter
 from pedigree.data.sources import Source, readable_files
 from pedigree.data.text import match_text, normalise_text, repetition
+from pedigree.lineage import canonical_json, sha256_bytes
 
 REPETITION_MIN_WORDS = 16  # shorter answers (numbers, names, lists) repeat by nature
 
@@ -120,7 +121,7 @@ def _unspool(spool: IO[bytes], candidates: list[_Candidate], result: CurationRes
         if c.cluster:
             parsed = json.loads(row)
             parsed["meta"]["cluster"] = c.cluster
-            row = json.dumps(parsed, ensure_ascii=False, sort_keys=True)
+            row = canonical_json(parsed)
         (result.sft if c.kind == "sft" else result.preference).append(row)
 
 
@@ -138,6 +139,16 @@ def _exact_key(kind: str, content: dict[str, Any], fields: str) -> bytes:
     text = "\0".join([kind] + [" ".join(f"{m['role']}: {m['content']}" for m in content[k])
                                 for k in keys])
     return hashlib.blake2b(normalise_text(text).encode(), digest_size=16).digest()
+
+
+def _encode_row(content: dict[str, Any], source: str, meta: dict[str, Any]) -> tuple[str, str]:
+    """(row id, the row as canonical JSON), encoding the messages once: the id is the sha256 of
+    the content's canonical JSON (`row_id`), and the row reuses the same pieces."""
+    pieces = {k: canonical_json(v) for k, v in content.items()}
+    rid = sha256_bytes(("{" + ",".join(f'"{k}":{pieces[k]}' for k in sorted(pieces)) + "}")
+                       .encode())
+    pieces.update(id=f'"{rid}"', meta=canonical_json(meta), source=canonical_json(source))
+    return rid, "{" + ",".join(f'"{k}":{pieces[k]}' for k in sorted(pieces)) + "}"
 
 
 class _RowChecker:
@@ -162,22 +173,20 @@ class _RowChecker:
         # Words with their punctuation: "a-z0-9" in a regex is one word, not four.
         answer_words = normalise_text(answer)
         if len(answer_words.split()) >= REPETITION_MIN_WORDS:
-            rep = repetition(answer_words)
+            rep = repetition(answer_words, above=self.cfg.max_repetition)
             if rep > self.cfg.max_repetition:
                 return _reject(raw.file, raw.line, raw.text, "repetitive",
                                f"{rep:.2f} of the answer's word 3-grams repeat "
                                f"(> curate.max_repetition={self.cfg.max_repetition})")
-        rid = row_id(content)
         meta: dict[str, Any] = {"file": raw.file, "line": raw.line, "format": norm.format}
         if isinstance(raw.value.get("task"), str):
             meta["task"] = raw.value["task"]
-        row = {"id": rid, **content, "source": src.name, "meta": meta}
+        rid, row = _encode_row(content, src.name, meta)
         parts = {k: match_text(_joined(content[k])) for k in sorted(content)}
         prompt_text, row_text = parts["prompt"], " ".join(p for p in parts.values() if p)
         return _Candidate(
             source=src_index, file=raw.file, line=raw.line, raw=raw.text, kind=kind,
-            format=norm.format, id=rid,
-            row=json.dumps(row, ensure_ascii=False, sort_keys=True),
+            format=norm.format, id=rid, row=row,
             exact_key=_exact_key(kind, content, self.cfg.dedup_fields),
             dedup_text=prompt_text if self.cfg.dedup_fields == "prompt" else row_text,
             row_text=row_text, prompt_text=prompt_text,
@@ -321,7 +330,10 @@ def _deduplicate(candidates: list[_Candidate], cfg: CurateConfig,
                 if rep_local != local:
                     jaccard = round(float(found.similarity[local]), 4)
                     rep[positions[local]] = positions[rep_local]
-                    detail = f"Jaccard {jaccard} >= curate.near_dedup.threshold={nd.threshold}"
+                    # Clusters are chains of verified pairs: a row's Jaccard with the kept
+                    # row itself may be lower than the threshold.
+                    detail = (f"in a cluster of pairs with Jaccard >= curate.near_dedup."
+                              f"threshold={nd.threshold}; Jaccard {jaccard} with the kept row")
                     why[positions[local]] = ("near_duplicate", detail, {"jaccard": jaccard})
         # An exact duplicate of a near duplicate belongs to the near duplicate's kept row.
         for pos in why:

@@ -358,11 +358,12 @@ def _minhash(sh: Shingles, num_perm: int, seed: int,
     a = _multipliers(num_perm, seed)[:, None]
     counts = sh.counts()
     n = len(counts)
-    # blocks of whole docs with about _SIG_CHUNK shingles each (a longer doc: a block of its
-    # own), and spans of 64 blocks, one task each
+    # blocks of whole docs with at most about 2 * _SIG_CHUNK shingles (a longer doc: a block of
+    # its own), and spans of 64 blocks, one task each
     bounds = np.searchsorted(sh.offsets, np.arange(0, int(sh.offsets[-1]), _SIG_CHUNK),
                              side="right") - 1
-    bounds = np.unique(np.concatenate([bounds, [n]]))
+    long_docs = np.flatnonzero(counts > _SIG_CHUNK)
+    bounds = np.unique(np.concatenate([[0], bounds, long_docs, long_docs + 1, [n]]))
     spans = [bounds[i:i + 65] for i in range(0, max(len(bounds) - 1, 1), 64)]
     local = threading.local()
     top = np.iinfo(np.uint64).max
@@ -374,7 +375,7 @@ def _minhash(sh: Shingles, num_perm: int, seed: int,
         if len(nonempty) == 0:
             return
         x = sh.hashes[sh.offsets[lo]:sh.offsets[hi]]
-        if len(x) > 4 * _SIG_CHUNK:  # one long doc: its shingles a slice at a time
+        if hi - lo == 1 and len(x) > 4 * _SIG_CHUNK:  # a long doc: a slice at a time
             m = np.full(num_perm, top, dtype=np.uint64)
             for at in range(0, len(x), _SIG_CHUNK):
                 with np.errstate(over="ignore"):
