@@ -5,7 +5,7 @@ filters, token-length bounds, decontamination, exact and near dedup, writing the
 
 The rows come from bench/dedup_data.py (alpaca-sized rows with planted near-duplicate groups).
 Generation is not timed. The curation runs in a child process, so its peak memory
-(ru_maxrss) is the curation's alone. Goal: 1M rows in <= 120 s and <= 4 GB on 2 cores.
+(VmHWM) is the curation's alone. Goal: 1M rows in <= 120 s and <= 4 GB on 2 cores.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import sys
 import tempfile
 import time
@@ -47,7 +46,9 @@ def run_curation(raw: Path, out: Path, tokenizer: str, queue: mp.Queue) -> None:
     out.mkdir()
     report = write_curation(result, out)
     seconds = time.perf_counter() - start
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    # VmHWM, the process's own peak RSS (ru_maxrss would carry the parent's peak over exec).
+    status = Path("/proc/self/status").read_text()
+    peak_gb = int(status.split("VmHWM:")[1].split()[0]) / 2**20  # KiB -> GiB
     queue.put({"seconds": seconds, "peak_gb": peak_gb, "report": report})
 
 
