@@ -2,8 +2,9 @@
 
 Run alone:  dvc repro dpo         (or: python stages/dpo.py)
 
-policy.json names the adapters that make the final policy, in order: the SFT adapter, then the DPO
-adapter when it ran. With dpo.enabled=false no training happens and the policy is the SFT model.
+policy.json records the chain that makes the final policy (train/policy.py): the SFT result
+(trained weights or an adapter), then the DPO adapter when it ran. With dpo.enabled=false no
+training happens and the policy is the SFT model.
 """
 
 import json
@@ -12,34 +13,45 @@ from pathlib import Path
 from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
 from pedigree.stage import stage_run
+from pedigree.train.launch import relaunch_under_accelerate
+from pedigree.train.policy import describe, policy_chain
 
 params = load_params()
+if params.dpo.enabled:
+    relaunch_under_accelerate(params.accelerate)
 base, sft = Path("models/base"), Path("models/sft")
 
 with stage_run("dpo", out="models/dpo", inputs=["models/base", "models/sft", "data/split"],
-               params=["seed", "model", "dpo", "tracking"]) as run:
-    policy = {"adapters": ["models/sft"], "dpo": False}
+               params=["seed", "model", "dpo", "accelerate", "tracking"]) as run:
+    policy = policy_chain(sft, None)
     if params.dpo.enabled:
-        from peft import PeftModel
-
+        from pedigree.train.checkpoints import CheckpointStore, fingerprint
         from pedigree.train.dpo import train_dpo
-        from pedigree.train.load import load_causal_lm, load_tokenizer
+        from pedigree.train.load import load_tokenizer
+        from pedigree.train.methods import save_trained
+        from pedigree.train.policy import load_sft
+        from pedigree.train.sft import curve_csv
 
         trust = params.model.trust_remote_code
-        tokenizer = load_tokenizer(base, trust)
-        # Fold the SFT adapter in: DPO starts from, and is tied to, the SFT policy.
-        sft_policy = PeftModel.from_pretrained(load_causal_lm(base, trust), sft).merge_and_unload()
+        tokenizer = load_tokenizer(sft, trust)  # the chat template SFT trained with
+        # Fold SFT in: DPO starts from, and is tied to, the SFT policy.
+        sft_policy = load_sft(base, sft, trust)
+        if hasattr(sft_policy, "merge_and_unload"):
+            sft_policy = sft_policy.merge_and_unload()
         train = read_jsonl(Path("data/split/preference_train.jsonl"))
         validation = read_jsonl(Path("data/split/preference_validation.jsonl"))
+        store = CheckpointStore(Path("checkpoints/dpo"),
+                                fingerprint(run.input_hashes, run.recorded_params))
 
         adapter, metrics, curve = train_dpo(sft_policy, tokenizer, train, validation,
-                                            params.dpo, params.seed)
-        adapter.save_pretrained(run.dir)
-        (run.dir / "README.md").unlink()  # PEFT's empty card template; issue 5 writes real cards
+                                            params.dpo, params.seed, store)
+        save_trained(adapter, run.dir, "lora")
         (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (run.dir / "train_loss.csv").write_text(curve_csv(curve, "loss"))
         run.metrics, run.history = metrics, curve
-        run.artifacts = ["metrics.json", "adapter_config.json", "adapter_model.safetensors"]
-        policy = {"adapters": ["models/sft", "models/dpo"], "dpo": True}
+        run.artifacts = ["metrics.json", "train_loss.csv"]
+        policy = policy_chain(sft, Path("models/dpo"))
+        store.clear()
     (run.dir / "policy.json").write_text(json.dumps(policy, indent=2) + "\n")
     run.details["policy"] = policy
-    print(f"[dpo] policy = {' + '.join(policy['adapters'])} on models/base")
+    print(f"[dpo] policy = {describe(policy)}")

@@ -3,7 +3,7 @@
 Run alone:  dvc repro eval        (or: python stages/eval.py)
 Read:       dvc metrics show      (and `dvc metrics diff` against another commit or experiment)
 
-Models: the base, the SFT policy (base + adapter), the DPO policy when it ran, the merged model and
+Models: the base, the SFT policy (base + adapter, or its trained weights), the DPO policy when it ran, the merged model and
 each quantized format. Measured: validation loss/perplexity, general-text loss/perplexity (the
 forgetting probe), task exact match and task score.
 """
@@ -11,14 +11,13 @@ forgetting probe), task exact match and task score.
 import json
 from pathlib import Path
 
-from peft import PeftModel
-
 from pedigree.config import load_params
 from pedigree.evals.suite import answers_table, evaluate, load_eval_sets
 from pedigree.export.merge import with_adapters
 from pedigree.export.quantize import gguf_path, load_gguf
 from pedigree.stage import stage_run
 from pedigree.train.load import load_causal_lm, load_tokenizer
+from pedigree.train.policy import load_sft, policy_base
 
 params = load_params()
 cfg, trust = params.eval, params.model.trust_remote_code
@@ -29,17 +28,17 @@ with stage_run("eval", out="metrics",
                        "models/quantized", "data/split", params.data.eval_dir],
                params=["model", "data", "eval", "tracking"]) as run:
     sets = load_eval_sets(Path(params.data.eval_dir), Path("data/split/sft_validation.jsonl"), cfg)
-    tokenizer = load_tokenizer(base, trust)
+    tokenizer = load_tokenizer(Path("models/sft"), trust)  # the template the policy trained with
     policy = json.loads(Path("models/dpo/policy.json").read_text())
     quantized = json.loads(Path("models/quantized/report.json").read_text())
 
     models = {
         "base": lambda: load_causal_lm(base, trust),
-        "sft": lambda: PeftModel.from_pretrained(load_causal_lm(base, trust), "models/sft"),
+        "sft": lambda: load_sft(base, Path("models/sft"), trust),
         "merged": lambda: load_causal_lm(Path("models/merged"), trust),
     }
     if policy["dpo"]:
-        models["dpo"] = lambda: with_adapters(load_causal_lm(base, trust),
+        models["dpo"] = lambda: with_adapters(policy_base(base, policy, trust),
                                               [Path(a) for a in policy["adapters"]])[0]
     for fmt in quantized:
         models[fmt] = lambda fmt=fmt: load_gguf(gguf_path(Path("models/quantized"), fmt))[0]

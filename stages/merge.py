@@ -1,4 +1,4 @@
-"""Stage `merge`: fold the policy adapters into the base -> models/merged/.
+"""Stage `merge`: fold the policy adapters into the base (or SFT-trained weights) -> models/merged/.
 
 Run alone:  dvc repro merge       (or: python stages/merge.py)
 
@@ -13,7 +13,8 @@ from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
 from pedigree.export.merge import merge_policy
 from pedigree.stage import stage_run
-from pedigree.train.load import load_causal_lm, load_tokenizer
+from pedigree.train.load import load_tokenizer
+from pedigree.train.policy import policy_base
 
 params = load_params()
 cfg, base = params.merge, Path("models/base")
@@ -22,11 +23,11 @@ with stage_run("merge", out="models/merged",
                inputs=["models/base", "models/sft", "models/dpo", "data/split"],
                params=["model", "merge", "tracking"]) as run:
     policy = json.loads(Path("models/dpo/policy.json").read_text())
-    tokenizer = load_tokenizer(base, params.model.trust_remote_code)
+    tokenizer = load_tokenizer(Path("models/sft"), params.model.trust_remote_code)
     rows = read_jsonl(Path("data/split/sft_validation.jsonl"))[: cfg.parity_rows]
 
     merged, parity = merge_policy(
-        load_causal_lm(base, params.model.trust_remote_code), tokenizer,
+        policy_base(base, policy, params.model.trust_remote_code), tokenizer,
         [Path(a) for a in policy["adapters"]], rows, cfg.dtype, cfg.parity_tolerance,
         cfg.max_length,
     )

@@ -1,7 +1,11 @@
-"""Stage `sft`: LoRA supervised fine-tuning of models/base on data/split -> models/sft/.
+"""Stage `sft`: supervised fine-tuning of models/base on data/split -> models/sft/.
 
 Run alone:  dvc repro sft         (or: python stages/sft.py)
+Method:     dvc exp run -S sft=qlora      (lora, qlora, dora, partial, full: conf/sft/)
 Try a value without editing conf/:  dvc exp run -S sft.learning_rate=1e-3
+
+Checkpoints go to checkpoints/sft/; a killed run resumes from the last one on the next
+`dvc repro`, unless the data, base model or params changed since.
 """
 
 import json
@@ -10,25 +14,40 @@ from pathlib import Path
 from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
 from pedigree.stage import stage_run
-from pedigree.train.load import load_causal_lm, load_tokenizer
-from pedigree.train.sft import train_sft
+from pedigree.train.checkpoints import CheckpointStore, fingerprint
+from pedigree.train.launch import gather, is_main_process, relaunch_under_accelerate
+from pedigree.train.load import load_tokenizer
+from pedigree.train.methods import prepare_model, save_trained, state_digest, trained_state
+from pedigree.train.sft import chat_template, curve_csv, train_sft
 
 params = load_params()
-base = Path("models/base")
+relaunch_under_accelerate(params.accelerate)
+cfg, base, trust = params.sft, Path("models/base"), params.model.trust_remote_code
 
 with stage_run("sft", out="models/sft", inputs=["models/base", "data/split"],
-               params=["seed", "model", "sft", "tracking"]) as run:
-    model = load_causal_lm(base, params.model.trust_remote_code)
-    tokenizer = load_tokenizer(base, params.model.trust_remote_code)
+               params=["seed", "model", "sft", "accelerate", "tracking"]) as run:
+    tokenizer = load_tokenizer(base, trust)
+    tokenizer.chat_template = chat_template(cfg.chat_template) or tokenizer.chat_template
+    model, peft_config, run.details["training"] = prepare_model(base, cfg, trust)
     train = read_jsonl(Path("data/split/sft_train.jsonl"))
     validation = read_jsonl(Path("data/split/sft_validation.jsonl"))
+    store = CheckpointStore(Path("checkpoints/sft"),
+                            fingerprint(run.input_hashes, run.recorded_params))
 
-    adapter, metrics, curve = train_sft(model, tokenizer, train, validation, params.sft, params.seed)
+    trained, metrics, curve = train_sft(model, tokenizer, peft_config, train, validation, cfg,
+                                        params.seed, store)
 
-    adapter.save_pretrained(run.dir)
-    (run.dir / "README.md").unlink()  # PEFT's empty card template; issue 5 writes real cards
-    tokenizer.save_pretrained(run.dir)
+    # Every rank holds the weights; under DDP they must agree, and the manifest shows they do.
+    run.details["training"]["rank_sha256"] = gather(state_digest(trained_state(trained)))
+    save_trained(trained, run.dir, cfg.method)
+    tokenizer.save_pretrained(run.dir)  # with the chat template the model was trained on
     (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (run.dir / "train_loss.csv").write_text(curve_csv(curve, "loss"))
+    (run.dir / "val_loss.csv").write_text(curve_csv(curve, "eval_loss"))
     run.metrics, run.history = metrics, curve
-    run.artifacts = ["metrics.json", "adapter_config.json", "adapter_model.safetensors"]
-    print(f"[sft] validation loss {metrics['val_loss_base']:.3f} (base) -> {metrics['val_loss']:.3f}")
+    run.artifacts = ["metrics.json", "train_loss.csv", "val_loss.csv"]
+    store.clear()
+    if is_main_process():
+            print(f"[sft] {cfg.method}: {metrics['trainable_params']:,.0f} trainable parameters "
+              f"({metrics['trainable_fraction']:.2%}); validation loss "
+              f"{metrics['val_loss_base']:.3f} (base) -> {metrics['val_loss']:.3f}")

@@ -196,31 +196,71 @@ class LoraConfig(Section):
     alpha: int = Field(32, ge=1, description="scale = alpha / r; usually alpha = 2 * r")
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    use_rslora: bool = Field(False, description="scale = alpha / sqrt(r): stable at high ranks")
+
+
+class QuantConfig(Section):
+    """How QLoRA loads the frozen base: 4-bit through bitsandbytes."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = Field(True, description="quantize the scales too (~0.4 bit per weight)")
+
+
+class PartialConfig(Section):
+    """Which parts of the base train when method=partial; everything else stays frozen."""
+
+    last_blocks: int = Field(2, ge=0, description="the last N transformer blocks")
+    modules: list[str] = Field(
+        default_factory=lambda: ["model.norm", "lm_head"],
+        description="module names or fnmatch patterns (model.layers.0.mlp.*)",
+    )
+
+
+ADAPTER_METHODS = ("lora", "qlora", "dora")  # the others train base weights directly
 
 
 class SFTConfig(Section):
-    method: Literal["lora"] = Field("lora", description="how trainable parameters enter the model")
+    method: Literal["lora", "qlora", "dora", "partial", "full"] = Field(
+        "lora", description="how trainable parameters enter the model"
+    )
     learning_rate: float = Field(2e-3, gt=0, lt=1)
     max_steps: int = Field(200, ge=1)
     batch_size: int = Field(16, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(128, ge=16, description="tokens per row; longer rows are truncated")
     completion_only_loss: bool = Field(True, description="mask the prompt tokens in the loss")
-    lr_scheduler: Literal["linear", "cosine", "constant"] = "cosine"
+    packing: bool = Field(False, description="pack rows into max_length blocks, no padding")
+    chat_template: str | None = Field(
+        None, description="a .jinja file or an inline template; None: the base tokenizer's"
+    )
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
     eval_steps: int = Field(50, ge=1, description="validation loss every N steps")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after N evaluations without a lower validation loss"
+    )
+    save_steps: int = Field(50, ge=1, description="checkpoint every N steps, for resume")
     lora: LoraConfig = LoraConfig()
+    quant: QuantConfig = QuantConfig()
+    partial: PartialConfig = PartialConfig()
+
+
+# The paired losses TRL's DPOTrainer offers (trl 1.16 DPOConfig.loss_type).
+DPO_LOSSES = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
+                     "sppo_hard", "aot", "apo_zero", "apo_down", "discopop", "sigmoid_norm"]
 
 
 class DPOConfig(Section):
     enabled: bool = Field(True, description="false: no training, the SFT model is the policy")
     beta: float = Field(0.1, gt=0, description="strength of the KL tie to the SFT policy")
-    loss_type: Literal["sigmoid", "hinge", "ipo"] = "sigmoid"
+    loss_type: DPO_LOSSES = "sigmoid"
     learning_rate: float = Field(2e-4, gt=0, lt=1)
     max_steps: int = Field(30, ge=1)
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(128, ge=16)
     precompute_ref_log_probs: bool = Field(True, description="~40% faster on CPU")
+    save_steps: int = Field(50, ge=1, description="checkpoint every N steps, for resume")
     lora: LoraConfig = LoraConfig(r=8, alpha=16)
 
 
@@ -248,6 +288,15 @@ class EvalConfig(Section):
     max_length: int = Field(256, ge=16, description="tokens per row for the loss measurements")
 
 
+class AccelerateConfig(Section):
+    """Run the training stages under `accelerate launch` (DDP, FSDP, DeepSpeed)."""
+
+    config_file: str | None = Field(
+        None, description="an accelerate config, e.g. conf/accelerate/ddp.yaml; None: one process"
+    )
+    num_processes: int | None = Field(None, ge=1, description="overrides the file's count")
+
+
 class TrackingConfig(Section):
     enabled: bool = True
     experiment: str = Field("pedigree", min_length=1, description="MLflow experiment name")
@@ -266,6 +315,7 @@ class Params(Section):
     merge: MergeConfig
     quantize: QuantizeConfig
     eval: EvalConfig
+    accelerate: AccelerateConfig = AccelerateConfig()
     tracking: TrackingConfig
 
 

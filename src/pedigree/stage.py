@@ -14,6 +14,7 @@ added and the directory renamed onto `out`, so a crash never leaves a half-writt
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pedigree import lineage
 from pedigree.config import Params, load_params, section_dict
 from pedigree.errors import MissingInputError, install_excepthook
 from pedigree.files import replace_dir
+from pedigree.train.launch import is_main_process
 
 # Stage scripts import this module first: user errors print as one message, no traceback.
 install_excepthook()
@@ -94,9 +96,15 @@ def stage_run(name: str, *, out: str, inputs: list[str], params: list[str]) -> I
         if (Path(rel) / lineage.MANIFEST).is_file():
             upstream.append({**lineage.read_manifest(Path(rel)), "_path": rel})
     out_path = Path(out)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    # Under `accelerate launch` every rank runs the body (training needs them all), but only
+    # rank 0 publishes; the others write into a private scratch directory that is then removed.
+    main = is_main_process()
+    if main:
+        tmp = out_path.with_name(f".{out_path.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix=f"pedigree-{name}-rank-"))
     run = StageRun(
         name=name,
         dir=tmp,
@@ -108,6 +116,9 @@ def stage_run(name: str, *, out: str, inputs: list[str], params: list[str]) -> I
     )
     try:
         yield run
+        if not main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         manifest = build_manifest(run)
         lineage.write_manifest(tmp, manifest)
         replace_dir(tmp, out_path)

@@ -1,8 +1,10 @@
 """Folding the policy adapters into the base, with a logit check that the fold changed nothing.
 
-The policy is a chain: the SFT adapter, then (when DPO ran) the DPO adapter trained on the
-SFT-merged weights. LoRA updates add up, so the merged model must equal the base with every
-adapter of the chain active at once; the check compares exactly that, on held-out rows.
+The policy is a chain (train/policy.py): the SFT adapter, then (when DPO ran) the DPO adapter
+trained on the SFT-merged weights. LoRA updates add up, so the merged model must equal the base
+with every adapter of the chain active at once; the check compares exactly that, on held-out rows.
+When SFT trained base weights directly (partial or full), the caller passes the base with those
+weights applied, and only the adapters on top (if any) are folded in.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ def with_adapters(base, adapters: list[Path]):
     """The base (fp32) with every adapter of the chain loaded and active together, unmerged."""
     from peft import PeftModel
 
+    if not adapters:
+        return base, []
     names = [f"adapter{i}" for i in range(len(adapters))]
     model = PeftModel.from_pretrained(base, str(adapters[0]), adapter_name=names[0])
     for name, path in zip(names[1:], adapters[1:], strict=True):
@@ -42,7 +46,8 @@ def merge_policy(
     model, names = with_adapters(base, adapters)
     # The reference logits come first: merging rewrites the same base weights in place.
     reference, mask = chat_logits(model, tokenizer, rows, max_length)
-    merged = model.merge_and_unload(adapter_names=names).to(DTYPES[dtype])
+    merged = model.merge_and_unload(adapter_names=names) if names else model
+    merged = merged.to(DTYPES[dtype])
     candidate, _ = chat_logits(merged, tokenizer, rows, max_length)
     parity = compare_logits(reference, candidate, mask)
     parity.update({"dtype": dtype, "tolerance": tolerance, "adapters": len(adapters)})

@@ -11,7 +11,9 @@ import tempfile
 from typing import Any
 
 from pedigree.config import DPOConfig
-from pedigree.train.sft import conversational_dataset, peft_lora, run_settings, trainer_log
+from pedigree.train.checkpoints import CheckpointStore
+from pedigree.train.methods import peft_lora
+from pedigree.train.sft import conversational_dataset, fit, run_settings, trainer_log
 
 
 def train_dpo(
@@ -21,6 +23,7 @@ def train_dpo(
     val_pairs: list[dict[str, Any]],
     cfg: DPOConfig,
     seed: int,
+    store: CheckpointStore | None = None,
 ) -> tuple[Any, dict[str, float], list[tuple[int, dict]]]:
     """Train a DPO LoRA on `policy` (a plain model); returns (peft model, metrics, curve)."""
     from trl import DPOConfig as TRLDPOConfig
@@ -29,7 +32,7 @@ def train_dpo(
     columns = ("prompt", "chosen", "rejected")
     with tempfile.TemporaryDirectory(prefix="pedigree-dpo-") as scratch:
         args = TRLDPOConfig(
-            output_dir=scratch,
+            output_dir=str(store.dir) if store else scratch,
             max_steps=cfg.max_steps,
             per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=cfg.batch_size,
@@ -40,7 +43,7 @@ def train_dpo(
             precompute_ref_log_probs=cfg.precompute_ref_log_probs,
             eval_strategy="no",
             logging_steps=max(1, min(10, cfg.max_steps // 4)),
-            **run_settings(seed),
+            **run_settings(seed, cfg.save_steps),
         )
         trainer = DPOTrainer(
             model=policy,
@@ -49,8 +52,9 @@ def train_dpo(
             eval_dataset=conversational_dataset(val_pairs, columns),
             processing_class=tokenizer,
             peft_config=peft_lora(cfg.lora),
+            callbacks=[store.callback()] if store else None,
         )
-        trainer.train()
+        fit(trainer, store, "dpo")
         after = trainer.evaluate()
     metrics = {
         "val_loss": float(after["eval_loss"]),

@@ -1,7 +1,8 @@
 """Supervised fine-tuning with TRL on canonical prompt/completion rows.
 
 Completion-only loss by default: the prompt tokens are masked, so the model learns to answer, not
-to echo questions. The base model's chat template renders both sides.
+to echo questions. The base model's chat template (or `sft.chat_template`) renders both sides.
+Checkpoints go to the stage's checkpoint store, so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -9,32 +10,29 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-from pedigree.config import LoraConfig, SFTConfig
+from pathlib import Path
+
+from pedigree.config import SFTConfig
+from pedigree.errors import PedigreeError
+from pedigree.train.checkpoints import CheckpointStore, EarlyStopping
 from pedigree.train.load import training_device
+from pedigree.train.methods import parameter_counts
 
 
-def peft_lora(cfg: LoraConfig):
-    from peft import LoraConfig as PeftLoraConfig
-
-    return PeftLoraConfig(
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules,
-        task_type="CAUSAL_LM",
-    )
-
-
-def run_settings(seed: int) -> dict[str, Any]:
-    """TrainingArguments shared by the SFT and DPO recipes: seeded, no checkpoints, no reporting
-    (the stage logs to MLflow itself), and the device's precision."""
+def run_settings(seed: int, save_steps: int | None = None) -> dict[str, Any]:
+    """TrainingArguments shared by the SFT and DPO recipes: seeded, checkpoints every `save_steps`
+    (none when None), no reporting (the stage logs to MLflow itself), the device's precision."""
+    saving = ({"save_strategy": "steps", "save_steps": save_steps, "save_total_limit": 2}
+              if save_steps else {"save_strategy": "no"})
     return {
-        "save_strategy": "no",
+        **saving,
         "report_to": "none",
         "gradient_checkpointing": False,  # ~25% faster for small models; memory is not the limit
         "seed": seed,
         "data_seed": seed,
         "disable_tqdm": True,
+        # Under DDP: every LoRA/partial parameter gets a gradient; the search costs a pass.
+        "ddp_find_unused_parameters": False,
         "dataloader_num_workers": 0,
         **training_device(),
     }
@@ -57,55 +55,101 @@ def trainer_log(log_history: list[dict[str, Any]], keys: tuple[str, ...]) -> lis
     return curve
 
 
+def chat_template(value: str | None) -> str | None:
+    """`sft.chat_template`: a path to a .jinja file (read here) or an inline template."""
+    if value is None or not value.endswith(".jinja"):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise PedigreeError(f"sft.chat_template: {value}: no such file")
+    return path.read_text(encoding="utf-8")
+
+
+def fit(trainer, store: CheckpointStore | None, stage: str) -> None:
+    """Train, resuming from the store's last complete checkpoint when its fingerprint matches.
+
+    A fresh run evaluates at step 0 (`eval_on_start`), inside the training loop so that it also
+    works under DDP (an evaluate() before train() would keep the model from being wrapped); a
+    resumed run has that evaluation in the log history it restores.
+    """
+    resume = store.resume_point(stage) if store else None
+    trainer.args.eval_on_start = resume is None and trainer.args.eval_strategy != "no"
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+
+def sft_args(cfg: SFTConfig, seed: int, output_dir: str):
+    from trl import SFTConfig as TRLSFTConfig
+
+    return TRLSFTConfig(
+        output_dir=output_dir,  # the checkpoints; the trained weights are saved explicitly
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_length=cfg.max_length,
+        completion_only_loss=cfg.completion_only_loss,
+        # BFD packing: rows packed whole into max_length blocks; position ids restart per row and
+        # the attention mask is block-diagonal, so packed rows never see each other.
+        packing=cfg.packing,
+        packing_strategy="bfd",
+        eval_strategy="steps",
+        eval_steps=cfg.eval_steps,
+        logging_steps=max(1, min(10, cfg.eval_steps)),
+        **run_settings(seed, cfg.save_steps),
+    )
+
+
+def curve_csv(curve: list[tuple[int, dict]], key: str, column: str = "loss") -> str:
+    """One metric of a training curve as `step,<column>` CSV, for `dvc plots show`."""
+    lines = [f"step,{column}"]
+    lines += [f"{step},{values[key]:.6g}" for step, values in curve if key in values]
+    return "\n".join(lines) + "\n"
+
+
 def train_sft(
     model,
     tokenizer,
+    peft_config,
     train_rows: list[dict[str, Any]],
     val_rows: list[dict[str, Any]],
     cfg: SFTConfig,
     seed: int,
+    store: CheckpointStore | None = None,
 ) -> tuple[Any, dict[str, float], list[tuple[int, dict]]]:
-    """Train a LoRA adapter; returns (peft model, metrics, curve)."""
-    from trl import SFTConfig as TRLSFTConfig
+    """Train `model` (wrapped in `peft_config` when given); returns (model, metrics, curve)."""
     from trl import SFTTrainer
 
     columns = ("prompt", "completion")
     with tempfile.TemporaryDirectory(prefix="pedigree-sft-") as scratch:
-        args = TRLSFTConfig(
-            output_dir=scratch,  # checkpoints are not outputs; the adapter is saved explicitly
-            max_steps=cfg.max_steps,
-            per_device_train_batch_size=cfg.batch_size,
-            per_device_eval_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            learning_rate=cfg.learning_rate,
-            lr_scheduler_type=cfg.lr_scheduler,
-            warmup_steps=cfg.warmup_steps,
-            max_length=cfg.max_length,
-            completion_only_loss=cfg.completion_only_loss,
-            eval_strategy="steps",
-            eval_steps=cfg.eval_steps,
-            logging_steps=max(1, min(10, cfg.eval_steps)),
-            **run_settings(seed),
-        )
+        output_dir = str(store.dir) if store else scratch
         trainer = SFTTrainer(
             model=model,
-            args=args,
+            args=sft_args(cfg, seed, output_dir),
             train_dataset=conversational_dataset(train_rows, columns),
             eval_dataset=conversational_dataset(val_rows, columns),
             processing_class=tokenizer,
-            peft_config=peft_lora(cfg.lora),
+            peft_config=peft_config,
+            callbacks=[
+                *([store.callback()] if store else []),
+                *([EarlyStopping(cfg.early_stopping_patience)]
+                  if cfg.early_stopping_patience else []),
+            ],
         )
-        # A fresh LoRA is a no-op (B = 0), so this is the base model's validation loss.
-        before = trainer.evaluate()["eval_loss"]
-        trainer.train()
+        fit(trainer, store, "sft")
         after = trainer.evaluate()["eval_loss"]
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in trainer.model.parameters())
+    # The step-0 evaluation: the base model (a fresh LoRA is a no-op, B = 0).
+    before = next(e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e)
+    trainable, total = parameter_counts(trainer.model)
     metrics = {
         "val_loss_base": float(before),
         "val_loss": float(after),
         "trainable_params": float(trainable),
         "trainable_fraction": trainable / total,
+        "steps": float(trainer.state.global_step),
     }
     curve = trainer_log(trainer.state.log_history, ("loss", "eval_loss"))
     return trainer.model, metrics, curve

@@ -1,0 +1,114 @@
+"""Checkpoints that let a killed training stage resume where it stopped, and only then.
+
+A stage's checkpoints live in `checkpoints/<stage>/` (ignored by git, never a DVC output), next to
+`fingerprint.json`: the content hashes of the stage's inputs (data, base model, upstream
+adapters) and of its params. A later run resumes from the last complete checkpoint only when its
+fingerprint is the same; otherwise it says what changed and starts fresh, because resuming onto
+other data or params would give weights that no single run could have produced.
+
+The trainer writes a checkpoint directory in place, so a kill can leave a partial one behind;
+a checkpoint counts only once the `on_save` callback has marked it complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from pedigree.lineage import hash_of_hashes, sha256_json
+from pedigree.train.launch import is_main_process
+
+FINGERPRINT = "fingerprint.json"
+COMPLETE = "pedigree-complete"  # marker file inside a checkpoint-N directory
+
+
+def fingerprint(input_hashes: dict[str, dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint was trained from: one hash per input path, one for the params."""
+    return {
+        "inputs": {path: hash_of_hashes(files) for path, files in sorted(input_hashes.items())},
+        "params_sha256": sha256_json(params),
+    }
+
+
+class CheckpointStore:
+    def __init__(self, directory: Path, current: dict[str, Any]):
+        self.dir = directory
+        self.current = current
+
+    def _changes(self) -> list[str]:
+        """What differs from the fingerprint the checkpoints were made with."""
+        saved = json.loads((self.dir / FINGERPRINT).read_text())
+        changed = [path for path in sorted({*saved["inputs"], *self.current["inputs"]})
+                   if saved["inputs"].get(path) != self.current["inputs"].get(path)]
+        if saved["params_sha256"] != self.current["params_sha256"]:
+            changed.append("params")
+        return changed
+
+    def last_complete(self) -> Path | None:
+        done = [p for p in self.dir.glob("checkpoint-*") if (p / COMPLETE).is_file()]
+        return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+    def resume_point(self, stage: str) -> Path | None:
+        """The checkpoint to resume from, or None for a fresh start (after clearing stale ones)."""
+        if not (self.dir / FINGERPRINT).is_file():
+            self._start_fresh()
+            return None
+        changes = self._changes()
+        if changes:
+            print(f"[{stage}] not resuming: {', '.join(changes)} changed since the checkpoints "
+                  f"in {self.dir} were made; starting fresh")
+            self._start_fresh()
+            return None
+        last = self.last_complete()
+        if last is not None:
+            print(f"[{stage}] resuming from {last}")
+        return last
+
+    def _start_fresh(self) -> None:
+        if not is_main_process():
+            return
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        (self.dir / FINGERPRINT).write_text(json.dumps(self.current, indent=2) + "\n")
+
+    def clear(self) -> None:
+        """After the stage's output is complete the checkpoints have no further use."""
+        if is_main_process():
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def callback(self) -> TrainerCallback:
+        return _MarkComplete()
+
+
+class _MarkComplete(TrainerCallback):
+    """Marks checkpoint-N complete once the trainer has written all of it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if path.is_dir():
+                (path / COMPLETE).touch()
+        return control
+
+
+class EarlyStopping(TrainerCallback):
+    """Stops training after `patience` evaluations without a lower validation loss.
+
+    Stateless: it reads the trainer's log history, which a resumed run restores, so stopping
+    decisions are the same with or without an interruption. The last weights are kept.
+    """
+
+    def __init__(self, patience: int):
+        self.patience = patience
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        losses = [entry["eval_loss"] for entry in state.log_history if "eval_loss" in entry]
+        if losses:
+            best = min(range(len(losses)), key=losses.__getitem__)
+            if len(losses) - 1 - best >= self.patience:
+                control.should_training_stop = True
+        return control

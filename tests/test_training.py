@@ -1,0 +1,182 @@
+"""Training methods on a micro model: each learns, saves only what it trained and reloads to the
+same model; runs are deterministic; early stopping and checkpoint fingerprints behave."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import TrainerControl, TrainerState
+
+from pedigree.config import SFTConfig
+from pedigree.evals.measure import chat_logits
+from pedigree.train.checkpoints import COMPLETE, CheckpointStore, EarlyStopping, fingerprint
+from pedigree.train.load import load_tokenizer
+from pedigree.train.methods import (
+    MethodError,
+    load_4bit,
+    prepare_model,
+    save_trained,
+    trained_kind,
+    trained_state,
+)
+from pedigree.train.policy import load_sft, policy_base, policy_chain
+from pedigree.train.sft import curve_csv, train_sft
+
+COLOURS = ["red", "blue", "green", "black", "white", "yellow", "brown", "pink"]
+THINGS = ["car", "house", "cup", "door", "shirt", "bird", "book", "lamp"]
+
+
+def _row(i: int) -> dict:
+    """A fact to learn: each thing has one colour; the prompts differ by a number."""
+    thing, colour = THINGS[i % 8], COLOURS[i % 8]
+    return {
+        "id": f"r{i}",
+        "prompt": [{"role": "user", "content": f"Question {i}: what colour is the {thing}?"}],
+        "completion": [{"role": "assistant", "content": f"The {thing} is {colour}."}],
+    }
+
+
+TRAIN = [_row(i) for i in range(48)]
+VALIDATION = [_row(i) for i in range(48, 64)]
+
+
+def _cfg(method: str, **overrides) -> SFTConfig:
+    rates = {"full": 3e-3, "partial": 5e-3}
+    values = dict(method=method, learning_rate=rates.get(method, 3e-3), max_steps=32,
+                  batch_size=8, max_length=64, warmup_steps=0, eval_steps=8, save_steps=8,
+                  lora={"r": 8, "alpha": 32}, partial={"last_blocks": 1, "modules": ["lm_head"]})
+    values.update(overrides)
+    return SFTConfig.model_validate(values)
+
+
+def _train(micro_model_dir, cfg: SFTConfig, store=None):
+    tokenizer = load_tokenizer(micro_model_dir)
+    model, peft_config, details = prepare_model(micro_model_dir, cfg)
+    trained, metrics, curve = train_sft(model, tokenizer, peft_config, TRAIN, VALIDATION, cfg,
+                                        seed=0, store=store)
+    return trained, metrics, curve, details
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "dora", "partial", "full"])
+def test_each_method_learns_and_reloads(method, micro_model_dir, tmp_path):
+    cfg = _cfg(method)
+    trained, metrics, curve, details = _train(micro_model_dir, cfg)
+
+    # LoRA learns slowly on a barely pretrained micro base (STACK.md), hence the modest margin.
+    assert metrics["val_loss"] < 0.92 * metrics["val_loss_base"], metrics
+    fraction = metrics["trainable_fraction"]
+    if method == "full":
+        assert fraction == 1.0
+    elif method == "partial":
+        assert 0.05 < fraction < 1.0
+        assert details["trained_modules"] == ["lm_head", "model.layers.1"]
+    else:
+        assert 0 < fraction < 0.2
+    assert sorted({step for step, values in curve if "eval_loss" in values}) == [0, 8, 16, 24, 32]
+
+    out = tmp_path / "sft"
+    out.mkdir()
+    save_trained(trained, out, cfg.method)
+    kind = "weights" if method in ("partial", "full") else "adapter"
+    assert trained_kind(out) == kind
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["training.json", "trained.safetensors"] if kind == "weights"
+        else ["training.json", "adapter_config.json", "adapter_model.safetensors"])
+
+    # What was saved rebuilds the trained model: same logits on held-out rows. QLoRA trained on
+    # a 4-bit base, so its adapter is checked on the 4-bit base it was trained on.
+    tokenizer = load_tokenizer(micro_model_dir)
+    trained.eval()
+    expected, mask = chat_logits(trained, tokenizer, VALIDATION[:4], 64)
+    if method == "qlora":
+        from peft import PeftModel
+
+        reloaded = PeftModel.from_pretrained(load_4bit(micro_model_dir, cfg), str(out))
+    else:
+        reloaded = load_sft(micro_model_dir, out)
+    got, _ = chat_logits(reloaded, tokenizer, VALIDATION[:4], 64)
+    # TRL trains QLoRA adapters in bf16; PEFT reloads them in fp32: bf16 rounding remains.
+    tolerance = 5e-2 if method == "qlora" else 1e-4
+    assert (expected - got)[mask].abs().max().item() < tolerance
+
+
+def test_partial_freezes_everything_else(micro_model_dir):
+    model, peft_config, _ = prepare_model(micro_model_dir, _cfg("partial"))
+    assert peft_config is None
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("model.layers.1.", "lm_head", "model.embed_tokens"))
+                             for n in trainable)
+    assert not any(n.startswith("model.layers.0.") for n in trainable)
+    with pytest.raises(MethodError, match="'decoder' matches no module"):
+        prepare_model(micro_model_dir, _cfg("partial", partial={"modules": ["decoder"]}))
+
+
+def test_two_runs_give_identical_weights(micro_model_dir):
+    cfg = _cfg("lora", lora={"r": 4, "alpha": 8, "dropout": 0.1}, max_steps=8)
+    first = trained_state(_train(micro_model_dir, cfg)[0])
+    second = trained_state(_train(micro_model_dir, cfg)[0])
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_full_policy_chain_and_weights_base(micro_model_dir, tmp_path):
+    trained = _train(micro_model_dir, _cfg("full", max_steps=4, eval_steps=4))[0]
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    save_trained(trained, sft, "full")
+    policy = policy_chain(sft, None)
+    assert policy == {"weights": sft.as_posix(), "adapters": [], "dpo": False}
+    rebuilt = policy_base(micro_model_dir, policy)
+    state = dict(trained.named_parameters())
+    assert all(torch.equal(p, state[n]) for n, p in rebuilt.named_parameters())
+
+
+def _state(losses: list[float]) -> TrainerState:
+    state = TrainerState()
+    state.log_history = [{"eval_loss": loss, "step": i} for i, loss in enumerate(losses)]
+    return state
+
+
+def test_early_stopping_counts_evaluations_without_improvement():
+    stop = EarlyStopping(patience=2)
+    for losses, expected in [([3.0, 2.0], False), ([3.0, 2.0, 2.1], False),
+                             ([3.0, 2.0, 2.1, 2.0], True), ([3.0, 2.0, 2.1, 1.9], False)]:
+        control = stop.on_evaluate(None, _state(losses), TrainerControl())
+        assert control.should_training_stop is expected, losses
+
+
+def test_early_stopping_stops_a_real_run(micro_model_dir):
+    # A rate this high makes the validation loss climb after the first steps.
+    cfg = _cfg("lora", learning_rate=0.5, max_steps=40, eval_steps=2,
+               early_stopping_patience=2, lr_scheduler="constant")
+    _, metrics, curve, _ = _train(micro_model_dir, cfg)
+    assert metrics["steps"] < 40
+    evals = [v["eval_loss"] for _, v in curve if "eval_loss" in v]
+    assert min(evals[:-2]) <= min(evals[-2:])
+
+
+def test_checkpoints_resume_only_with_the_same_fingerprint(tmp_path, capsys):
+    hashes = {"data/split": {"a.jsonl": "1" * 64}, "models/base": {"w": "2" * 64}}
+    store = CheckpointStore(tmp_path / "ck", fingerprint(hashes, {"sft": {"lr": 1}}))
+    assert store.resume_point("sft") is None
+    for step, complete in ((4, True), (8, True), (12, False)):  # 12: killed while saving
+        (tmp_path / "ck" / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / "ck" / f"checkpoint-{step}" / COMPLETE).touch()
+    assert store.resume_point("sft") == tmp_path / "ck" / "checkpoint-8"
+
+    changed = {**hashes, "data/split": {"a.jsonl": "3" * 64}}
+    other = CheckpointStore(tmp_path / "ck", fingerprint(changed, {"sft": {"lr": 2}}))
+    assert other.resume_point("sft") is None
+    assert "not resuming: data/split, params changed" in capsys.readouterr().out
+    assert not list((tmp_path / "ck").glob("checkpoint-*"))
+    assert json.loads((tmp_path / "ck" / "fingerprint.json").read_text())["params_sha256"] == \
+        other.current["params_sha256"]
+
+
+def test_curve_csv_for_dvc_plots():
+    curve = [(0, {"eval_loss": 3.0}), (1, {"loss": 2.5}), (2, {"loss": 2.0, "eval_loss": 2.2})]
+    assert curve_csv(curve, "loss") == "step,loss\n1,2.5\n2,2\n"
+    assert curve_csv(curve, "eval_loss") == "step,loss\n0,3\n2,2.2\n"

@@ -1,0 +1,125 @@
+"""The `sft` stage as DVC runs it, in a scratch project: a run killed mid-training resumes from
+its last checkpoint to the same weights as an uninterrupted run; changed params refuse the
+resume; under `accelerate launch` with two CPU processes it trains once, logs once, and every
+rank holds the same adapter."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from pedigree.train.checkpoints import COMPLETE
+from pedigree.train.methods import state_digest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from test_training import TRAIN, VALIDATION  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ADAPTER = "models/sft/adapter_model.safetensors"
+
+
+def _project(root: Path, base: Path, **sft) -> Path:
+    """A scratch project with the stage's code, a micro base, a split and params."""
+    root.mkdir()
+    shutil.copy2(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(REPO / "stages", root / "stages")
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(base, root / "models/base")
+    (root / "data/split").mkdir(parents=True)
+    for name, rows in (("sft_train", TRAIN), ("sft_validation", VALIDATION)):
+        (root / f"data/split/{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _params(root, **sft)
+    return root
+
+
+def _params(root: Path, accelerate: str | None = None, **sft) -> None:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["tracking"]["enabled"] = False
+    raw["sft"].update(max_steps=60, batch_size=8, max_length=64, eval_steps=20, save_steps=5,
+                      warmup_steps=2, learning_rate=3e-3)
+    raw["sft"]["lora"].update(r=8, alpha=32, dropout=0.1)  # dropout: resume must restore RNG
+    raw["sft"].update(sft)
+    raw["accelerate"]["config_file"] = accelerate
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        env.pop(var, None)
+    return env
+
+
+def _sft(root: Path) -> str:
+    proc = subprocess.run([sys.executable, "stages/sft.py"], cwd=root, env=_env(),
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _sft_killed_after(root: Path, step: int) -> None:
+    """Start the stage and SIGKILL it once checkpoint-`step` is complete."""
+    marker = root / f"checkpoints/sft/checkpoint-{step}" / COMPLETE
+    proc = subprocess.Popen([sys.executable, "stages/sft.py"], cwd=root, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (root / "models/sft").exists()  # nothing published by a killed run
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, micro_model_dir) -> dict:
+    root = _project(tmp_path_factory.mktemp("a") / "p", micro_model_dir)
+    _sft(root)
+    assert not (root / "checkpoints/sft").exists()  # cleared once the output is published
+    return load_file(root / ADAPTER)
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, micro_model_dir, uninterrupted):
+    root = _project(tmp_path / "p", micro_model_dir)
+    _sft_killed_after(root, 25)
+    out = _sft(root)
+    assert "resuming from checkpoints/sft/checkpoint-25" in out
+    resumed = load_file(root / ADAPTER)
+    assert resumed.keys() == uninterrupted.keys()
+    diff = max((resumed[k] - uninterrupted[k]).abs().max().item() for k in resumed)
+    assert diff <= 1e-6
+
+
+def test_resume_refused_when_params_change(tmp_path, micro_model_dir):
+    root = _project(tmp_path / "p", micro_model_dir)
+    _sft_killed_after(root, 10)
+    _params(root, learning_rate=1e-3)
+    out = _sft(root)
+    assert "not resuming: params changed" in out
+    assert "resuming from" not in out.replace("not resuming", "")
+    manifest = json.loads((root / "models/sft/lineage.json").read_text())
+    assert manifest["params"]["sft"]["learning_rate"] == 1e-3
+
+
+def test_two_cpu_processes_train_one_model(tmp_path, micro_model_dir):
+    root = _project(tmp_path / "p", micro_model_dir,
+                    accelerate=str(REPO / "conf/accelerate/cpu_ddp.yaml"), max_steps=10,
+                    save_steps=50)
+    out = _sft(root)
+    assert out.count("[sft] lora:") == 1  # metrics reported once, by rank 0
+    manifest = json.loads((root / "models/sft/lineage.json").read_text())
+    ranks = manifest["details"]["training"]["rank_sha256"]
+    assert len(ranks) == 2 and ranks[0] == ranks[1]
+    assert ranks[0] == state_digest(load_file(root / ADAPTER))
+    assert not list(tmp_path.glob("**/.sft.tmp"))
