@@ -28,7 +28,7 @@ test: install
 # The benchmarks' baselines (datasketch) are not needed to run or test the pipeline.
 bench: install
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
-	@echo "run: $(BIN)/python bench/dedup.py | bench/curate_scale.py | bench/pipeline.py"
+	@echo "run: $(BIN)/python bench/dedup.py | curate_scale.py | pipeline.py | sft_throughput.py | sft_memory.py"
 
 clean:
 	rm -rf $(VENV)

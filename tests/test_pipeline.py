@@ -129,6 +129,16 @@ def test_stages_did_their_jobs(project):
     assert abs(metrics["merged"]["val_loss"] - metrics["dpo"]["val_loss"]) < 1e-4
 
 
+def test_training_curves_for_dvc_plots(project):
+    plots = json.loads(run([sys.executable, "-m", "dvc", "plots", "show", "--json"], project))
+    for name in ("sft_loss", "dpo_loss"):
+        values = plots["data"][name][0]["content"]["data"]["values"]
+        assert values and all(float(v["loss"]) > 0 for v in values), name
+    files = {v["filename"] for v in plots["data"]["sft_loss"][0]["content"]["data"]["values"]}
+    assert files == {"train_loss.csv", "val_loss.csv"}
+    assert not (project / "checkpoints/sft").exists()  # cleared after a finished run
+
+
 def test_second_repro_does_nothing(project):
     out = run([sys.executable, "-m", "dvc", "repro"], project)
     assert "Running stage" not in out

@@ -20,10 +20,9 @@ from safetensors.torch import load_file
 
 from pedigree.train.checkpoints import COMPLETE
 from pedigree.train.methods import state_digest
+from tests.test_training import TRAIN, VALIDATION
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
-from test_training import TRAIN, VALIDATION  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ADAPTER = "models/sft/adapter_model.safetensors"

@@ -8,9 +8,8 @@ Checkpoints go to the stage's checkpoint store, so a killed run resumes where it
 from __future__ import annotations
 
 import tempfile
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from pedigree.config import SFTConfig
 from pedigree.errors import PedigreeError
