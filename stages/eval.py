@@ -14,7 +14,7 @@ from pathlib import Path
 from pedigree.config import load_params
 from pedigree.evals.suite import answers_table, evaluate, load_eval_sets
 from pedigree.export.merge import with_adapters
-from pedigree.export.quantize import gguf_path, load_gguf
+from pedigree.export.quantize import load_format
 from pedigree.stage import stage_run
 from pedigree.train.load import load_causal_lm, load_tokenizer
 from pedigree.train.policy import load_sft, policy_base
@@ -41,7 +41,7 @@ with stage_run("eval", out="metrics",
         models["dpo"] = lambda: with_adapters(policy_base(base, policy, trust),
                                               [Path(a) for a in policy["adapters"]])[0]
     for fmt in quantized:
-        models[fmt] = lambda fmt=fmt: load_gguf(gguf_path(Path("models/quantized"), fmt))[0]
+        models[fmt] = lambda fmt=fmt: load_format(fmt, Path("models/quantized"))
 
     results, answers = {}, {}
     for name, load in models.items():

@@ -1,9 +1,12 @@
-"""Stage `merge`: fold the policy adapters into the base (or SFT-trained weights) -> models/merged/.
+"""Stage `merge`: fold the policy into its base -> models/merged/ (safetensors, tokenizer, chat
+template, generation config, model card).
 
 Run alone:  dvc repro merge       (or: python stages/merge.py)
 
-Fails, and publishes nothing, when the merged model's logits differ from base + adapters by more
-than merge.parity_tolerance on held-out rows.
+The fold is done in fp32; the result is saved in merge.dtype. Fails, and publishes nothing, when
+the merged model's logits differ from base + adapters by more than the parity tolerance on
+held-out rows. A QLoRA adapter folds onto the dequantized 4-bit base it trained against unless
+merge.qlora_base=original; the manifest says which.
 """
 
 import json
@@ -11,31 +14,40 @@ from pathlib import Path
 
 from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
+from pedigree.export.card import model_card
 from pedigree.export.merge import merge_policy
+from pedigree.lineage import merge_roots
 from pedigree.stage import stage_run
 from pedigree.train.load import load_tokenizer
-from pedigree.train.policy import policy_base
+from pedigree.train.policy import base_kind, policy_base
 
 params = load_params()
-cfg, base = params.merge, Path("models/base")
+cfg, base, trust = params.merge, Path("models/base"), params.model.trust_remote_code
 
 with stage_run("merge", out="models/merged",
                inputs=["models/base", "models/sft", "models/dpo", "data/split"],
                params=["model", "merge", "tracking"]) as run:
     policy = json.loads(Path("models/dpo/policy.json").read_text())
-    tokenizer = load_tokenizer(Path("models/sft"), params.model.trust_remote_code)
+    tokenizer = load_tokenizer(Path("models/sft"), trust)  # the template the policy trained with
     rows = read_jsonl(Path("data/split/sft_validation.jsonl"))[: cfg.parity_rows]
 
     merged, parity = merge_policy(
-        policy_base(base, policy, params.model.trust_remote_code), tokenizer,
+        policy_base(base, policy, trust, cfg.qlora_base), tokenizer,
         [Path(a) for a in policy["adapters"]], rows, cfg.dtype, cfg.parity_tolerance,
         cfg.max_length,
     )
-    merged.save_pretrained(run.dir)
+    merged.save_pretrained(run.dir, max_shard_size=cfg.max_shard_size)  # + generation_config
     tokenizer.save_pretrained(run.dir)
     (run.dir / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
-    run.details.update(policy=policy, parity=parity)
+    training = {stage: json.loads(Path(f"models/{stage}/metrics.json").read_text())
+                for stage in ("sft", "dpo") if Path(f"models/{stage}/metrics.json").is_file()}
+    merge_base = base_kind(policy, cfg.qlora_base)
+    params_hashes = {m["stage"]: m["params_sha256"] for m in run.upstream
+                     if m["stage"] in ("base", "sft", "dpo")}
+    (run.dir / "README.md").write_text(model_card(
+        merge_roots(run.upstream, {}), policy, params_hashes, training, parity, merge_base))
+    run.details.update(policy=policy, parity=parity, merge_base=merge_base)
     run.metrics = {k: parity[k] for k in ("max_abs_logit_diff", "top1_agreement")}
-    run.artifacts = ["parity.json"]
-    print(f"[merge] max |logit diff| {parity['max_abs_logit_diff']:.2e}, "
-          f"top-1 agreement {parity['top1_agreement']:.4f}")
+    run.artifacts = ["parity.json", "README.md"]
+    print(f"[merge] onto the {merge_base} base: max |logit diff| "
+          f"{parity['max_abs_logit_diff']:.2e}, top-1 agreement {parity['top1_agreement']:.4f}")

@@ -2,8 +2,9 @@
 
 Run alone:  dvc repro quantize    (or: python stages/quantize.py)
 
-Each format is read back and checked against the merged model; report.json holds the size and
-logit error of each.
+Each format is read back by an independent reader and checked against the merged model:
+perplexity ratio, KL divergence, top-1 agreement and golden greedy answers (report.json,
+metrics.json). A format past its gate is kept and reported with passed=false, never promoted.
 """
 
 import json
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
-from pedigree.export.quantize import export_gguf
+from pedigree.export.quantize import check_format, export_format, reference
 from pedigree.stage import stage_run
 from pedigree.train.load import load_causal_lm, load_tokenizer
 
@@ -23,16 +24,25 @@ with stage_run("quantize", out="models/quantized", inputs=["models/merged", "dat
     merged = load_causal_lm(merged_dir, params.model.trust_remote_code)
     tokenizer = load_tokenizer(merged_dir, params.model.trust_remote_code)
     rows = read_jsonl(Path("data/split/sft_validation.jsonl"))[: cfg.check_rows]
+    ref = reference(merged, tokenizer, rows, cfg)
+    merged_bytes = sum(p.stat().st_size for p in merged_dir.glob("*.safetensors"))
 
-    report = {fmt: export_gguf(fmt, merged_dir, run.dir, merged, tokenizer, rows, cfg.max_length)
-              for fmt in cfg.formats}
+    report = {}
+    for fmt in cfg.formats:
+        model, info = export_format(fmt, merged_dir, run.dir, tokenizer, rows, cfg.max_length)
+        report[fmt] = check_format(fmt, model, tokenizer, ref, cfg, merged_bytes, info)
+        r = report[fmt]
+        print(f"[quantize] {fmt}: {r['size_bytes'] / 1e6:.2f} MB ({r['compression']:.2f}x), "
+              f"perplexity ratio {r['perplexity_ratio']:.4f} (gate {r['max_perplexity_ratio']}), "
+              f"KL {r['kl_divergence']:.2e}, top-1 {r['top1_agreement']:.4f}, golden "
+              f"{r['golden_agreement']} -> {'passed' if r['passed'] else 'FAILED, not promotable'}")
 
+    keys = ("size_bytes", "compression", "perplexity_ratio", "kl_divergence", "top1_agreement",
+            "golden_agreement", "passed")
+    metrics = {fmt: {k: r[k] for k in keys} for fmt, r in report.items()}
     (run.dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     run.details["formats"] = report
-    for fmt, r in report.items():
-        run.metrics.update({f"{fmt}.size_bytes": r["size_bytes"],
-                            f"{fmt}.max_abs_logit_diff": r["max_abs_logit_diff"],
-                            f"{fmt}.top1_agreement": r["top1_agreement"]})
-        print(f"[quantize] {fmt}: {r['size_bytes'] / 1e6:.2f} MB, max |logit diff| "
-              f"{r['max_abs_logit_diff']:.3g}, top-1 agreement {r['top1_agreement']:.4f}")
-    run.artifacts = ["report.json"]
+    run.metrics = {f"{fmt}.{k}": float(v) for fmt, m in metrics.items() for k, v in m.items()
+                   if v is not None}
+    run.artifacts = ["report.json", "metrics.json"]

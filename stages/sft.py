@@ -39,7 +39,7 @@ with stage_run("sft", out="models/sft", inputs=["models/base", "data/split"],
 
     # Every rank holds the weights; under DDP they must agree, and the manifest shows they do.
     run.details["training"]["rank_sha256"] = gather(state_digest(trained_state(trained)))
-    save_trained(trained, run.dir, cfg.method)
+    save_trained(trained, run.dir, cfg.method, cfg.quant)
     tokenizer.save_pretrained(run.dir)  # with the chat template the model was trained on
     (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (run.dir / "train_loss.csv").write_text(curve_csv(curve, "loss"))

@@ -123,6 +123,8 @@ def test_stages_did_their_jobs(project):
     quant = json.loads((project / "models/quantized/report.json").read_text())["gguf-q8_0"]
     assert (project / "models/quantized" / quant["file"]).stat().st_size == quant["size_bytes"]
     assert quant["size_ratio_to_merged"] < 0.5
+    assert quant["passed"] and quant["perplexity_ratio"] <= quant["max_perplexity_ratio"]
+    assert (project / "models/quantized/gguf-q8_0/Modelfile").read_text().startswith("# Written")
     metrics = json.loads((project / "metrics/eval.json").read_text())
     assert set(metrics) == {"base", "sft", "dpo", "merged", "gguf-q8_0"}
     assert metrics["sft"]["val_loss"] < metrics["base"]["val_loss"]

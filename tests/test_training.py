@@ -79,7 +79,7 @@ def test_each_method_learns_and_reloads(method, micro_model_dir, tmp_path):
 
     out = tmp_path / "sft"
     out.mkdir()
-    save_trained(trained, out, cfg.method)
+    save_trained(trained, out, cfg.method, cfg.quant)
     kind = "weights" if method in ("partial", "full") else "adapter"
     assert trained_kind(out) == kind
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -94,7 +94,7 @@ def test_each_method_learns_and_reloads(method, micro_model_dir, tmp_path):
     if method == "qlora":
         from peft import PeftModel
 
-        reloaded = PeftModel.from_pretrained(load_4bit(micro_model_dir, cfg), str(out))
+        reloaded = PeftModel.from_pretrained(load_4bit(micro_model_dir, cfg.quant), str(out))
     else:
         reloaded = load_sft(micro_model_dir, out)
     got, _ = chat_logits(reloaded, tokenizer, VALIDATION[:4], 64)
@@ -128,7 +128,8 @@ def test_full_policy_chain_and_weights_base(micro_model_dir, tmp_path):
     sft.mkdir()
     save_trained(trained, sft, "full")
     policy = policy_chain(sft, None)
-    assert policy == {"weights": sft.as_posix(), "adapters": [], "dpo": False}
+    assert policy == {"sft_method": "full", "quant": None, "weights": sft.as_posix(),
+                      "adapters": [], "dpo": False}
     rebuilt = policy_base(micro_model_dir, policy)
     state = dict(trained.named_parameters())
     assert all(torch.equal(p, state[n]) for n, p in rebuilt.named_parameters())
@@ -210,10 +211,25 @@ def test_4bit_model_survives_save_and_reload(micro_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(micro_model_dir)
-    model = load_4bit(micro_model_dir, _cfg("qlora"))
+    model = load_4bit(micro_model_dir, _cfg("qlora").quant)
     model.eval()
     model.save_pretrained(tmp_path / "q4")
     before, mask = chat_logits(model, tokenizer, VALIDATION[:2], 64)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "q4", dtype=torch.float32)
     after, _ = chat_logits(reloaded, tokenizer, VALIDATION[:2], 64)
     assert torch.equal(before[mask], after[mask])
+
+
+def test_resume_after_an_early_stop_trains_no_further(micro_model_dir, tmp_path):
+    """A run killed after it early-stopped (and checkpointed) must not train on when resumed."""
+    cfg = _cfg("lora", learning_rate=0.5, max_steps=40, eval_steps=2, save_steps=2,
+               early_stopping_patience=2, lr_scheduler="constant")
+    hashes = {"data": {"a": "1" * 64}}
+    store = CheckpointStore(tmp_path / "ck", fingerprint(hashes, {"x": 1}))
+    first, metrics, _, _ = _train(micro_model_dir, cfg, store)
+    stopped = int(metrics["steps"])
+    assert stopped < 40 and store.last_complete().name == f"checkpoint-{stopped}"
+    again, metrics, _, _ = _train(micro_model_dir, cfg, store)
+    assert int(metrics["steps"]) == stopped
+    a, b = trained_state(first), trained_state(again)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -268,16 +268,47 @@ class DPOConfig(Section):
 class MergeConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     parity_rows: int = Field(8, ge=1, description="validation rows used for the logit check")
-    parity_tolerance: float = Field(1e-4, gt=0, description="max abs logit diff, merged vs adapter")
+    parity_tolerance: float | None = Field(
+        None, gt=0, description="max abs logit diff, merged vs base + adapters; None: by dtype"
+    )
     max_length: int = Field(256, ge=16, description="tokens per parity row")
+    qlora_base: Literal["dequantized", "original"] = Field(
+        "dequantized", description="QLoRA adapters merge onto the 4-bit base they trained against"
+    )
+    max_shard_size: str = Field("2GB", description="safetensors shards up to this size")
+
+
+QUANT_FORMATS = ("gguf-f32", "gguf-f16", "gguf-q8_0", "gguf-q4_0", "bnb-nf4", "bnb-int8",
+                 "torchao-int8")
+# Default gates, perplexity of the format / perplexity of the merged model on held-out rows.
+# llama.cpp's published figures for 7B models: F16 +0.000, Q8_0 +0.0004 (~1.0001), Q4_0 +0.25 on
+# ~5.9 (~1.04). Small models lose more to quantization, so the 4-bit gates are looser; Q8_0 is
+# the 1.005.
+DEFAULT_PERPLEXITY_GATES = {
+    "gguf-f32": 1.0001, "gguf-f16": 1.001, "gguf-q8_0": 1.005, "gguf-q4_0": 1.15,
+    "bnb-int8": 1.01, "bnb-nf4": 1.15, "torchao-int8": 1.01,
+}
+
+
+def _known_formats(gates: dict[str, float]) -> dict[str, float]:
+    unknown = sorted(set(gates) - set(QUANT_FORMATS))
+    if unknown:
+        raise ValueError(f"unknown formats {unknown}; known: {', '.join(QUANT_FORMATS)}")
+    return gates
 
 
 class QuantizeConfig(Section):
-    formats: list[Literal["gguf-f32", "gguf-f16", "gguf-q8_0", "gguf-q4_0"]] = Field(
+    formats: list[Literal["gguf-f32", "gguf-f16", "gguf-q8_0", "gguf-q4_0", "bnb-nf4", "bnb-int8",
+                          "torchao-int8"]] = Field(
         default_factory=lambda: ["gguf-q8_0"], min_length=1
     )
     check_rows: int = Field(8, ge=1, description="validation rows used for the logit check")
     max_length: int = Field(256, ge=16, description="tokens per check row")
+    golden_prompts: int = Field(8, ge=0, description="validation prompts answered greedily")
+    max_new_tokens: int = Field(16, ge=1, description="tokens per golden answer")
+    max_perplexity_ratio: Annotated[dict[str, float], AfterValidator(_known_formats)] = Field(
+        default_factory=dict, description="per-format gate; formats not named use the defaults"
+    )
 
 
 class EvalConfig(Section):

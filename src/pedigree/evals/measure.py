@@ -68,13 +68,45 @@ def greedy_answers(model, tokenizer, prompts: list[list[dict[str, str]]], max_ne
     return answers
 
 
-@torch.no_grad()
-def chat_logits(model, tokenizer, rows: list[dict[str, Any]], max_length: int):
-    """(fp32 logits, attention mask) of a model on rows rendered through the chat template."""
-    model.eval()
+def chat_inputs(tokenizer, rows: list[dict[str, Any]], max_length: int):
+    """(input ids, attention mask) of rows rendered through the chat template, right-padded."""
     encoded = [encode_completion(tokenizer, r, max_length) for r in rows]
     ids, mask, _ = pad_batch(encoded, tokenizer.pad_token_id)
-    return model(input_ids=ids, attention_mask=mask).logits.float(), mask
+    return ids, mask
+
+
+@torch.no_grad()
+def logits_of(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    device = next(model.parameters()).device
+    return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+
+
+def chat_logits(model, tokenizer, rows: list[dict[str, Any]], max_length: int):
+    """(fp32 logits, attention mask) of a model on rows rendered through the chat template."""
+    ids, mask = chat_inputs(tokenizer, rows, max_length)
+    return logits_of(model, ids, mask), mask
+
+
+def distribution_compare(reference: torch.Tensor, candidate: torch.Tensor, ids: torch.Tensor,
+                         mask: torch.Tensor) -> dict[str, float]:
+    """How far a candidate's next-token distributions are from the reference's, on real tokens:
+    perplexity ratio (candidate / reference, on the actual next tokens), mean KL(reference ||
+    candidate) in nats per token, and top-1 agreement, the figures llama.cpp publishes."""
+    ref = torch.log_softmax(reference[:, :-1].double(), -1)
+    cand = torch.log_softmax(candidate[:, :-1].double(), -1)
+    real = (mask[:, 1:] * mask[:, :-1]).bool()  # positions predicting a real next token
+    target = ids[:, 1:, None]
+    nll_ref = -ref.gather(-1, target).squeeze(-1)[real].mean()
+    nll_cand = -cand.gather(-1, target).squeeze(-1)[real].mean()
+    kl = (ref.exp() * (ref - cand)).sum(-1)[real]
+    return {
+        "perplexity_ratio": float(torch.exp(nll_cand - nll_ref)),
+        "kl_divergence": float(kl.mean()),
+        "kl_divergence_max": float(kl.max()),
+        "top1_agreement": float((ref.argmax(-1) == cand.argmax(-1))[real].double().mean()),
+        "tokens": int(real.sum()),
+    }
 
 
 def compare_logits(reference: torch.Tensor, candidate: torch.Tensor,

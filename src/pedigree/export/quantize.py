@@ -1,17 +1,22 @@
 """Deployment formats, each written to its own subdirectory and checked against the merged model.
 
-A GGUF file is read back through transformers' GGUF loader (which dequantizes it) and compared
-with the merged model on held-out rows: its tokenizer must encode them identically, and the logit
-error and top-1 agreement are recorded, so a broken export is caught here and not in production.
+Every format is read back through an independent reader (transformers' GGUF loader, which
+dequantizes the file; or plain `from_pretrained` for bitsandbytes and torchao checkpoints) and
+compared with the merged model on held-out rows: perplexity ratio, KL divergence and top-1
+agreement of the next-token distributions, and greedy answers to golden prompts through the chat
+template. A GGUF file's tokenizer must also encode the rows identically. A format past its
+perplexity gate is reported with `passed: false`; nothing downstream may promote it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pedigree.config import DEFAULT_PERPLEXITY_GATES, QuantizeConfig
 from pedigree.errors import PedigreeError
-from pedigree.evals.measure import chat_logits, compare_logits
+from pedigree.evals.measure import chat_inputs, distribution_compare, greedy_answers, logits_of
 from pedigree.export.gguf import write_gguf
 from pedigree.train.chat import encode_completion
 
@@ -20,6 +25,24 @@ GGUF_QTYPES = {"gguf-f32": "F32", "gguf-f16": "F16", "gguf-q8_0": "Q8_0", "gguf-
 
 class ExportCheckError(PedigreeError, RuntimeError):
     """An exported model that does not reproduce the merged model's tokenizer."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The merged model's behaviour on the check rows, computed once for every format."""
+
+    ids: Any  # token ids of the rows through the chat template (right-padded)
+    mask: Any
+    logits: Any
+    prompts: list[list[dict[str, str]]]
+    answers: list[str]
+
+
+def reference(merged, tokenizer, rows: list[dict[str, Any]], cfg: QuantizeConfig) -> Reference:
+    ids, mask = chat_inputs(tokenizer, rows, cfg.max_length)
+    prompts = [row["prompt"] for row in rows[: cfg.golden_prompts]]
+    answers = greedy_answers(merged, tokenizer, prompts, cfg.max_new_tokens, len(prompts) or 1)
+    return Reference(ids, mask, logits_of(merged, ids, mask), prompts, answers)
 
 
 def gguf_path(out_dir: Path, fmt: str) -> Path:
@@ -37,28 +60,79 @@ def load_gguf(path: Path):
     return model, tokenizer
 
 
-def export_gguf(fmt: str, merged_dir: Path, out_dir: Path, merged, tokenizer,
-                rows: list[dict[str, Any]], max_length: int) -> dict[str, Any]:
-    path = gguf_path(out_dir, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = write_gguf(merged_dir, path, GGUF_QTYPES[fmt])
-    model, gguf_tokenizer = load_gguf(path)
+def load_format(fmt: str, out_dir: Path):
+    """The model of a written format, as its reader gives it back."""
+    if fmt in GGUF_QTYPES:
+        return load_gguf(gguf_path(out_dir, fmt))[0]
+    from pedigree.export.hf_quant import load_quantized
+
+    return load_quantized(fmt, out_dir / fmt)
+
+
+def _check_tokenizer(path: Path, tokenizer, exported, rows: list[dict[str, Any]],
+                     max_length: int) -> None:
     for row in rows:
         ours = encode_completion(tokenizer, row, max_length).input_ids
-        theirs = encode_completion(gguf_tokenizer, row, max_length).input_ids
+        theirs = encode_completion(exported, row, max_length).input_ids
         if ours != theirs:
             raise ExportCheckError(
-                f"{path}: the GGUF tokenizer encodes row {row['id'][:12]} differently "
+                f"{path}: the exported tokenizer encodes row {row['id'][:12]} differently "
                 f"({len(theirs)} vs {len(ours)} tokens); the export would answer nonsense"
             )
-    reference, mask = chat_logits(merged, tokenizer, rows, max_length)
-    candidate, _ = chat_logits(model, tokenizer, rows, max_length)
-    merged_bytes = sum(p.stat().st_size for p in merged_dir.glob("*.safetensors"))
+
+
+def write_modelfile(gguf: Path, tokenizer) -> dict[str, Any]:
+    """An Ollama Modelfile beside the GGUF file, its template derived from the chat template the
+    model trained with. A template family we cannot translate exactly gets no Modelfile (a near
+    miss would prompt the model wrongly without any error); the report says why."""
+    from pedigree.export.modelfile import ModelfileError, modelfile, template_family
+
+    try:
+        text = modelfile(gguf.name, tokenizer.chat_template, {"eos_token": tokenizer.eos_token})
+    except ModelfileError as err:
+        print(f"[quantize] {gguf.name}: no Ollama Modelfile: {err}")
+        return {"modelfile": None, "modelfile_error": str(err)}
+    (gguf.parent / "Modelfile").write_text(text)
+    return {"modelfile": "Modelfile", "template_family": template_family(tokenizer.chat_template)}
+
+
+def export_format(fmt: str, merged_dir: Path, out_dir: Path, tokenizer,
+                  rows: list[dict[str, Any]], max_length: int) -> tuple[Any, dict[str, Any]]:
+    """Write `fmt` under out_dir/fmt and read it back: (the reader's model, file facts)."""
+    if fmt in GGUF_QTYPES:
+        path = gguf_path(out_dir, fmt)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        info = write_gguf(merged_dir, path, GGUF_QTYPES[fmt])
+        model, exported_tokenizer = load_gguf(path)
+        _check_tokenizer(path, tokenizer, exported_tokenizer, rows, max_length)
+        return model, {"file": path.relative_to(out_dir).as_posix(), **info,
+                       **write_modelfile(path, tokenizer)}
+    from pedigree.export.hf_quant import load_quantized, write_quantized
+
+    info = write_quantized(fmt, merged_dir, out_dir / fmt)
+    return load_quantized(fmt, out_dir / fmt), {"file": fmt, **info}
+
+
+def check_format(fmt: str, model, tokenizer, ref: Reference, cfg: QuantizeConfig,
+                 merged_bytes: int, info: dict[str, Any]) -> dict[str, Any]:
+    """The format's figures against the merged model, and whether it passes its gate."""
+    figures = distribution_compare(ref.logits, logits_of(model, ref.ids, ref.mask), ref.ids,
+                                   ref.mask)
+    answers = greedy_answers(model, tokenizer, ref.prompts, cfg.max_new_tokens,
+                             len(ref.prompts) or 1)
+    same = [a == b for a, b in zip(ref.answers, answers, strict=True)]
+    gate = cfg.max_perplexity_ratio.get(fmt, DEFAULT_PERPLEXITY_GATES[fmt])
     return {
         "format": fmt,
-        "file": path.relative_to(out_dir).as_posix(),
         **info,
         "size_ratio_to_merged": info["size_bytes"] / merged_bytes,
-        "tokenizer_roundtrip": True,
-        **compare_logits(reference, candidate, mask),
+        "compression": merged_bytes / info["size_bytes"],
+        **figures,
+        "golden_agreement": sum(same) / len(same) if same else None,
+        "golden_differences": [
+            {"prompt": p[-1]["content"][:200], "merged": a, "format": b}
+            for p, a, b, ok in zip(ref.prompts, ref.answers, answers, same, strict=True) if not ok
+        ],
+        "max_perplexity_ratio": gate,
+        "passed": figures["perplexity_ratio"] <= gate,
     }

@@ -105,10 +105,23 @@ class EarlyStopping(TrainerCallback):
     def __init__(self, patience: int):
         self.patience = patience
 
+    def should_stop(self, log_history: list[dict]) -> bool:
+        losses = [entry["eval_loss"] for entry in log_history if "eval_loss" in entry]
+        if not losses:
+            return False
+        best = min(range(len(losses)), key=losses.__getitem__)
+        return len(losses) - 1 - best >= self.patience
+
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        losses = [entry["eval_loss"] for entry in state.log_history if "eval_loss" in entry]
-        if losses:
-            best = min(range(len(losses)), key=losses.__getitem__)
-            if len(losses) - 1 - best >= self.patience:
-                control.should_training_stop = True
+        if self.should_stop(state.log_history):
+            control.should_training_stop = True
         return control
+
+
+def stopped_at(checkpoint: Path, stopping: EarlyStopping | None) -> int | None:
+    """The step a checkpoint's run had already early-stopped at, else None. The trainer resets
+    its stop flag when it resumes (transformers #10290) and would train on past the stop."""
+    if stopping is None:
+        return None
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return state["global_step"] if stopping.should_stop(state["log_history"]) else None

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pedigree.config import ADAPTER_METHODS, LoraConfig, PartialConfig, SFTConfig
+from pedigree.config import ADAPTER_METHODS, LoraConfig, PartialConfig, QuantConfig, SFTConfig
 from pedigree.errors import PedigreeError
 from pedigree.train.load import load_causal_lm
 
@@ -40,11 +40,12 @@ def peft_lora(cfg: LoraConfig, dora: bool = False):
     )
 
 
-def load_4bit(path: Path, cfg: SFTConfig, trust_remote_code: bool = False):
+def load_4bit(path: Path, quant: QuantConfig, trust_remote_code: bool = False,
+              for_training: bool = True):
     """The frozen base in 4-bit (NF4 by default, double-quantized), prepared for k-bit training.
 
-    Double quantization also avoids the bitsandbytes CPU bug that corrupts a 4-bit model saved
-    after an eval-mode forward pass (STACK.md).
+    Never save it after a forward pass: on CPUs with AVX512-BF16 bitsandbytes repacks the weights
+    in eval-mode forwards and the saved file drifts (STACK.md; tests/test_training.py).
     """
     import torch
     from peft import prepare_model_for_kbit_training
@@ -57,16 +58,30 @@ def load_4bit(path: Path, cfg: SFTConfig, trust_remote_code: bool = False):
     compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     quant = BitsAndBytesConfig(
         load_in_4bit=True,
-        bnb_4bit_quant_type=cfg.quant.quant_type,
-        bnb_4bit_use_double_quant=cfg.quant.double_quant,
+        bnb_4bit_quant_type=quant.quant_type,
+        bnb_4bit_use_double_quant=quant.double_quant,
         bnb_4bit_compute_dtype=compute,
     )
     model = AutoModelForCausalLM.from_pretrained(
         path, quantization_config=quant, dtype=compute, use_safetensors=True,
         trust_remote_code=trust_remote_code,
     )
+    if not for_training:
+        return model
     # Gradient checkpointing off: ~25% faster for small models; memory is not the limit here.
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def load_dequantized(path: Path, quant: QuantConfig, trust_remote_code: bool = False):
+    """The base as a QLoRA adapter saw it: quantized to 4-bit, then dequantized to fp32.
+
+    Merging or evaluating a QLoRA adapter on the original weights puts it on weights it never
+    trained against (logits off by ~0.2 on the micro model, against ~0.01 for these).
+    """
+    import torch
+
+    model = load_4bit(path, quant, trust_remote_code, for_training=False).dequantize()
+    return model.to(torch.float32)
 
 
 def unfreeze(model, cfg: PartialConfig) -> list[str]:
@@ -105,7 +120,7 @@ def _blocks(model) -> tuple[str, int]:
 def prepare_model(base: Path, cfg: SFTConfig, trust_remote_code: bool = False):
     """(model, peft config or None, details) for `cfg.method`."""
     if cfg.method == "qlora":
-        model = load_4bit(base, cfg, trust_remote_code)
+        model = load_4bit(base, cfg.quant, trust_remote_code)
     else:
         model = load_causal_lm(base, trust_remote_code)
     details: dict[str, Any] = {"method": cfg.method}
@@ -149,8 +164,9 @@ def state_digest(tensors: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def save_trained(model, out: Path, method: str) -> None:
-    """The adapter (PEFT layout) or the trained tensors, plus training.json naming the kind."""
+def save_trained(model, out: Path, method: str, quant: QuantConfig | None = None) -> None:
+    """The adapter (PEFT layout) or the trained tensors, plus training.json naming the kind (and
+    for QLoRA the 4-bit settings of the base it trained against)."""
     from safetensors.torch import save_file
 
     if method in ADAPTER_METHODS:
@@ -161,13 +177,21 @@ def save_trained(model, out: Path, method: str) -> None:
         tensors = {k: v.detach().contiguous().cpu() for k, v in trained_state(model).items()}
         save_file(tensors, out / TRAINED_WEIGHTS)
         kind = "weights"
-    (out / TRAINING_FILE).write_text(json.dumps({"method": method, "kind": kind}, indent=2) + "\n")
+    info: dict[str, Any] = {"method": method, "kind": kind}
+    if method == "qlora" and quant is not None:
+        info["quant"] = quant.model_dump()
+    (out / TRAINING_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def training_info(path: Path) -> dict[str, Any]:
+    """training.json; directories from before it existed hold LoRA adapters."""
+    file = path / TRAINING_FILE
+    return json.loads(file.read_text()) if file.is_file() else {"method": "lora", "kind": "adapter"}
 
 
 def trained_kind(path: Path) -> str:
-    """"adapter" or "weights"; directories from before training.json existed hold adapters."""
-    file = path / TRAINING_FILE
-    return json.loads(file.read_text())["kind"] if file.is_file() else "adapter"
+    """"adapter" or "weights"."""
+    return training_info(path)["kind"]
 
 
 def apply_trained(model, path: Path):

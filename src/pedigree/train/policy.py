@@ -4,44 +4,67 @@
 
 `models/dpo/policy.json` records the chain: `weights` names the directory whose trained tensors
 replace base weights (partial or full SFT), `adapters` the LoRA/DoRA adapters active on top, in
-training order. Merge, eval and quantize build models from it, never from assumptions.
+training order, and `quant` the 4-bit settings when SFT was QLoRA. Merge, eval and DPO build
+models from it, never from assumptions.
+
+A QLoRA adapter trained against the 4-bit base, so by default it sits on that base dequantized to
+fp32 (the weights it saw), not on the original weights.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pedigree.config import QuantConfig
 from pedigree.train.load import load_causal_lm
-from pedigree.train.methods import apply_trained, trained_kind
+from pedigree.train.methods import apply_trained, load_dequantized, training_info
+
+QLoRABase = Literal["dequantized", "original"]
 
 
 def policy_chain(sft: Path, dpo: Path | None) -> dict[str, Any]:
-    weights = trained_kind(sft) == "weights"
+    info = training_info(sft)
+    weights = info["kind"] == "weights"
     adapters = ([] if weights else [sft.as_posix()]) + ([dpo.as_posix()] if dpo else [])
-    return {"weights": sft.as_posix() if weights else None, "adapters": adapters,
+    return {"sft_method": info["method"], "quant": info.get("quant"),
+            "weights": sft.as_posix() if weights else None, "adapters": adapters,
             "dpo": dpo is not None}
 
 
-def policy_base(base: Path, policy: dict[str, Any], trust_remote_code: bool = False):
-    """The base with the chain's trained weights applied: what its adapters sit on."""
-    model = load_causal_lm(base, trust_remote_code)
+def base_kind(policy: dict[str, Any], qlora_base: QLoRABase = "dequantized") -> str:
+    """Which weights the chain sits on: "original", or e.g. "dequantized-nf4" for QLoRA."""
+    quant = policy.get("quant")
+    if quant and qlora_base == "dequantized":
+        return f"dequantized-{quant['quant_type']}"
+    return "original"
+
+
+def policy_base(base: Path, policy: dict[str, Any], trust_remote_code: bool = False,
+                qlora_base: QLoRABase = "dequantized"):
+    """The base the chain's adapters sit on, with any trained weights applied."""
+    if base_kind(policy, qlora_base) != "original":
+        model = load_dequantized(base, QuantConfig(**policy["quant"]), trust_remote_code)
+    else:
+        model = load_causal_lm(base, trust_remote_code)
     if policy.get("weights"):
         apply_trained(model, Path(policy["weights"]))
     return model
 
 
 def load_sft(base: Path, sft: Path, trust_remote_code: bool = False):
-    """The SFT model as trained: base + adapter (unmerged), or base with its trained weights."""
-    model = load_causal_lm(base, trust_remote_code)
-    if trained_kind(sft) == "weights":
-        return apply_trained(model, sft)
+    """The SFT model as trained: its base + adapter (unmerged), or base with trained weights."""
+    policy = policy_chain(sft, None)
+    model = policy_base(base, policy, trust_remote_code)
+    if policy["weights"]:
+        return model
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, str(sft))
 
 
 def describe(policy: dict[str, Any]) -> str:
-    parts = ["models/base", *([f"{policy['weights']} (weights)"] if policy.get("weights") else []),
+    base = "models/base" + (f" ({base_kind(policy)})" if policy.get("quant") else "")
+    parts = [base, *([f"{policy['weights']} (weights)"] if policy.get("weights") else []),
              *policy["adapters"]]
     return " + ".join(parts)

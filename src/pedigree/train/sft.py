@@ -13,7 +13,7 @@ from typing import Any
 
 from pedigree.config import SFTConfig
 from pedigree.errors import PedigreeError
-from pedigree.train.checkpoints import CheckpointStore, EarlyStopping
+from pedigree.train.checkpoints import CheckpointStore, EarlyStopping, stopped_at
 from pedigree.train.load import training_device
 from pedigree.train.methods import parameter_counts
 
@@ -73,6 +73,15 @@ def fit(trainer, store: CheckpointStore | None, stage: str) -> None:
     """
     resume = store.resume_point(stage) if store else None
     trainer.args.eval_on_start = resume is None and trainer.args.eval_strategy != "no"
+    if resume is not None:
+        stopping = next((c for c in trainer.callback_handler.callbacks
+                         if isinstance(c, EarlyStopping)), None)
+        if stopped_at(resume, stopping) is not None:  # take that checkpoint, train no further
+            from transformers import TrainerState
+
+            trainer._load_from_checkpoint(str(resume))
+            trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+            return
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
 

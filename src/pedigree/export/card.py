@@ -1,0 +1,64 @@
+"""The model card (`README.md` with Hugging Face front matter) written beside a merged model.
+
+It states the provenance a reader needs to trust the weights: the raw-data hash, the base model's
+id, revision and content hash, the training method, the params hash, the validation figures and
+the merge parity check. Everything comes from the manifests and reports, so the card is as
+deterministic as they are (no dates).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+def _tags(policy: dict[str, Any]) -> list[str]:
+    tags = ["pedigree", "fine-tuned", f"sft-{policy['sft_method']}"]
+    return [*tags, "dpo"] if policy["dpo"] else tags
+
+
+def _figures(title: str, metrics: dict[str, float]) -> list[str]:
+    return [f"| {title}: {k} | {v:.6g} |" for k, v in sorted(metrics.items())]
+
+
+def model_card(
+    roots: dict[str, Any],
+    policy: dict[str, Any],
+    params_sha256: dict[str, str],
+    training: dict[str, dict[str, float]],
+    parity: dict[str, Any],
+    merge_base: str,
+) -> str:
+    """Card text. `params_sha256` and `training`: stage name -> its params hash and its
+    metrics.json; `parity`: the merge's check."""
+    base = roots.get("base_model") or {}
+    front = {
+        "base_model": base.get("id"),
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "tags": _tags(policy),
+    }
+    rows = [
+        "| | |",
+        "| --- | --- |",
+        f"| raw data sha256 | `{roots.get('data_sha256')}` |",
+        f"| base model | `{base.get('id')}` revision `{base.get('revision')}` |",
+        f"| base model sha256 | `{base.get('sha256')}` |",
+        f"| method | SFT {policy['sft_method']}" + (" + DPO (LoRA)" if policy["dpo"] else "") + " |",
+        f"| merged onto | {merge_base} base weights |",
+        *(f"| params sha256 ({stage}) | `{digest}` |" for stage, digest in params_sha256.items()),
+        (f"| parity | max abs logit diff {parity['max_abs_logit_diff']:.3g} "
+         f"(tolerance {parity['tolerance']:g}, {parity['dtype']}), "
+         f"top-1 agreement {parity['top1_agreement']:.4f} |"),
+    ]
+    for stage, metrics in training.items():
+        rows += _figures(stage, metrics)
+    return "\n".join([
+        "---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
+        f"# Fine-tuned {base.get('id')}", "",
+        ("Made by the pedigree pipeline. Every figure below is copied from the pipeline's "
+         "manifests (`lineage.json`) and reports; `pedigree lineage` walks them back to the raw "
+         "data."), "",
+        *rows, "",
+    ])
