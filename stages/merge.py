@@ -24,8 +24,10 @@ from pedigree.train.policy import base_kind, policy_base
 params = load_params()
 cfg, base, trust = params.merge, Path("models/base"), params.model.trust_remote_code
 
+# Adapters named in merge.combine are inputs too: their hashes go into the manifest.
+extra = cfg.combine.adapters if cfg.combine else []
 with stage_run("merge", out="models/merged",
-               inputs=["models/base", "models/sft", "models/dpo", "data/split"],
+               inputs=["models/base", "models/sft", "models/dpo", "data/split", *extra],
                params=["model", "merge", "tracking"]) as run:
     policy = json.loads(Path("models/dpo/policy.json").read_text())
     tokenizer = load_tokenizer(Path("models/sft"), trust)  # the template the policy trained with
@@ -34,7 +36,7 @@ with stage_run("merge", out="models/merged",
     merged, parity = merge_policy(
         policy_base(base, policy, trust, cfg.qlora_base), tokenizer,
         [Path(a) for a in policy["adapters"]], rows, cfg.dtype, cfg.parity_tolerance,
-        cfg.max_length,
+        cfg.max_length, cfg.combine,
     )
     merged.save_pretrained(run.dir, max_shard_size=cfg.max_shard_size)  # + generation_config
     tokenizer.save_pretrained(run.dir)

@@ -112,3 +112,59 @@ def test_a_format_past_its_gate_is_reported_not_promoted(micro_model_dir, tmp_pa
     assert (tmp_path / "gguf-q4_0" / "Modelfile").is_file()
     assert result["template_family"] == "pedigree"
     assert 0 <= result["golden_agreement"] <= 1
+
+
+def _random_adapters(model_dir, tmp_path):
+    """Two different rank-4 adapters that really change the model."""
+    from tests.test_models import _random_adapter
+
+    return [_random_adapter(model_dir, tmp_path / f"a{i}", i) for i in range(2)]
+
+
+def test_weighted_merges_of_several_adapters(micro_model_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+
+    from pedigree.config import CombineConfig
+    from pedigree.train.load import load_causal_lm
+
+    tokenizer = load_tokenizer(micro_model_dir)
+    first, second = _random_adapters(micro_model_dir, tmp_path)
+    rows = VALIDATION[:4]
+    # cat with weights 1, 1 is exactly the sum of both updates: the same model as stacking them.
+    cat = CombineConfig(method="cat", adapters=[str(second)], weights=[1.0, 1.0])
+    merged, parity = merge_policy(load_causal_lm(micro_model_dir), tokenizer, [first], rows,
+                                  "float32", None, 64, cat)
+    assert parity["max_abs_logit_diff"] <= 1e-4 and parity["combine"]["method"] == "cat"
+    summed, _ = merge_policy(load_causal_lm(micro_model_dir), tokenizer, [first, second], rows,
+                             "float32", None, 64)
+    a, b = chat_logits(merged, tokenizer, rows, 64), chat_logits(summed, tokenizer, rows, 64)
+    assert torch.allclose(a[0], b[0], atol=1e-4)
+
+    # TIES keeps the larger half of each update and resolves signs: a different, checked model.
+    ties = CombineConfig(method="ties", adapters=[str(second)], weights=[0.7, 0.3], density=0.5)
+    merged, parity = merge_policy(load_causal_lm(micro_model_dir), tokenizer, [first], rows,
+                                  "float32", None, 64, ties)
+    assert parity["max_abs_logit_diff"] <= 1e-4
+    assert not torch.allclose(chat_logits(merged, tokenizer, rows, 64)[0], a[0], atol=1e-3)
+    one = PeftModel.from_pretrained(load_causal_lm(micro_model_dir), str(first))
+    assert not torch.allclose(chat_logits(one, tokenizer, rows, 64)[0],
+                              chat_logits(merged, tokenizer, rows, 64)[0], atol=1e-3)
+
+
+def test_weighted_merge_config_errors(micro_model_dir, tmp_path):
+    import pytest
+
+    from pedigree.config import CombineConfig
+    from pedigree.export.merge import CombineError
+    from pedigree.train.load import load_causal_lm
+
+    tokenizer = load_tokenizer(micro_model_dir)
+    first, second = _random_adapters(micro_model_dir, tmp_path)
+    for cfg, match in [
+        (CombineConfig(method="cat", adapters=[str(second)], weights=[1.0]), "1 weights for 2"),
+        (CombineConfig(method="ties", adapters=[str(second)], weights=[1, 1]), "density"),
+    ]:
+        with pytest.raises(CombineError, match=match):
+            merge_policy(load_causal_lm(micro_model_dir), tokenizer, [first], VALIDATION[:2],
+                         "float32", None, 64, cfg)

@@ -265,6 +265,21 @@ class DPOConfig(Section):
 
 
 # ----------------------------------------------------------------------------- export
+class CombineConfig(Section):
+    """A weighted merge of several adapters (PEFT add_weighted_adapter) instead of their sum."""
+
+    method: Literal["linear", "cat", "ties", "dare_linear", "dare_ties", "svd"] = Field(
+        "ties", description="cat: exact weighted sum of the updates; linear: of A and B (same r)"
+    )
+    adapters: list[str] = Field(
+        default_factory=list, description="more adapter directories, after the policy's own"
+    )
+    weights: list[float] = Field(default_factory=list, description="one per adapter, in order")
+    density: float | None = Field(
+        None, gt=0, le=1, description="ties/dare: fraction of each update's entries kept"
+    )
+
+
 class MergeConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     parity_rows: int = Field(8, ge=1, description="validation rows used for the logit check")
@@ -276,6 +291,7 @@ class MergeConfig(Section):
         "dequantized", description="QLoRA adapters merge onto the 4-bit base they trained against"
     )
     max_shard_size: str = Field("2GB", description="safetensors shards up to this size")
+    combine: CombineConfig | None = Field(None, description="None: the policy's adapters summed")
 
 
 QUANT_FORMATS = ("gguf-f32", "gguf-f16", "gguf-q8_0", "gguf-q4_0", "bnb-nf4", "bnb-int8",

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from pedigree.config import CombineConfig
 from pedigree.errors import PedigreeError
 from pedigree.evals.measure import chat_logits, compare_logits
 
@@ -42,21 +43,50 @@ def with_adapters(base, adapters: list[Path]):
     return model, names
 
 
+class CombineError(PedigreeError, ValueError):
+    """A weighted merge that cannot be made as configured."""
+
+
+def combine_adapters(model, names: list[str], cfg: CombineConfig) -> list[str]:
+    """Replace the active adapters by one weighted combination of them; its name, as a list."""
+    if len(cfg.weights) != len(names):
+        raise CombineError(
+            f"merge.combine.weights: {len(cfg.weights)} weights for {len(names)} adapters "
+            f"(the policy's {len(names) - len(cfg.adapters)} then merge.combine.adapters)"
+        )
+    if cfg.method in ("ties", "dare_linear", "dare_ties") and cfg.density is None:
+        raise CombineError(f"merge.combine.density: required by method {cfg.method}")
+    ranks = {model.peft_config[n].r for n in names}
+    if cfg.method == "linear" and len(ranks) > 1:
+        raise CombineError(f"merge.combine.method=linear needs equal ranks, got {sorted(ranks)}; "
+                           "use cat or ties")
+    model.add_weighted_adapter(adapters=names, weights=cfg.weights, adapter_name="combined",
+                               combination_type=cfg.method, density=cfg.density)
+    model.set_adapter("combined")
+    return ["combined"]
+
+
 def merge_policy(
     base, tokenizer, adapters: list[Path], rows: list[dict[str, Any]], dtype: str,
-    tolerance: float | None, max_length: int,
+    tolerance: float | None, max_length: int, combine: CombineConfig | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """(merged model in `dtype`, parity report); raises ParityError past `tolerance` (None: the
-    dtype's default)."""
+    dtype's default). With `combine`, the adapters (plus combine.adapters) are first replaced by
+    their weighted merge, and the parity check is against base + that merged adapter."""
     tolerance = tolerance if tolerance is not None else DEFAULT_TOLERANCE[dtype]
+    if combine is not None:
+        adapters = [*adapters, *(Path(a) for a in combine.adapters)]
     model, names = with_adapters(base, adapters)
+    if combine is not None:
+        names = combine_adapters(model, names, combine)
     # The reference logits come first: merging rewrites the same base weights in place.
     reference, mask = chat_logits(model, tokenizer, rows, max_length)
     merged = model.merge_and_unload(adapter_names=names) if names else model
     merged = merged.to(DTYPES[dtype])
     candidate, _ = chat_logits(merged, tokenizer, rows, max_length)
     parity = compare_logits(reference, candidate, mask)
-    parity.update({"dtype": dtype, "tolerance": tolerance, "adapters": len(adapters)})
+    parity.update({"dtype": dtype, "tolerance": tolerance, "adapters": len(adapters),
+                   "combine": combine.model_dump() if combine else None})
     if parity["max_abs_logit_diff"] > tolerance:
         raise ParityError(
             f"merged model differs from base+adapters: max |logit diff| "
