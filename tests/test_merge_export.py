@@ -168,3 +168,49 @@ def test_weighted_merge_config_errors(micro_model_dir, tmp_path):
         with pytest.raises(CombineError, match=match):
             merge_policy(load_causal_lm(micro_model_dir), tokenizer, [first], VALIDATION[:2],
                          "float32", None, 64, cfg)
+
+
+def test_kquants_without_llama_cpp_say_how_to_get_it(micro_model_dir, tmp_path, monkeypatch):
+    import builtins
+
+    import pytest
+
+    from pedigree.export.kquants import KQuantError
+    from pedigree.export.quantize import export_format
+
+    real_import = builtins.__import__
+
+    def no_llama_cpp(name, *args, **kwargs):
+        if name == "llama_cpp":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_llama_cpp)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    tokenizer = load_tokenizer(micro_model_dir)
+    with pytest.raises(KQuantError, match=r"pedigree\[kquants\]"):
+        export_format("gguf-q4_k_m", micro_model_dir, tmp_path / "q", tokenizer,
+                      VALIDATION[:2], 64)
+    assert not list((tmp_path / "q").rglob("*.gguf"))
+
+
+def test_kquants_through_llama_cpp(micro_model_dir, tmp_path):
+    """Runs where llama.cpp's quantizer is installed (`pedigree[kquants]`); skipped here."""
+    import shutil
+
+    import pytest
+
+    from pedigree.config import QuantizeConfig
+    from pedigree.export.quantize import check_format, export_format, reference
+    from pedigree.train.load import load_causal_lm
+
+    if not shutil.which("llama-quantize"):
+        pytest.importorskip("llama_cpp")
+    tokenizer = load_tokenizer(micro_model_dir)
+    cfg = QuantizeConfig(formats=["gguf-q6_k"], check_rows=4, golden_prompts=2)
+    ref = reference(load_causal_lm(micro_model_dir), tokenizer, VALIDATION[:4], cfg)
+    model, info = export_format("gguf-q6_k", micro_model_dir, tmp_path, tokenizer,
+                                VALIDATION[:4], 64)
+    result = check_format("gguf-q6_k", model, tokenizer, ref, cfg, 1, info)
+    assert info["quantizer"].startswith("llama.cpp") and not list(tmp_path.rglob("*.tmp.gguf"))
+    assert result["top1_agreement"] > 0.9 and result["kl_divergence"] < 0.05

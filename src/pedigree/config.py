@@ -294,14 +294,15 @@ class MergeConfig(Section):
     combine: CombineConfig | None = Field(None, description="None: the policy's adapters summed")
 
 
-QUANT_FORMATS = ("gguf-f32", "gguf-f16", "gguf-q8_0", "gguf-q4_0", "bnb-nf4", "bnb-int8",
-                 "torchao-int8")
+QUANT_FORMATS = ("gguf-f32", "gguf-f16", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m", "gguf-q5_k_m",
+                 "gguf-q6_k", "bnb-nf4", "bnb-int8", "torchao-int8")
 # Default gates, perplexity of the format / perplexity of the merged model on held-out rows.
 # llama.cpp's published figures for 7B models: F16 +0.000, Q8_0 +0.0004 (~1.0001), Q4_0 +0.25 on
 # ~5.9 (~1.04). Small models lose more to quantization, so the 4-bit gates are looser; Q8_0 is
 # the 1.005.
 DEFAULT_PERPLEXITY_GATES = {
     "gguf-f32": 1.0001, "gguf-f16": 1.001, "gguf-q8_0": 1.005, "gguf-q4_0": 1.15,
+    "gguf-q4_k_m": 1.10, "gguf-q5_k_m": 1.03, "gguf-q6_k": 1.01,
     "bnb-int8": 1.01, "bnb-nf4": 1.15, "torchao-int8": 1.01,
 }
 
@@ -314,8 +315,8 @@ def _known_formats(gates: dict[str, float]) -> dict[str, float]:
 
 
 class QuantizeConfig(Section):
-    formats: list[Literal["gguf-f32", "gguf-f16", "gguf-q8_0", "gguf-q4_0", "bnb-nf4", "bnb-int8",
-                          "torchao-int8"]] = Field(
+    formats: list[Literal["gguf-f32", "gguf-f16", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m",
+                          "gguf-q5_k_m", "gguf-q6_k", "bnb-nf4", "bnb-int8", "torchao-int8"]] = Field(
         default_factory=lambda: ["gguf-q8_0"], min_length=1
     )
     check_rows: int = Field(8, ge=1, description="validation rows used for the logit check")

@@ -18,9 +18,13 @@ from pedigree.config import DEFAULT_PERPLEXITY_GATES, QuantizeConfig
 from pedigree.errors import PedigreeError
 from pedigree.evals.measure import chat_inputs, distribution_compare, greedy_answers, logits_of
 from pedigree.export.gguf import write_gguf
+from pedigree.export import kquants
+from pedigree.export.kquants import KQUANTS
 from pedigree.train.chat import encode_completion
 
-GGUF_QTYPES = {"gguf-f32": "F32", "gguf-f16": "F16", "gguf-q8_0": "Q8_0", "gguf-q4_0": "Q4_0"}
+# Written by export/gguf.py directly; the K-quants go through llama.cpp (export/kquants.py).
+GGUF_QTYPES = {"gguf-f32": "F32", "gguf-f16": "F16", "gguf-q8_0": "Q8_0", "gguf-q4_0": "Q4_0",
+               **{fmt: name for fmt, (name, _) in KQUANTS.items()}}
 
 
 class ExportCheckError(PedigreeError, RuntimeError):
@@ -96,13 +100,31 @@ def write_modelfile(gguf: Path, tokenizer) -> dict[str, Any]:
     return {"modelfile": "Modelfile", "template_family": template_family(tokenizer.chat_template)}
 
 
+def write_kquant(fmt: str, merged_dir: Path, path: Path) -> dict[str, Any]:
+    """An F16 GGUF from our writer, quantized by llama.cpp; the F16 file is removed after."""
+    from pedigree.lineage import sha256_file
+
+    kquants.quantizer()  # fail before writing anything when there is no quantizer
+    f16 = path.with_name(path.stem + ".f16.tmp.gguf")
+    try:
+        write_gguf(merged_dir, f16, "F16")
+        how = kquants.quantize(fmt, f16, path)
+    finally:
+        f16.unlink(missing_ok=True)
+    return {"qtype": GGUF_QTYPES[fmt], "quantizer": f"llama.cpp ({how})",
+            "file_sha256": sha256_file(path), "size_bytes": path.stat().st_size}
+
+
 def export_format(fmt: str, merged_dir: Path, out_dir: Path, tokenizer,
                   rows: list[dict[str, Any]], max_length: int) -> tuple[Any, dict[str, Any]]:
     """Write `fmt` under out_dir/fmt and read it back: (the reader's model, file facts)."""
     if fmt in GGUF_QTYPES:
         path = gguf_path(out_dir, fmt)
         path.parent.mkdir(parents=True, exist_ok=True)
-        info = write_gguf(merged_dir, path, GGUF_QTYPES[fmt])
+        if fmt in KQUANTS:
+            info = write_kquant(fmt, merged_dir, path)
+        else:
+            info = write_gguf(merged_dir, path, GGUF_QTYPES[fmt])
         model, exported_tokenizer = load_gguf(path)
         _check_tokenizer(path, tokenizer, exported_tokenizer, rows, max_length)
         return model, {"file": path.relative_to(out_dir).as_posix(), **info,
