@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test bench install clean
+.PHONY: run test bench kquants install clean
 
 # The stamp is rebuilt when pyproject.toml changes, so `make` re-installs after a dependency bump.
 $(VENV)/.installed: pyproject.toml
@@ -29,6 +29,10 @@ test: install
 bench: install
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	@echo "run: $(BIN)/python bench/dedup.py | curate_scale.py | pipeline.py | sft_throughput.py | sft_memory.py"
+
+# GGUF K-quants and the llama.cpp reader: builds llama.cpp from source (~7 min on 2 cores).
+kquants: install
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,kquants]'
 
 clean:
 	rm -rf $(VENV)

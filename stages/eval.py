@@ -2,6 +2,7 @@
 
 Run alone:  dvc repro eval        (or: python stages/eval.py)
 Read:       dvc metrics show      (and `dvc metrics diff` against another commit or experiment)
+            metrics/eval.json, and metrics/quantize.json: each format's figures from quantize
 
 Models: the base, the SFT policy (base + adapter, or its trained weights), the DPO policy when it ran, the merged model and
 each quantized format. Measured: validation loss/perplexity, general-text loss/perplexity (the
@@ -52,4 +53,7 @@ with stage_run("eval", out="metrics",
     (run.dir / "eval.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     (run.dir / "answers.jsonl").write_text(answers_table(sets, answers))
     run.metrics = {f"{m}.{k}": v for m, r in results.items() for k, v in r.items()}
-    run.artifacts = ["eval.json", "answers.jsonl"]
+    # The quantize stage's per-format figures, beside the eval metrics, so that `dvc metrics
+    # show/diff` covers both (the figures are quantize's; metrics/ is this stage's output).
+    (run.dir / "quantize.json").write_text(Path("models/quantized/metrics.json").read_text())
+    run.artifacts = ["eval.json", "answers.jsonl", "quantize.json"]

@@ -30,7 +30,7 @@ with stage_run("quantize", out="models/quantized", inputs=["models/merged", "dat
     report = {}
     for fmt in cfg.formats:
         model, info = export_format(fmt, merged_dir, run.dir, tokenizer, rows, cfg.max_length)
-        report[fmt] = check_format(fmt, model, tokenizer, ref, cfg, merged_bytes, info)
+        report[fmt] = check_format(fmt, model, tokenizer, ref, cfg, merged_bytes, info, run.dir)
         r = report[fmt]
         print(f"[quantize] {fmt}: {r['size_bytes'] / 1e6:.2f} MB ({r['compression']:.2f}x), "
               f"perplexity ratio {r['perplexity_ratio']:.4f} (gate {r['max_perplexity_ratio']}), "
@@ -40,6 +40,10 @@ with stage_run("quantize", out="models/quantized", inputs=["models/merged", "dat
     keys = ("size_bytes", "compression", "perplexity_ratio", "kl_divergence", "top1_agreement",
             "golden_agreement", "passed")
     metrics = {fmt: {k: r[k] for k in keys} for fmt, r in report.items()}
+    for fmt, r in report.items():
+        if r["llama_cpp"]:  # the second, independent reader of GGUF files
+            metrics[fmt]["llama_cpp_perplexity_ratio"] = r["llama_cpp"]["perplexity_ratio"]
+            metrics[fmt]["llama_cpp_kl_divergence"] = r["llama_cpp"]["kl_divergence"]
     (run.dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     run.details["formats"] = report

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import torch
+from gguf import GGMLQuantizationType, GGUFReader
+from gguf.quants import dequantize, quantize
 from tokenizers import Regex, pre_tokenizers
 from transformers import (
     AutoTokenizer,
@@ -25,6 +27,7 @@ from transformers import (
 )
 
 from pedigree.evals.measure import chat_inputs, compare_logits, distribution_compare, logits_of
+from pedigree.export.gguf import SUPPORTED_QTYPES
 from pedigree.export.merge import merge_policy
 from pedigree.export.quantize import GGUF_QTYPES, export_format, gguf_path
 from pedigree.train.load import load_causal_lm, load_tokenizer
@@ -67,58 +70,74 @@ def _qwen2_pre_tokenizer():
     )
 
 
+# Rows of 256 values are whole blocks of every GGUF type, K-quants' 256-value super-blocks
+# included (llama.cpp stores narrower rows in a fallback type, which would test something else).
+SIZES = {
+    "hidden_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,  # GQA: K and V have 2 heads to Q's 8
+    "intermediate_size": 512,
+    "vocab_size": 416,  # padded past the tokenizer's 400
+    "max_position_embeddings": 256,
+}
+
+
 def _small_config(config_class, **overrides):
-    values = dict(
-        hidden_size=64,  # a multiple of 32: every row is whole Q8_0 / Q4_0 blocks
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # GQA
-        intermediate_size=128,
-        vocab_size=416,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
-    return config_class(**(values | overrides))
+    return config_class(**(SIZES | overrides))
 
 
 # name: (config, model class, pre-tokenizer, whether encoding adds the bos token)
 ARCHITECTURES = {
     "llama": (  # untied output layer, Llama-3 pre-tokenizer, bos added
-        lambda: _llama_config(tie_word_embeddings=False),
+        lambda: _llama_config(**SIZES, tie_word_embeddings=False),
         LlamaForCausalLM,
         _llama3_pre_tokenizer,
         True,
     ),
     "mistral": (
-        lambda: _small_config(MistralConfig, sliding_window=None),
+        lambda: _small_config(MistralConfig, sliding_window=None, tie_word_embeddings=True),
         MistralForCausalLM,
         _gpt2_pre_tokenizer,
         False,
     ),
     "qwen2": (  # Q/K/V biases; the Qwen2 pre-tokenizer
-        lambda: _small_config(Qwen2Config, rope_theta=50000.0),
+        lambda: _small_config(Qwen2Config, rope_theta=50000.0, tie_word_embeddings=True),
         Qwen2ForCausalLM,
         _qwen2_pre_tokenizer,
         False,
     ),
 }
 
-# Bounds on max |logit difference| over the rows' real tokens, with the merged model's logits
-# reaching |6| or so, and on top-1 agreement / mean KL (nats) of the next-token distributions.
-# Measured (llama, mistral, qwen2): F32 ..., F16 ..., Q8_0 ..., Q4_0 ....
+# Bounds on the reader's logits against the merged model's, over the rows' real tokens: max
+# |difference|, top-1 agreement and mean KL(merged || reader) in nats per token. The merged
+# models' logits reach |1.3| to |1.6| (std 0.32): random weights give nearly flat distributions,
+# so 4- to 6-bit rounding flips many close top-1 calls. Measured (llama / mistral / qwen2):
+#   F32     0 / 0 / 0 (the reader dequantizes to the very weights)
+#   F16     max 2.6e-3 / 2.1e-3 / 5.4e-4, top-1 1.0, KL 5.5e-8 / 5.7e-8 / 7.5e-9
+#   Q8_0    max 0.054 / 0.055 / 0.014, top-1 0.94 / 0.96 / 0.97, KL 3.6e-5 / 3.6e-5 / 5.0e-6
+#   Q6_K    max 0.20 / 0.18 / 0.052, top-1 0.87 / 0.88 / 0.92, KL 3.9e-4 / 4.2e-4 / 5.8e-5
+#   Q5_K_M  max 0.34 / 0.26 / 0.073, top-1 0.72 / 0.83 / 0.86, KL 1.6e-3 / 1.1e-3 / 1.4e-4
+#   Q4_K_M  max 0.60 / 0.51 / 0.14, top-1 0.54 / 0.69 / 0.75, KL 5.3e-3 / 3.9e-3 / 4.5e-4
+#   Q4_0    max 0.84 / 0.78 / 0.25, top-1 0.44 / 0.53 / 0.64, KL 8.9e-3 / 9.0e-3 / 1.5e-3
+# Qwen2's figures are smaller, probably as its large random Q/K/V biases dilute the rounding. The
+# quantized bounds are loose enough to hide a misplaced tensor: the exact test below covers that.
 TOLERANCES = {
-    "gguf-f32": {"max_abs": 1e-4, "top1": 1.0, "kl": 1e-8},
-    "gguf-f16": {"max_abs": 1e-2, "top1": 1.0, "kl": 1e-5},
-    "gguf-q8_0": {"max_abs": 0.1, "top1": 0.9, "kl": 1e-3},
-    "gguf-q4_0": {"max_abs": 1.0, "top1": 0.6, "kl": 0.1},
+    "gguf-f32": {"max_abs": 1e-5, "top1": 1.0, "kl": 1e-10},
+    "gguf-f16": {"max_abs": 8e-3, "top1": 1.0, "kl": 2e-7},
+    "gguf-q8_0": {"max_abs": 0.15, "top1": 0.85, "kl": 1e-4},
+    "gguf-q6_k": {"max_abs": 0.5, "top1": 0.7, "kl": 1.2e-3},
+    "gguf-q5_k_m": {"max_abs": 0.8, "top1": 0.5, "kl": 5e-3},
+    "gguf-q4_k_m": {"max_abs": 1.5, "top1": 0.35, "kl": 0.015},
+    "gguf-q4_0": {"max_abs": 2.0, "top1": 0.3, "kl": 0.025},
 }
 
 
 @dataclass
 class Exported:
+    arch: str
     merged_dir: Path
     out_dir: Path
-    tokenizer: Any
     parity: dict[str, Any]
     adapter_effect: float  # max |logit change| the adapter makes to the base model
     ids: torch.Tensor
@@ -158,6 +177,26 @@ def _save_random_adapter(base_dir: Path, adapter_dir: Path) -> None:
     model.save_pretrained(adapter_dir)
 
 
+def _missing_quantizer(fmt: str) -> str | None:
+    """Why `fmt` cannot be written here, if it cannot: the gguf package writes the legacy types,
+    llama.cpp's quantizer the K-quants, and it is an optional dependency."""
+    if GGUF_QTYPES[fmt] in SUPPORTED_QTYPES:
+        return None
+    from pedigree.export import kquants
+
+    try:
+        kquants.quantizer()
+    except kquants.KQuantError as err:
+        return str(err)
+    return None
+
+
+def _written(exported: Exported, fmt: str) -> tuple[torch.Tensor, dict[str, Any]]:
+    if fmt not in exported.formats:
+        pytest.skip(_missing_quantizer(fmt))
+    return exported.formats[fmt]
+
+
 @pytest.fixture(scope="module", params=list(ARCHITECTURES))
 def exported(request, tmp_path_factory) -> Exported:
     arch = request.param
@@ -178,17 +217,33 @@ def exported(request, tmp_path_factory) -> Exported:
     out_dir = root / "export"
     formats = {}
     for fmt in GGUF_QTYPES:
-        model, info = export_format(fmt, merged_dir, out_dir, tokenizer, ROWS, MAX_LENGTH)
-        formats[fmt] = (logits_of(model, ids, mask), info)
+        if _missing_quantizer(fmt) is None:
+            model, info = export_format(fmt, merged_dir, out_dir, tokenizer, ROWS, MAX_LENGTH)
+            formats[fmt] = (logits_of(model, ids, mask), info)
     adapter_effect = compare_logits(base_logits, merged_logits, mask)["max_abs_logit_diff"]
-    return Exported(merged_dir, out_dir, tokenizer, parity, adapter_effect, ids, mask,
+    return Exported(arch, merged_dir, out_dir, parity, adapter_effect, ids, mask,
                     merged_logits, formats)
+
+
+def _simulated(merged_dir: Path, fmt: str) -> torch.nn.Module:
+    """The merged model with each weight the exporter quantizes (every 2-D tensor; norms and
+    biases stay F32) rounded through the gguf package's `fmt` quantizer and back, in place.
+    A reader that gets these logits read every tensor where it belongs: what is left between it
+    and the merged model is quantization error, not layout."""
+    qtype = GGMLQuantizationType[GGUF_QTYPES[fmt]]
+    model = load_causal_lm(merged_dir)
+    with torch.no_grad():
+        for parameter in model.parameters():  # a tied output layer is the embedding, once
+            if parameter.ndim == 2:
+                values = dequantize(quantize(parameter.numpy(), qtype), qtype)
+                parameter.copy_(torch.from_numpy(values.reshape(parameter.shape)))
+    return model
 
 
 def test_merge_is_exact_and_the_adapter_matters(exported):
     assert exported.parity["max_abs_logit_diff"] <= 1e-4
     assert exported.parity["tolerance"] == 1e-4 and exported.parity["adapters"] == 1
-    assert exported.adapter_effect > 0.1
+    assert exported.adapter_effect > 0.5  # measured 0.84 to 1.31
     # the merged directory reloads as the model that was checked
     reloaded = logits_of(load_causal_lm(exported.merged_dir), exported.ids, exported.mask)
     assert torch.equal(reloaded, exported.merged_logits)
@@ -196,25 +251,52 @@ def test_merge_is_exact_and_the_adapter_matters(exported):
 
 @pytest.mark.parametrize("fmt", GGUF_QTYPES)
 def test_gguf_tokenizer_gives_the_same_ids(exported, fmt):
+    _written(exported, fmt)  # export_format already compared the rows' chat-template ids
     path = gguf_path(exported.out_dir, fmt)
     loaded = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     merged = AutoTokenizer.from_pretrained(exported.merged_dir)
+    adds_bos = ARCHITECTURES[exported.arch][3]
     for text in TEXTS:
         ids = merged(text).input_ids
+        assert (ids[0] == merged.bos_token_id) is adds_bos
         assert loaded(text).input_ids == ids, text
         assert loaded.decode(ids) == merged.decode(ids)
     ids, mask = chat_inputs(loaded, ROWS, MAX_LENGTH)
     assert torch.equal(ids, exported.ids) and torch.equal(mask, exported.mask)
+    assert loaded.chat_template == merged.chat_template
 
 
 @pytest.mark.parametrize("fmt", GGUF_QTYPES)
 def test_gguf_logits_match_the_merged_model(exported, fmt):
-    logits, info = exported.formats[fmt]
+    logits, info = _written(exported, fmt)
     bounds = TOLERANCES[fmt]
     diff = compare_logits(exported.merged_logits, logits, exported.mask)
     figures = distribution_compare(exported.merged_logits, logits, exported.ids, exported.mask)
-    print(fmt, diff, figures)  # noqa: T201
     assert info["qtype"] == GGUF_QTYPES[fmt]
     assert diff["max_abs_logit_diff"] <= bounds["max_abs"]
     assert diff["top1_agreement"] >= bounds["top1"]
     assert figures["kl_divergence"] <= bounds["kl"]
+
+
+@pytest.mark.parametrize("fmt", GGUF_QTYPES)
+def test_every_weight_is_stored_in_the_format_type(exported, fmt):
+    """No row falls back to another type: with 256-wide rows, K-quants are K-quants."""
+    _written(exported, fmt)
+    qtype = GGUF_QTYPES[fmt]
+    main = qtype.removesuffix("_M")  # Q4_K_M is mostly Q4_K
+    # llama.cpp's _M mixes keep a few tensors (output layer, some attn_v, ffn_down) in Q6_K
+    allowed = {main, "Q6_K"} if qtype.endswith("_K_M") else {main}
+    tensors = GGUFReader(gguf_path(exported.out_dir, fmt)).tensors
+    weights = {t.tensor_type.name for t in tensors if len(t.shape) > 1}
+    assert main in weights and weights <= allowed, weights
+    # norms and Qwen2's biases stay F32 in every type
+    assert {t.tensor_type.name for t in tensors if len(t.shape) == 1} == {"F32"}
+
+
+@pytest.mark.parametrize("fmt", [f for f, q in GGUF_QTYPES.items() if q in SUPPORTED_QTYPES])
+def test_gguf_logits_are_the_quantized_weights_logits(exported, fmt):
+    """Quantization noise could hide a misplaced tensor in the bounds above; this cannot."""
+    logits, _ = _written(exported, fmt)
+    expected = logits_of(_simulated(exported.merged_dir, fmt), exported.ids, exported.mask)
+    # measured 0.0 for every architecture and type: the reader returns exactly these weights
+    assert compare_logits(expected, logits, exported.mask)["max_abs_logit_diff"] <= 1e-5

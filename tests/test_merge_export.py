@@ -214,3 +214,23 @@ def test_kquants_through_llama_cpp(micro_model_dir, tmp_path):
     result = check_format("gguf-q6_k", model, tokenizer, ref, cfg, 1, info)
     assert info["quantizer"].startswith("llama.cpp") and not list(tmp_path.rglob("*.tmp.gguf"))
     assert result["top1_agreement"] > 0.9 and result["kl_divergence"] < 0.05
+
+
+def test_gguf_read_by_llama_cpp_matches_the_transformers_reader(micro_model_dir, tmp_path):
+    """Runs where llama-cpp-python is installed (`pedigree[kquants]`)."""
+    import pytest
+
+    pytest.importorskip("llama_cpp")
+    from pedigree.config import QuantizeConfig
+    from pedigree.export.quantize import check_format, export_format, reference
+    from pedigree.train.load import load_causal_lm
+
+    tokenizer = load_tokenizer(micro_model_dir)
+    cfg = QuantizeConfig(formats=["gguf-q8_0"], check_rows=4, golden_prompts=2)
+    ref = reference(load_causal_lm(micro_model_dir), tokenizer, VALIDATION[:4], cfg)
+    for fmt in ("gguf-f32", "gguf-q8_0"):
+        model, info = export_format(fmt, micro_model_dir, tmp_path, tokenizer, VALIDATION[:4], 64)
+        result = check_format(fmt, model, tokenizer, ref, cfg, 1, info, tmp_path)
+        ours, theirs = result, result["llama_cpp"]
+        assert theirs["top1_agreement"] > 0.95, (fmt, theirs)
+        assert abs(theirs["perplexity_ratio"] - ours["perplexity_ratio"]) < 0.01, (fmt, theirs)

@@ -125,6 +125,10 @@ def test_stages_did_their_jobs(project):
     assert quant["size_ratio_to_merged"] < 0.5
     assert quant["passed"] and quant["perplexity_ratio"] <= quant["max_perplexity_ratio"]
     assert (project / "models/quantized/gguf-q8_0/Modelfile").read_text().startswith("# Written")
+    quantize_metrics = json.loads((project / "metrics/quantize.json").read_text())
+    assert quantize_metrics["gguf-q8_0"]["passed"] is True
+    assert {"README.md", "generation_config.json", "chat_template.jinja"} <= {
+        p.name for p in (project / "models/merged").iterdir()}
     metrics = json.loads((project / "metrics/eval.json").read_text())
     assert set(metrics) == {"base", "sft", "dpo", "merged", "gguf-q8_0"}
     assert metrics["sft"]["val_loss"] < metrics["base"]["val_loss"]

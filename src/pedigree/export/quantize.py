@@ -1,7 +1,8 @@
 """Deployment formats, each written to its own subdirectory and checked against the merged model.
 
 Every format is read back through an independent reader (transformers' GGUF loader, which
-dequantizes the file; or plain `from_pretrained` for bitsandbytes and torchao checkpoints) and
+dequantizes the file, and llama.cpp itself when llama-cpp-python is installed; or plain
+`from_pretrained` for bitsandbytes and torchao checkpoints) and
 compared with the merged model on held-out rows: perplexity ratio, KL divergence and top-1
 agreement of the next-token distributions, and greedy answers to golden prompts through the chat
 template. A GGUF file's tokenizer must also encode the rows identically. A format past its
@@ -17,8 +18,8 @@ from typing import Any
 from pedigree.config import DEFAULT_PERPLEXITY_GATES, QuantizeConfig
 from pedigree.errors import PedigreeError
 from pedigree.evals.measure import chat_inputs, distribution_compare, greedy_answers, logits_of
-from pedigree.export.gguf import write_gguf
 from pedigree.export import kquants
+from pedigree.export.gguf import write_gguf
 from pedigree.export.kquants import KQUANTS
 from pedigree.train.chat import encode_completion
 
@@ -135,15 +136,62 @@ def export_format(fmt: str, merged_dir: Path, out_dir: Path, tokenizer,
     return load_quantized(fmt, out_dir / fmt), {"file": fmt, **info}
 
 
+def llama_cpp_available() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def llama_cpp_logits(path: Path, ref: Reference):
+    """Logits of a GGUF file as llama.cpp computes them (llama-cpp-python), on the reference
+    rows' token ids, row by row; padded positions copy the reference (they are masked anyway)."""
+    import llama_cpp.llama_cpp as raw
+    import torch
+    from llama_cpp import Llama
+
+    # llama.cpp's AMX buffer type (chosen on CPUs with AMX-INT8) segfaulted in decode on our Q8_0
+    # and Q4_0 files (llama-cpp-python 0.3.36); plain CPU buffers run them and compute the same
+    # model. The Llama class has no switch for it, so its defaults are patched while it loads.
+    defaults = raw.llama_model_default_params
+
+    def without_extra_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    width = max(ref.ids.size(1), 32)
+    raw.llama_model_default_params = without_extra_buffers
+    try:
+        llm = Llama(model_path=str(path), n_ctx=width, n_batch=width, logits_all=True,
+                    verbose=False, seed=0, n_threads=2)
+    finally:
+        raw.llama_model_default_params = defaults
+    out = ref.logits.clone()
+    for i, (ids, mask) in enumerate(zip(ref.ids, ref.mask, strict=True)):
+        tokens = ids[mask.bool()].tolist()
+        llm.reset()
+        llm.eval(tokens)
+        out[i, : len(tokens)] = torch.from_numpy(llm.scores[: len(tokens)].copy()).float()
+    return out
+
+
 def check_format(fmt: str, model, tokenizer, ref: Reference, cfg: QuantizeConfig,
-                 merged_bytes: int, info: dict[str, Any]) -> dict[str, Any]:
-    """The format's figures against the merged model, and whether it passes its gate."""
+                 merged_bytes: int, info: dict[str, Any], out_dir: Path | None = None,
+                 ) -> dict[str, Any]:
+    """The format's figures against the merged model, and whether it passes its gate. GGUF files
+    are also read by llama.cpp itself when llama-cpp-python is installed; both must pass."""
     figures = distribution_compare(ref.logits, logits_of(model, ref.ids, ref.mask), ref.ids,
                                    ref.mask)
+    gate = cfg.max_perplexity_ratio.get(fmt, DEFAULT_PERPLEXITY_GATES[fmt])
+    llama_cpp = None
+    if fmt in GGUF_QTYPES and out_dir is not None and llama_cpp_available():
+        theirs = llama_cpp_logits(gguf_path(out_dir, fmt), ref)
+        llama_cpp = distribution_compare(ref.logits, theirs, ref.ids, ref.mask)
     answers = greedy_answers(model, tokenizer, ref.prompts, cfg.max_new_tokens,
                              len(ref.prompts) or 1)
     same = [a == b for a, b in zip(ref.answers, answers, strict=True)]
-    gate = cfg.max_perplexity_ratio.get(fmt, DEFAULT_PERPLEXITY_GATES[fmt])
     return {
         "format": fmt,
         **info,
@@ -155,6 +203,8 @@ def check_format(fmt: str, model, tokenizer, ref: Reference, cfg: QuantizeConfig
             {"prompt": p[-1]["content"][:200], "merged": a, "format": b}
             for p, a, b, ok in zip(ref.prompts, ref.answers, answers, same, strict=True) if not ok
         ],
+        "llama_cpp": llama_cpp,  # None: llama-cpp-python not installed, or not a GGUF
         "max_perplexity_ratio": gate,
-        "passed": figures["perplexity_ratio"] <= gate,
+        "passed": figures["perplexity_ratio"] <= gate
+        and (llama_cpp is None or llama_cpp["perplexity_ratio"] <= gate),
     }
