@@ -160,6 +160,10 @@ def test_lineage_prints_the_chain_to_the_raw_data(project):
     mermaid = run([sys.executable, "-m", "pedigree.cli", "lineage",
                    "models/quantized/gguf-q8_0", "--format", "mermaid"], project)
     assert mermaid.startswith("graph LR") and "-->" in mermaid
+    # Each stage's MLflow run(s), found by the artifact's hash tag (SQLite read, no MLflow import).
+    chain = json.loads(run([sys.executable, "-m", "pedigree.cli", "lineage", "models/quantized",
+                            "--format", "json"], project))
+    assert all(m["mlflow_runs"] for m in chain), [(m["stage"], m["mlflow_runs"]) for m in chain]
 
 
 def test_mlflow_has_a_tagged_run_per_stage(project):
@@ -217,3 +221,79 @@ def test_dvc_exp_run_composes_params_from_conf(project):
     show = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], project)
     assert "lr-test" in show
     assert "learning_rate: 0.001" in (project / "params.yaml").read_text()
+
+
+def _audit(project: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pedigree.cli", "audit"], cwd=project,
+                          env=_env(), capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.fixture
+def planted(project, tmp_path) -> Path:
+    """A copy of the finished project (its own mlflow.db) to plant one fault in."""
+    copy = tmp_path / "copy"
+    shutil.copytree(project, copy, symlinks=True, ignore=shutil.ignore_patterns(".dvc"))
+    shutil.copytree(project / ".dvc", copy / ".dvc", symlinks=True,
+                    ignore=shutil.ignore_patterns("cache", "tmp"))
+    return copy
+
+
+def test_audit_passes_on_a_finished_run(project):
+    proc = _audit(project)
+    assert proc.returncode == 0, proc.stderr
+    assert "manifests, dvc.lock and MLflow runs agree" in proc.stdout
+
+
+def _retag(project: Path, stage: str, **tags: str | None) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("pedigree")
+    digest = manifest(project, stage)["outputs_sha256"]  # the runs that made the current output
+    runs = client.search_runs([exp.experiment_id], f"tags.`pedigree.outputs_sha256` = '{digest}'")
+    assert runs
+    for run in runs:
+        for key, value in tags.items():
+            if value is None:
+                client.delete_run(run.info.run_id)
+            else:
+                client.set_tag(run.info.run_id, f"pedigree.{key}", value)
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _edit_manifest(project: Path) -> None:
+    path = project / "models/sft/lineage.json"
+    m = json.loads(path.read_text())
+    m["params"]["sft"]["learning_rate"] = 0.5  # claim other params than the ones used
+    path.write_text(json.dumps(m, indent=2))
+
+
+def _edit_lock(project: Path) -> None:
+    lock = (project / "dvc.lock").read_text()
+    start = lock.index("- path: models/merged")
+    md5 = lock.index("md5: ", start) + len("md5: ")
+    (project / "dvc.lock").write_text(lock[:md5] + "0" * 32 + lock[md5 + 32:])
+
+
+@pytest.mark.parametrize(("fault", "plant", "expected"), [
+    ("one byte changed", lambda p: _flip_byte(p / "models/sft/adapter_model.safetensors"),
+     "models/sft: models/sft/adapter_model.safetensors has sha256"),
+    ("manifest edited by hand", _edit_manifest, "models/sft: lineage.json was edited: params"),
+    ("manifest and dvc.lock disagree", _edit_lock,
+     "models/merged: dvc.lock records md5 000000"),
+    ("artifact without a run", lambda p: _retag(p, "dpo", removed=None),
+     "models/dpo: no MLflow run tagged"),
+    ("run tagged with other data", lambda p: _retag(p, "merge", data_sha256="f" * 64),
+     "models/merged: MLflow run"),
+])
+def test_audit_catches_planted_faults(planted, fault, plant, expected):
+    plant(planted)
+    proc = _audit(planted)
+    assert proc.returncode == 1, (fault, proc.stdout, proc.stderr)
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("audit failed: ") and expected in first, (fault, proc.stderr)

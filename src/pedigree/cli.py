@@ -2,6 +2,7 @@
 
     pedigree compose [OVERRIDES...]      compose conf/ into params.yaml (as `dvc exp run` does)
     pedigree lineage PATH [--format ...] the chain from an artifact back to the raw data
+    pedigree audit [PATH] [--no-mlflow]  recompute every hash; check manifests, dvc.lock, MLflow
     pedigree hash PATH                   the content hash pedigree records for a file or directory
     pedigree curate INPUT... --out DIR   curate any files, as the curate stage does
     pedigree split CURATED --out DIR     split a curation output, as the split stage does
@@ -63,6 +64,9 @@ def format_text(chain: list[dict]) -> str:
         lines.append(f"  params   {m['params_sha256'][:12]}   seed {m['seed']}   "
                      f"code {_short(code.get('git_commit'))}{dirty} "
                      f"src {code['source_sha256'][:12]}")
+        runs = m.get("mlflow_runs")
+        if runs is not None:
+            lines.append(f"  mlflow   {', '.join(runs) if runs else 'no run found'}")
         for up in m["upstream"]:
             lines.append(f"  <- {up['path']} ({up['stage']}) {up['outputs_sha256'][:12]}")
         if not m["upstream"]:
@@ -102,12 +106,47 @@ def _lineage(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         print(f"pedigree lineage: {err}", file=sys.stderr)
         return 1
+    if not args.no_mlflow:
+        from pedigree.tracking import runs_for_output
+
+        for m in chain:
+            m["mlflow_runs"] = runs_for_output(Path("."), m["outputs_sha256"])
     if args.format == "json":
         print(json.dumps(chain, indent=2, sort_keys=True))
     elif args.format == "mermaid":
         print(format_mermaid(chain))
     else:
         print(format_text(chain))
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from pedigree.audit import audit
+    from pedigree.config import ConfigError, load_params
+
+    experiment = None
+    if not args.no_mlflow:
+        try:
+            tracking = load_params().tracking
+        except ConfigError as err:
+            print(f"pedigree audit: {err}", file=sys.stderr)
+            return 2
+        if tracking.enabled:
+            experiment = tracking.experiment
+        else:
+            print("pedigree audit: tracking.enabled is false; MLflow runs not checked")
+    try:
+        findings = audit(Path("."), Path(args.path) if args.path else None, experiment)
+    except FileNotFoundError as err:
+        print(f"pedigree audit: {err}", file=sys.stderr)
+        return 1
+    if findings:
+        print(f"audit failed: {findings[0]}", file=sys.stderr)
+        for finding in findings[1:]:
+            print(f"  also: {finding}", file=sys.stderr)
+        return 1
+    checked = "manifests, dvc.lock" + (" and MLflow runs" if experiment else "")
+    print(f"audit passed: every file hashes as recorded; {checked} agree")
     return 0
 
 
@@ -190,7 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lineage", help="trace an artifact back to the raw data")
     p.add_argument("path", help="a stage output directory or any file inside one")
     p.add_argument("--format", choices=("text", "json", "mermaid"), default="text")
+    p.add_argument("--no-mlflow", action="store_true", help="do not look up the MLflow runs")
     p.set_defaults(func=_lineage)
+
+    p = sub.add_parser("audit", help="recompute every hash and check manifests, dvc.lock, MLflow")
+    p.add_argument("path", nargs="?", help="audit this artifact's lineage only (default: all)")
+    p.add_argument("--no-mlflow", action="store_true", help="skip the MLflow run checks")
+    p.set_defaults(func=_audit)
 
     p = sub.add_parser("hash", help="content hash of a file or directory, as manifests record it")
     p.add_argument("path")

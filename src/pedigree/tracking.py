@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,30 @@ _PARAM_VALUE_LIMIT = 6000  # characters MLflow accepts per param value
 
 def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def runs_for_output(root: Path, outputs_sha256: str) -> list[str]:
+    """Ids of the active runs tagged with an artifact's hash, oldest first. The default SQLite
+    store is read directly (no MLflow import: `pedigree lineage` answers at once); any other
+    store goes through the MLflow client."""
+    uri = tracking_uri(root)
+    key = TAG_PREFIX + "outputs_sha256"
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            return []
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            rows = con.execute(
+                "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                "WHERE t.key = ? AND t.value = ? AND r.lifecycle_stage = 'active' "
+                "ORDER BY r.start_time", (key, outputs_sha256)).fetchall()
+        return [row[0] for row in rows]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, f"tags.`{key}` = '{outputs_sha256}'")
+    return [run.info.run_id for run in sorted(runs, key=lambda r: r.info.start_time)]
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
