@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test bench kquants install clean
+.PHONY: run test bench kquants browser install clean
 
 # The stamp is rebuilt when pyproject.toml changes, so `make` re-installs after a dependency bump.
 $(VENV)/.installed: pyproject.toml
@@ -22,8 +22,13 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/dvc repro
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
+
+# The report's browser test opens it in Debian's chromium; without it that one test skips.
+browser:
+	@command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| echo "chromium could not be installed: the report's browser test will skip"
 
 # The benchmarks' baselines (datasketch) are not needed to run or test the pipeline.
 bench: install

@@ -297,3 +297,97 @@ def test_audit_catches_planted_faults(planted, fault, plant, expected):
     assert proc.returncode == 1, (fault, proc.stdout, proc.stderr)
     first = proc.stderr.splitlines()[0]
     assert first.startswith("audit failed: ") and expected in first, (fault, proc.stderr)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_server_serves_the_runs_and_their_lineage(project):
+    """`mlflow server` on the project's store, queried over REST as a team server would be."""
+    import signal
+    import time
+    import urllib.request
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}", "--workers", "1"],
+        cwd=project, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)  # its own process group: workers die with it
+    base = f"http://127.0.0.1:{port}"
+
+    def call(path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(base + path, data=data,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read() or b"{}")
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(base + "/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "no server"
+                time.sleep(0.5)
+        exp = call("/api/2.0/mlflow/experiments/get-by-name?experiment_name=pedigree")
+        runs = call("/api/2.0/mlflow/runs/search",
+                    {"experiment_ids": [exp["experiment"]["experiment_id"]],
+                     "max_results": 1000})["runs"]
+        tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"]["tags"]}
+                for r in runs}
+        current = {stage: next(i for i, t in tags.items()
+                               if t.get("pedigree.outputs_sha256")
+                               == manifest(project, stage)["outputs_sha256"])
+                   for stage in STAGES}
+        for stage, run_id in current.items():
+            for up in manifest(project, stage)["upstream"]:
+                linked = tags[run_id][f"pedigree.upstream_run.{up['stage']}"]
+                assert tags[linked]["pedigree.outputs_sha256"] == up["outputs_sha256"], stage
+        inputs = call(f"/api/2.0/mlflow/runs/get?run_id={current['sft']}")["run"]["inputs"]
+        digests = {d["dataset"]["name"]: d["dataset"]["digest"] for d in inputs["dataset_inputs"]}
+        assert len(digests["data/split"]) == 32
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    # Its workers exit too (they may take a few seconds to finish shutting down).
+    deadline = time.monotonic() + 30
+    while subprocess.run(["pgrep", "-g", str(server.pid)], capture_output=True,
+                         check=False).stdout and time.monotonic() < deadline:
+        time.sleep(0.5)
+    leftover = subprocess.run(["pgrep", "-g", str(server.pid)], capture_output=True, check=False)
+    if leftover.stdout:
+        os.killpg(server.pid, signal.SIGKILL)
+    assert leftover.stdout == b"", "mlflow server workers outlived the server"
+
+
+def test_report_renders_in_headless_chromium(project, tmp_path):
+    """The report of a finished run, opened in Debian's chromium: graph and charts drawn."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; `make test` tries)")
+    from PIL import Image
+
+    run([sys.executable, "-m", "pedigree.cli", "report", "--out", "report.html"], project)
+    url = (project / "report.html").as_uri()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,2400"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    for element in ('id="lineage-graph"', 'id="eval-table"', 'id="sft-curve"', 'id="dpo-curve"',
+                    'class="mlflow-run"', 'href="models/merged/README.md"'):
+        assert element in dom, element
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", url], capture_output=True,
+                   timeout=120, check=True)
+    image = Image.open(shot).convert("RGB")
+    colours = image.getcolors(maxcolors=1 << 20) or []
+    assert len(colours) > 50  # text, boxes, bars and curves: far from a blank page
+    top = image.crop((0, 0, 1200, 700)).getcolors(maxcolors=1 << 20) or []
+    assert any(c == (31, 119, 180) for _, c in top) or any(c == (238, 244, 251) for _, c in top)

@@ -3,6 +3,7 @@
     pedigree compose [OVERRIDES...]      compose conf/ into params.yaml (as `dvc exp run` does)
     pedigree lineage PATH [--format ...] the chain from an artifact back to the raw data
     pedigree audit [PATH] [--no-mlflow]  recompute every hash; check manifests, dvc.lock, MLflow
+    pedigree report [--out FILE]         one self-contained HTML page: lineage, evals, curves
     pedigree hash PATH                   the content hash pedigree records for a file or directory
     pedigree curate INPUT... --out DIR   curate any files, as the curate stage does
     pedigree split CURATED --out DIR     split a curation output, as the split stage does
@@ -150,6 +151,22 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from pedigree.files import atomic_write_text
+    from pedigree.report import build_report
+
+    out = Path(args.out)
+    try:
+        text = build_report(Path("."), out.parent)
+    except FileNotFoundError as err:
+        print(f"pedigree report: {err}; run `dvc repro` first", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, text)
+    print(f"wrote {out}")
+    return 0
+
+
 def _hash(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.exists():
@@ -236,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", help="audit this artifact's lineage only (default: all)")
     p.add_argument("--no-mlflow", action="store_true", help="skip the MLflow run checks")
     p.set_defaults(func=_audit)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of the pipeline")
+    p.add_argument("--out", default="report.html")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("hash", help="content hash of a file or directory, as manifests record it")
     p.add_argument("path")

@@ -32,3 +32,10 @@ def atomic_dir(out: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, out)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file through a temporary sibling and a rename: readers never see half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

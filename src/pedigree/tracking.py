@@ -118,6 +118,12 @@ def log_stage_run(
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=manifest["stage"]) as run:
         mlflow.set_tags(stage_tags(manifest, output_path))
+        # Link to the runs that made this stage's inputs: the latest run tagged with each
+        # upstream output's hash (the UI shows them as tags on this run).
+        for up in manifest["upstream"]:
+            made_by = runs_for_output(root, up["outputs_sha256"])
+            if made_by:
+                mlflow.set_tag(f"{TAG_PREFIX}upstream_run.{up['stage']}", made_by[-1])
         mlflow.log_params(flatten(manifest["params"]))
         if metrics:
             mlflow.log_metrics(metrics)

@@ -1,0 +1,51 @@
+"""`pedigree report`: one self-contained HTML file with the lineage graph, tables and charts."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from pedigree.report import bar_chart, build_report, line_chart, lineage_svg
+from tests.test_lineage import _fake_chain
+
+
+def test_report_from_manifests_is_self_contained(tmp_path):
+    _fake_chain(tmp_path)  # data/curated <- data/split manifests, as the stages write them
+    (tmp_path / "metrics").mkdir()
+    split = json.loads((tmp_path / "data/split/lineage.json").read_text())
+    manifest = {**split, "stage": "eval", "outputs": [], "upstream": [
+        {"path": "data/split", "stage": "split", "outputs_sha256": split["outputs_sha256"]}]}
+    (tmp_path / "metrics/lineage.json").write_text(json.dumps(manifest))
+    (tmp_path / "metrics/eval.json").write_text(json.dumps(
+        {"base": {"val_loss": 3.0, "task_score": 0.1}, "sft": {"val_loss": 1.5}}))
+    page = build_report(tmp_path, tmp_path)
+    graph = re.search(r'<svg id="lineage-graph".*?</svg>', page).group(0)
+    assert graph.count("<rect") == 3 and graph.count("<line") == 2  # 3 stages, 2 edges
+    for stage in ("eval", "split", "curate"):
+        assert f">{stage}</text>" in graph
+    assert '<table id="eval-table">' in page and "<td>1.5</td>" in page
+    assert 'id="eval-val_loss"' in page and page.count('class="bar"') >= 3
+    # Nothing outside the file: no script, stylesheet or image links.
+    assert not re.search(r"<script|<link |<img |src=", page)
+
+
+def test_charts_scale_and_label_their_data():
+    chart = line_chart("c", {"train": [(0, 4.0), (10, 2.0)], "validation": [(0, 3.0)]},
+                       "step", "loss")
+    assert chart.count('class="series"') == 2 and ">train</text>" in chart
+    assert line_chart("empty", {}, "x", "y") == '<p id="empty">no data</p>'
+    bars = bar_chart("b", {"a": 2.0, "b": 1.0}, "loss")
+    widths = [float(w) for w in re.findall(r'class="bar" x="\d+" y="\d+" width="([\d.]+)"', bars)]
+    assert widths[0] == 2 * widths[1]
+
+
+def test_lineage_svg_layers_follow_the_dag():
+    chain = [{"path": p, "stage": p, "outputs_sha256": "0" * 64, "upstream": [
+        {"path": u} for u in ups]} for p, ups in
+        [("c", ["a", "b"]), ("b", ["a"]), ("a", [])]]
+    svg = lineage_svg(chain)
+    xs = {m.group(2): float(m.group(1)) for m in re.finditer(
+        r'<rect x="([\d.]+)" y="[\d.]+" width="\d+" height="\d+" rx="6"/><text x="[\d.]+" '
+        r'y="[\d.]+" font-weight="bold">(\w)</text>', svg)}
+    assert xs["a"] < xs["b"] < xs["c"]
