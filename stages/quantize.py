@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
+from pedigree.export.card import quantized_card
 from pedigree.export.quantize import check_format, export_format, reference
 from pedigree.stage import stage_run
 from pedigree.train.load import load_causal_lm, load_tokenizer
@@ -32,6 +33,9 @@ with stage_run("quantize", out="models/quantized", inputs=["models/merged", "dat
         model, info = export_format(fmt, merged_dir, run.dir, tokenizer, rows, cfg.max_length)
         report[fmt] = check_format(fmt, model, tokenizer, ref, cfg, merged_bytes, info, run.dir)
         r = report[fmt]
+        # The merged model's card (provenance) with this format's file and checks added.
+        (run.dir / fmt / "README.md").write_text(
+            quantized_card((merged_dir / "README.md").read_text(), fmt, r))
         print(f"[quantize] {fmt}: {r['size_bytes'] / 1e6:.2f} MB ({r['compression']:.2f}x), "
               f"perplexity ratio {r['perplexity_ratio']:.4f} (gate {r['max_perplexity_ratio']}), "
               f"KL {r['kl_divergence']:.2e}, top-1 {r['top1_agreement']:.4f}, golden "

@@ -234,3 +234,22 @@ def test_gguf_read_by_llama_cpp_matches_the_transformers_reader(micro_model_dir,
         ours, theirs = result, result["llama_cpp"]
         assert theirs["top1_agreement"] > 0.95, (fmt, theirs)
         assert abs(theirs["perplexity_ratio"] - ours["perplexity_ratio"]) < 0.01, (fmt, theirs)
+
+
+def test_quantized_card_keeps_the_provenance():
+    from pedigree.export.card import quantized_card
+
+    roots = {"data_sha256": "d" * 64,
+             "base_model": {"id": "org/base", "revision": "r" * 40, "sha256": "b" * 64}}
+    policy = {"sft_method": "lora", "dpo": False, "weights": None, "adapters": ["models/sft"]}
+    parity = {"max_abs_logit_diff": 2e-5, "tolerance": 1e-4, "dtype": "float32",
+              "top1_agreement": 1.0}
+    merged = model_card(roots, policy, {"sft": "p" * 64}, {}, parity, "original")
+    result = {"file": "gguf-q8_0/model-Q8_0.gguf", "file_sha256": "q" * 64, "size_bytes": 3_000,
+              "compression": 3.7, "perplexity_ratio": 1.0004, "max_perplexity_ratio": 1.005,
+              "kl_divergence": 6e-5, "top1_agreement": 0.98, "passed": True}
+    card = quantized_card(merged, "gguf-q8_0", result)
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["base_model"] == "org/base" and {"gguf-q8_0", "gguf"} <= set(front["tags"])
+    for fact in ("d" * 64, "r" * 40, "b" * 64, "p" * 64, "q" * 64, "perplexity ratio 1.0004"):
+        assert fact in card

@@ -125,6 +125,8 @@ def test_stages_did_their_jobs(project):
     assert quant["size_ratio_to_merged"] < 0.5
     assert quant["passed"] and quant["perplexity_ratio"] <= quant["max_perplexity_ratio"]
     assert (project / "models/quantized/gguf-q8_0/Modelfile").read_text().startswith("# Written")
+    card = (project / "models/quantized/gguf-q8_0/README.md").read_text()
+    assert manifest(project, "curate")["roots"]["data_sha256"] in card and "gguf-q8_0" in card
     quantize_metrics = json.loads((project / "metrics/quantize.json").read_text())
     assert quantize_metrics["gguf-q8_0"]["passed"] is True
     assert {"README.md", "generation_config.json", "chat_template.jinja"} <= {

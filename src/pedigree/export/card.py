@@ -62,3 +62,24 @@ def model_card(
          "data."), "",
         *rows, "",
     ])
+
+
+def quantized_card(merged_card: str, fmt: str, result: dict[str, Any]) -> str:
+    """The merged model's card with this format's facts added: file, hash and the checks
+    against the merged model. The merged card's provenance is kept whole."""
+    _, front, body = merged_card.split("---", 2)
+    meta = yaml.safe_load(front)
+    meta["tags"] = [*meta.get("tags", []), fmt, "gguf" if fmt.startswith("gguf") else "quantized"]
+    rows = [
+        f"## This file: {fmt}", "",
+        "| | |", "| --- | --- |",
+        f"| file | `{result['file']}` |",
+        *([f"| file sha256 | `{result['file_sha256']}` |"] if result.get("file_sha256") else []),
+        f"| size | {result['size_bytes']:,} bytes ({result['compression']:.2f}x smaller) |",
+        (f"| against the merged model | perplexity ratio {result['perplexity_ratio']:.4f} "
+         f"(gate {result['max_perplexity_ratio']}), KL {result['kl_divergence']:.3g}, "
+         f"top-1 agreement {result['top1_agreement']:.4f} |"),
+        f"| passed | {'yes' if result['passed'] else 'no: not for promotion'} |", "",
+    ]
+    return "\n".join(["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---"]) \
+        + body.rstrip("\n") + "\n\n" + "\n".join(rows)
