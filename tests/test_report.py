@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from pedigree.report import bar_chart, build_report, line_chart, lineage_svg
 from tests.test_lineage import _fake_chain

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pedigree import lineage
-from pedigree.tracking import TAG_PREFIX, runs_for_output, tracking_uri
+from pedigree.tracking import runs_for_output, tracking_uri
 
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
 STYLE = """
@@ -59,12 +59,12 @@ def lineage_svg(chain: list[dict[str, Any]]) -> str:
            for d, paths in columns.items() for i, path in enumerate(paths)}
     total_w = 40 + len(columns) * (width + gap_x)
     total_h = 40 + max(len(p) for p in columns.values()) * (height + gap_y)
-    parts = [f'<svg id="lineage-graph" xmlns="http://www.w3.org/2000/svg" '
-             f'viewBox="0 0 {total_w} {total_h}" width="100%" role="img" '
-             f'aria-label="lineage graph">',
-             '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
-             'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker>'
-             '</defs>']
+    parts = [(f'<svg id="lineage-graph" xmlns="http://www.w3.org/2000/svg" '
+              f'viewBox="0 0 {total_w} {total_h}" width="100%" role="img" '
+              f'aria-label="lineage graph">'),
+             ('<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+              'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#555"/>'
+              '</marker></defs>')]
     for m in chain:
         x, y = pos[m["path"]]
         for up in m["upstream"]:
@@ -101,8 +101,8 @@ def line_chart(chart_id: str, series: dict[str, list[tuple[float, float]]], x_la
     def sy(y: float) -> float:
         return h - bottom - (y - y0) / (y1 - y0) * (h - bottom - 10)
 
-    parts = [f'<svg id="{chart_id}" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-             f'role="img" aria-label="{_esc(y_label)} by {_esc(x_label)}">',
+    parts = [(f'<svg id="{chart_id}" xmlns="http://www.w3.org/2000/svg" width="{w}" '
+              f'height="{h}" role="img" aria-label="{_esc(y_label)} by {_esc(x_label)}">'),
              f'<line x1="{left}" y1="{h - bottom}" x2="{w - 10}" y2="{h - bottom}" stroke="#333"/>',
              f'<line x1="{left}" y1="10" x2="{left}" y2="{h - bottom}" stroke="#333"/>']
     for i in range(5):
@@ -129,8 +129,8 @@ def bar_chart(chart_id: str, values: dict[str, float], label: str) -> str:
     w, bar, left = 520, 22, 110
     top = max(values.values(), default=1.0) or 1.0
     h = 20 + len(values) * (bar + 8)
-    parts = [f'<svg id="{chart_id}" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-             f'role="img" aria-label="{_esc(label)}">']
+    parts = [(f'<svg id="{chart_id}" xmlns="http://www.w3.org/2000/svg" width="{w}" '
+              f'height="{h}" role="img" aria-label="{_esc(label)}">')]
     for i, (name, value) in enumerate(values.items()):
         y = 10 + i * (bar + 8)
         length = max(value, 0) / top * (w - left - 70)
@@ -173,10 +173,10 @@ def build_report(root: Path, out_dir: Path, final: str = "metrics") -> str:
     chain = lineage.lineage_chain(root / final, root)
     roots = chain[0]["roots"]
     base = roots.get("base_model") or {}
-    sections = [f"<h1>pedigree report</h1><p>Raw data <code>{_esc(roots.get('data_sha256'))}"
-                f"</code>; base model <code>{_esc(base.get('id'))}</code> @ "
-                f"<code>{_esc(base.get('revision'))}</code> (sha256 "
-                f"<code>{_esc(base.get('sha256'))}</code>).</p>"]
+    sections = [(f"<h1>pedigree report</h1><p>Raw data <code>{_esc(roots.get('data_sha256'))}"
+                 f"</code>; base model <code>{_esc(base.get('id'))}</code> @ "
+                 f"<code>{_esc(base.get('revision'))}</code> (sha256 "
+                 f"<code>{_esc(base.get('sha256'))}</code>).</p>")]
     sections.append("<h2>Lineage</h2>" + lineage_svg(chain))
     rows = []
     for m in chain:
