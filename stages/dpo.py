@@ -51,7 +51,8 @@ with stage_run("dpo", out="models/dpo", inputs=["models/base", "models/sft", "da
         run.metrics, run.history = metrics, curve
         run.artifacts = ["metrics.json", "train_loss.csv"]
         policy = policy_chain(sft, Path("models/dpo"))
-        store.clear()
     (run.dir / "policy.json").write_text(json.dumps(policy, indent=2) + "\n")
     run.details["policy"] = policy
     print(f"[dpo] policy = {describe(policy)}")
+if params.dpo.enabled:
+    store.clear()  # only once the output is published: a failure before keeps them for resume

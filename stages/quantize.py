@@ -24,8 +24,9 @@ with stage_run("quantize", out="models/quantized", inputs=["models/merged", "dat
                params=["model", "quantize", "tracking"]) as run:
     merged = load_causal_lm(merged_dir, params.model.trust_remote_code)
     tokenizer = load_tokenizer(merged_dir, params.model.trust_remote_code)
-    rows = read_jsonl(Path("data/split/sft_validation.jsonl"))[: cfg.check_rows]
-    ref = reference(merged, tokenizer, rows, cfg)
+    held_out = read_jsonl(Path("data/split/sft_validation.jsonl"))
+    rows = held_out[: cfg.check_rows]
+    ref = reference(merged, tokenizer, held_out, cfg)
     merged_bytes = sum(p.stat().st_size for p in merged_dir.glob("*.safetensors"))
 
     report = {}

@@ -24,7 +24,9 @@ params = load_params()
 relaunch_under_accelerate(params.accelerate)
 cfg, base, trust = params.sft, Path("models/base"), params.model.trust_remote_code
 
-with stage_run("sft", out="models/sft", inputs=["models/base", "data/split"],
+# A chat template file is an input: its hash goes into the manifest and the resume fingerprint.
+template_file = [cfg.chat_template] if (cfg.chat_template or "").endswith(".jinja") else []
+with stage_run("sft", out="models/sft", inputs=["models/base", "data/split", *template_file],
                params=["seed", "model", "sft", "accelerate", "tracking"]) as run:
     tokenizer = load_tokenizer(base, trust)
     tokenizer.chat_template = chat_template(cfg.chat_template) or tokenizer.chat_template
@@ -46,8 +48,8 @@ with stage_run("sft", out="models/sft", inputs=["models/base", "data/split"],
     (run.dir / "val_loss.csv").write_text(curve_csv(curve, "eval_loss"))
     run.metrics, run.history = metrics, curve
     run.artifacts = ["metrics.json", "train_loss.csv", "val_loss.csv"]
-    store.clear()
     if is_main_process():
-            print(f"[sft] {cfg.method}: {metrics['trainable_params']:,.0f} trainable parameters "
+        print(f"[sft] {cfg.method}: {metrics['trainable_params']:,.0f} trainable parameters "
               f"({metrics['trainable_fraction']:.2%}); validation loss "
               f"{metrics['val_loss_base']:.3f} (base) -> {metrics['val_loss']:.3f}")
+store.clear()  # only once the output is published: a failure before keeps them for resume

@@ -131,7 +131,7 @@ def _fake_chain(root: Path) -> None:
         lineage.write_manifest(root / path, {
             "schema_version": 1, "stage": stage, "inputs": [{"path": "data/raw/a.jsonl",
                                                              "sha256": "a" * 64}],
-            "outputs": [], "outputs_sha256": stage[0] * 64, "params_sha256": "p" * 64,
+            "outputs": [], "outputs_sha256": stage[0] * 64, "params": {}, "params_sha256": "p" * 64,
             "upstream": [{"path": u, "stage": "curate", "outputs_sha256": "c" * 64} for u in ups],
             "roots": {"data_sha256": "d" * 64, "base_model": None},
             "code": {"git_commit": None, "dirty": None, "source_sha256": "s" * 64}, "seed": 1,
@@ -159,3 +159,15 @@ def test_lineage_of_a_non_artifact_fails_clearly(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 1
     assert "not a pipeline artifact" in proc.stderr
+
+
+def test_a_broken_manifest_is_named_not_a_traceback(tmp_path):
+    _fake_chain(tmp_path)
+    (tmp_path / "data/split/lineage.json").write_text('{"stage": "split"')
+    proc = subprocess.run([sys.executable, "-m", "pedigree.cli", "lineage", "data/split"],
+                          cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "data/split/lineage.json: not valid JSON" in proc.stderr
+    (tmp_path / "data/split/lineage.json").write_text('{"stage": "split"}')
+    with pytest.raises(lineage.ManifestError, match="missing inputs, outputs"):
+        lineage.read_manifest(tmp_path / "data/split")

@@ -233,3 +233,12 @@ def test_resume_after_an_early_stop_trains_no_further(micro_model_dir, tmp_path)
     assert int(metrics["steps"]) == stopped
     a, b = trained_state(first), trained_state(again)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_curve_counts_a_repeated_evaluation_once():
+    from pedigree.train.sft import trainer_log
+
+    history = [{"step": 0, "eval_loss": 3.0}, {"step": 10, "loss": 2.5},
+               {"step": 10, "eval_loss": 2.0}, {"step": 10, "eval_loss": 2.0}]
+    assert trainer_log(history, ("loss", "eval_loss")) == [
+        (0, {"eval_loss": 3.0}), (10, {"loss": 2.5}), (10, {"eval_loss": 2.0})]

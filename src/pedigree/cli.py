@@ -110,8 +110,12 @@ def _lineage(args: argparse.Namespace) -> int:
     if not args.no_mlflow:
         from pedigree.tracking import runs_for_output
 
-        for m in chain:
-            m["mlflow_runs"] = runs_for_output(Path("."), m["outputs_sha256"])
+        try:
+            for m in chain:
+                m["mlflow_runs"] = runs_for_output(Path("."), m["outputs_sha256"])
+        except Exception as err:  # a store that cannot answer: the lineage stands without runs
+            print(f"pedigree lineage: MLflow runs not looked up ({type(err).__name__}: {err})",
+                  file=sys.stderr)
     if args.format == "json":
         print(json.dumps(chain, indent=2, sort_keys=True))
     elif args.format == "mermaid":

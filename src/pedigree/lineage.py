@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from pedigree.errors import PedigreeError
+
 SCHEMA_VERSION = 1
 MANIFEST = "lineage.json"
 _CHUNK = 1 << 20  # 1 MiB reads keep memory flat on multi-GB weight files
@@ -125,14 +127,29 @@ def library_versions() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- manifests
+MANIFEST_KEYS = ("stage", "inputs", "outputs", "outputs_sha256", "upstream", "roots", "params",
+                 "params_sha256", "code", "seed")
+
+
 def read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{path}: no lineage manifest; was {directory} produced by `dvc repro`?"
         ) from None
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{path}: not valid JSON ({err}); was it edited by hand?") from None
+    missing = [k for k in MANIFEST_KEYS if k not in manifest] if isinstance(manifest, dict) \
+        else list(MANIFEST_KEYS)
+    if missing:
+        raise ManifestError(f"{path}: missing {', '.join(missing)}; was it edited by hand?")
+    return manifest
+
+
+class ManifestError(PedigreeError, ValueError):
+    """A manifest that cannot be read as one: broken JSON or missing fields."""
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:

@@ -22,7 +22,9 @@ def mean_token_loss(model, encoded: list[Encoded], pad_id: int, batch_size: int)
     total, count = 0.0, 0
     for batch in _batches(encoded, batch_size):
         ids, mask, labels = pad_batch(batch, pad_id)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        device = next(model.parameters()).device  # quantized models may sit on CUDA
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        logits = logits[:, :-1].float().cpu()
         target = labels[:, 1:]
         nll = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.size(-1)), target.reshape(-1),
@@ -59,6 +61,8 @@ def greedy_answers(model, tokenizer, prompts: list[list[dict[str, str]]], max_ne
     for batch in _batches(prompts, batch_size):
         encoded = [Encoded(ids, ids) for ids in (prompt_ids(tokenizer, p) for p in batch)]
         ids, mask, _ = pad_batch(encoded, tokenizer.pad_token_id, left=True)
+        device = next(model.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
         out = model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,

@@ -44,7 +44,8 @@ class Reference:
 
 
 def reference(merged, tokenizer, rows: list[dict[str, Any]], cfg: QuantizeConfig) -> Reference:
-    ids, mask = chat_inputs(tokenizer, rows, cfg.max_length)
+    """`rows`: held-out rows; the first check_rows are scored, the first golden_prompts answered."""
+    ids, mask = chat_inputs(tokenizer, rows[: cfg.check_rows], cfg.max_length)
     prompts = [row["prompt"] for row in rows[: cfg.golden_prompts]]
     answers = greedy_answers(merged, tokenizer, prompts, cfg.max_new_tokens, len(prompts) or 1)
     return Reference(ids, mask, logits_of(merged, ids, mask), prompts, answers)

@@ -19,6 +19,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from pedigree.files import atomic_write_text
 from pedigree.lineage import hash_of_hashes, sha256_json
 from pedigree.train.launch import is_main_process
 
@@ -73,7 +74,8 @@ class CheckpointStore:
             return
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
-        (self.dir / FINGERPRINT).write_text(json.dumps(self.current, indent=2) + "\n")
+        # Atomic: other ranks may read it while rank 0 writes.
+        atomic_write_text(self.dir / FINGERPRINT, json.dumps(self.current, indent=2) + "\n")
 
     def clear(self) -> None:
         """After the stage's output is complete the checkpoints have no further use."""

@@ -45,12 +45,15 @@ def conversational_dataset(rows: list[dict[str, Any]], columns: tuple[str, ...])
 
 
 def trainer_log(log_history: list[dict[str, Any]], keys: tuple[str, ...]) -> list[tuple[int, dict]]:
-    """(step, {key: value}) for the log entries that carry any of `keys`: the training curves."""
-    curve = []
+    """(step, {key: value}) for the log entries that carry any of `keys`: the training curves.
+    A value logged twice at one step (the last in-loop evaluation and the final one) counts once."""
+    curve, seen = [], set()
     for entry in log_history:
-        values = {k: float(entry[k]) for k in keys if k in entry}
+        step = int(entry["step"])
+        values = {k: float(entry[k]) for k in keys if k in entry and (step, k) not in seen}
+        seen.update((step, k) for k in values)
         if values:
-            curve.append((int(entry["step"]), values))
+            curve.append((step, values))
     return curve
 
 
