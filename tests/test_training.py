@@ -242,3 +242,14 @@ def test_training_curve_counts_a_repeated_evaluation_once():
                {"step": 10, "eval_loss": 2.0}, {"step": 10, "eval_loss": 2.0}]
     assert trainer_log(history, ("loss", "eval_loss")) == [
         (0, {"eval_loss": 3.0}), (10, {"loss": 2.5}), (10, {"eval_loss": 2.0})]
+
+
+def test_sharded_weights_are_refused_not_saved(tmp_path):
+    class Sharded(torch.nn.Module):  # what a ZeRO-3 rank holds: empty placeholders
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.empty(0))
+
+    with pytest.raises(MethodError, match="sharded"):
+        save_trained(Sharded(), tmp_path, "full")
+    assert not list(tmp_path.iterdir())

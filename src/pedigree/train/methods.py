@@ -164,11 +164,25 @@ def state_digest(tensors: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
+def _check_gathered(tensors: dict[str, Any]) -> None:
+    """Refuse to save shards: under FSDP or DeepSpeed ZeRO-3 each rank holds only a slice (or an
+    empty placeholder) of every weight, and saving it would write a broken model silently."""
+    sharded = [name for name, t in tensors.items()
+               if t.numel() == 0 or type(t).__name__ == "DTensor"]
+    if sharded:
+        raise MethodError(
+            f"the trained weights are sharded ({sharded[0]} and {len(sharded) - 1} more): saving "
+            "under FSDP or DeepSpeed ZeRO-3 is not supported yet; use conf/accelerate/ddp.yaml "
+            "or deepspeed_zero2.yaml"
+        )
+
+
 def save_trained(model, out: Path, method: str, quant: QuantConfig | None = None) -> None:
     """The adapter (PEFT layout) or the trained tensors, plus training.json naming the kind (and
     for QLoRA the 4-bit settings of the base it trained against)."""
     from safetensors.torch import save_file
 
+    _check_gathered(trained_state(model))
     if method in ADAPTER_METHODS:
         model.save_pretrained(out)
         (out / "README.md").unlink(missing_ok=True)  # PEFT's empty card template
