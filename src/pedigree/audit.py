@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from pedigree import lineage
+from pedigree.tracking import TAG_PREFIX, tracking_uri
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,6 @@ def check_lock(rel: str, directory: Path, locked: dict[str, str]) -> list[Findin
 
 def check_tracking(rel: str, manifest: dict[str, Any], runs: list[dict[str, str]]) -> list[Finding]:
     """`runs`: the tags of every pedigree run in the experiment."""
-    from pedigree.tracking import TAG_PREFIX
-
     mine = [r for r in runs if r.get(TAG_PREFIX + "outputs_sha256") == manifest["outputs_sha256"]
             and r.get(TAG_PREFIX + "output_path") == rel]
     if not mine:
@@ -143,8 +142,6 @@ def check_tracking(rel: str, manifest: dict[str, Any], runs: list[dict[str, str]
 def mlflow_runs(root: Path, experiment: str) -> list[dict[str, str]]:
     """Tags (and run_id) of every run of the experiment."""
     from mlflow.tracking import MlflowClient
-
-    from pedigree.tracking import tracking_uri
 
     uri = tracking_uri(root)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():

@@ -82,25 +82,6 @@ def format_text(chain: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def format_mermaid(chain: list[dict]) -> str:
-    lines = ["graph LR"]
-    node = {m["path"]: f"n{i}" for i, m in enumerate(chain)}
-    for m in chain:
-        lines.append(f'  {node[m["path"]]}["{m["stage"]}<br/>{m["path"]}<br/>'
-                     f'{m["outputs_sha256"][:12]}"]')
-    for m in chain:
-        for up in m["upstream"]:
-            if up["path"] in node:
-                lines.append(f"  {node[up['path']]} --> {node[m['path']]}")
-    data = chain[0]["roots"].get("data_sha256")
-    if data:
-        lines.append(f'  raw[("raw data<br/>{data[:12]}")]')
-        for m in chain:
-            if m["roots"].get("data_sha256") and not m["upstream"]:
-                lines.append(f"  raw --> {node[m['path']]}")
-    return "\n".join(lines)
-
-
 def _lineage(args: argparse.Namespace) -> int:
     try:
         chain = lineage.lineage_chain(Path(args.path))
@@ -119,7 +100,7 @@ def _lineage(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(chain, indent=2, sort_keys=True))
     elif args.format == "mermaid":
-        print(format_mermaid(chain))
+        print(lineage.mermaid(chain))
     else:
         print(format_text(chain))
     return 0

@@ -214,3 +214,23 @@ def lineage_chain(path: Path, root: Path = Path(".")) -> list[dict[str, Any]]:
         chain.append({"path": rel, **manifest})
         queue.extend(root / up["path"] for up in manifest.get("upstream", []))
     return chain
+
+
+def mermaid(chain: list[dict[str, Any]]) -> str:
+    """The lineage chain as a Mermaid flowchart (`pedigree lineage --format mermaid`, report)."""
+    lines = ["graph LR"]
+    node = {m["path"]: f"n{i}" for i, m in enumerate(chain)}
+    for m in chain:
+        lines.append(f'  {node[m["path"]]}["{m["stage"]}<br/>{m["path"]}<br/>'
+                     f'{m["outputs_sha256"][:12]}"]')
+    for m in chain:
+        for up in m["upstream"]:
+            if up["path"] in node:
+                lines.append(f"  {node[up['path']]} --> {node[m['path']]}")
+    data = chain[0]["roots"].get("data_sha256")
+    if data:
+        lines.append(f'  raw[("raw data<br/>{data[:12]}")]')
+        for m in chain:
+            if m["roots"].get("data_sha256") and not m["upstream"]:
+                lines.append(f"  raw --> {node[m['path']]}")
+    return "\n".join(lines)

@@ -212,13 +212,8 @@ def build_report(root: Path, out_dir: Path, final: str = "metrics") -> str:
         f'<li><a class="card" href="{_esc(Path(os.path.relpath(p, out_dir.resolve())).as_posix())}">'
         f"{_esc(p.relative_to(root).as_posix())}</a></li>" for p in cards) + "</ul>")
     sections.append("<h2>Lineage (Mermaid source)</h2><pre>"
-                    + _esc(mermaid(chain)) + "</pre>")
+                    + _esc(lineage.mermaid(chain)) + "</pre>")
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>pedigree report</title><style>{STYLE}</style></head><body>"
             + "".join(sections) + "</body></html>\n")
 
-
-def mermaid(chain: list[dict[str, Any]]) -> str:
-    from pedigree.cli import format_mermaid
-
-    return format_mermaid(chain)

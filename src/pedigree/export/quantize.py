@@ -21,6 +21,7 @@ from pedigree.evals.measure import chat_inputs, distribution_compare, greedy_ans
 from pedigree.export import kquants
 from pedigree.export.gguf import write_gguf
 from pedigree.export.kquants import KQUANTS
+from pedigree.lineage import sha256_file
 from pedigree.train.chat import encode_completion
 
 # Written by export/gguf.py directly; the K-quants go through llama.cpp (export/kquants.py).
@@ -104,8 +105,6 @@ def write_modelfile(gguf: Path, tokenizer) -> dict[str, Any]:
 
 def write_kquant(fmt: str, merged_dir: Path, path: Path) -> dict[str, Any]:
     """An F16 GGUF from our writer, quantized by llama.cpp; the F16 file is removed after."""
-    from pedigree.lineage import sha256_file
-
     kquants.quantizer()  # fail before writing anything when there is no quantizer
     f16 = path.with_name(path.stem + ".f16.tmp.gguf")
     try:
