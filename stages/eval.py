@@ -1,21 +1,27 @@
-"""Stage `eval`: every model of the pipeline on the same sets -> metrics/eval.json.
+"""Stage `eval`: every model of the pipeline on the same sets, and the promotion gate -> metrics/.
 
 Run alone:  dvc repro eval        (or: python stages/eval.py)
 Read:       dvc metrics show      (and `dvc metrics diff` against another commit or experiment)
-            metrics/eval.json, and metrics/quantize.json: each format's figures from quantize
+            dvc plots show        (one chart per metric across models, and the training curves)
+            metrics/gate.json     (pass or fail, with every reason; `pedigree promote` acts on it)
 
-Models: the base, the SFT policy (base + adapter, or its trained weights), the DPO policy when it ran, the merged model and
-each quantized format. Measured: validation loss/perplexity, general-text loss/perplexity (the
-forgetting probe), task exact match and task score.
+Models: the base, the SFT policy (base + adapter, or its trained weights), the DPO policy when it
+ran, the merged model and each quantized format. Measured: task scores (exact, normalised,
+numeric, JSON), the loss of the reference answers, validation loss, the forgetting probe
+(general-text loss and cloze prompts the base completes) and preference accuracy on held-out
+pairs. A failed gate is a result, not an error: the stage succeeds and gate.json says why.
 """
 
 import json
 from pathlib import Path
 
 from pedigree.config import load_params
+from pedigree.evals.gate import decide
+from pedigree.evals.outputs import plot_tables, write_outputs
 from pedigree.evals.suite import answers_table, evaluate, load_eval_sets
 from pedigree.export.merge import with_adapters
 from pedigree.export.quantize import load_format
+from pedigree.lineage import read_manifest
 from pedigree.stage import stage_run
 from pedigree.train.load import load_causal_lm, load_tokenizer
 from pedigree.train.policy import load_sft, policy_base
@@ -26,9 +32,9 @@ base = Path("models/base")
 
 with stage_run("eval", out="metrics",
                inputs=["models/base", "models/sft", "models/dpo", "models/merged",
-                       "models/quantized", "data/split", params.data.eval_dir],
-               params=["model", "data", "eval", "tracking"]) as run:
-    sets = load_eval_sets(Path(params.data.eval_dir), Path("data/split/sft_validation.jsonl"), cfg)
+                       "models/quantized", "data/split", params.data.eval_dir, "champion.json"],
+               params=["model", "data", "eval", "gate", "tracking"]) as run:
+    sets = load_eval_sets(Path(params.data.eval_dir), Path("data/split"), cfg)
     tokenizer = load_tokenizer(Path("models/sft"), trust)  # the template the policy trained with
     policy = json.loads(Path("models/dpo/policy.json").read_text())
     quantized = json.loads(Path("models/quantized/report.json").read_text())
@@ -43,17 +49,34 @@ with stage_run("eval", out="metrics",
                                               [Path(a) for a in policy["adapters"]])[0]
     for fmt in quantized:
         models[fmt] = lambda fmt=fmt: load_format(fmt, Path("models/quantized"))
+    if params.gate.candidate not in models:
+        raise ValueError(f"gate.candidate={params.gate.candidate!r}: this pipeline evaluated "
+                         f"only {', '.join(models)}")
 
-    results, answers = {}, {}
-    for name, load in models.items():
-        results[name], answers[name] = evaluate(load(), tokenizer, sets, cfg)
-        print(f"[eval] {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in results[name].items()
+    results = {name: evaluate(load(), tokenizer, sets, cfg) for name, load in models.items()}
+    for name, result in results.items():
+        print(f"[eval] {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()
                                              if "." not in k))
 
-    (run.dir / "eval.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    (run.dir / "answers.jsonl").write_text(answers_table(sets, answers))
-    run.metrics = {f"{m}.{k}": v for m, r in results.items() for k, v in r.items()}
+    candidate_dir = Path("models/merged") if params.gate.candidate in ("sft", "dpo", "merged") \
+        else Path("models/quantized")
+    champion = json.loads(Path("champion.json").read_text()).get("champion")
+    gate = decide(params.gate, {n: r.items for n, r in results.items()}, champion,
+                  read_manifest(candidate_dir)["outputs_sha256"])
+    print(f"[eval] gate: {'PASSED' if gate['passed'] else 'FAILED'} ({params.gate.candidate})")
+    for reason in gate["reasons"]:
+        print(f"[eval]   {reason}")
+
+    metrics = {name: r.metrics for name, r in results.items()}
+    write_outputs(run.dir, metrics=metrics, items={n: r.items for n, r in results.items()},
+                  gate=gate, plots=plot_tables(metrics))
+    (run.dir / "answers.jsonl").write_text(answers_table(sets, {n: r.answers
+                                                                for n, r in results.items()}))
     # The quantize stage's per-format figures, beside the eval metrics, so that `dvc metrics
     # show/diff` covers both (the figures are quantize's; metrics/ is this stage's output).
     (run.dir / "quantize.json").write_text(Path("models/quantized/metrics.json").read_text())
-    run.artifacts = ["eval.json", "answers.jsonl", "quantize.json"]
+    run.details["gate"] = {"passed": gate["passed"], "candidate": gate["candidate"],
+                           "champion": gate["champion"]}
+    run.metrics = {f"{m}.{k}": v for m, r in metrics.items() for k, v in r.items()}
+    run.metrics["gate.passed"] = float(gate["passed"])
+    run.artifacts = ["eval.json", "summary.json", "gate.json", "answers.jsonl", "quantize.json"]

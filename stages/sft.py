@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
+from pedigree.perf import measured, write_perf
 from pedigree.stage import stage_run
 from pedigree.train.checkpoints import CheckpointStore, fingerprint
 from pedigree.train.launch import gather, is_main_process, relaunch_under_accelerate
@@ -36,8 +37,9 @@ with stage_run("sft", out="models/sft", inputs=["models/base", "data/split", *te
     store = CheckpointStore(Path("checkpoints/sft"),
                             fingerprint(run.input_hashes, run.recorded_params))
 
-    trained, metrics, curve = train_sft(model, tokenizer, peft_config, train, validation, cfg,
-                                        params.seed, store)
+    with measured() as perf:  # time and peak memory: to perf/sft.json and MLflow, not the output
+        trained, metrics, curve = train_sft(model, tokenizer, peft_config, train, validation, cfg,
+                                            params.seed, store)
 
     # Every rank holds the weights; under DDP they must agree, and the manifest shows they do.
     run.details["training"]["rank_sha256"] = gather(state_digest(trained_state(trained)))
@@ -46,10 +48,15 @@ with stage_run("sft", out="models/sft", inputs=["models/base", "data/split", *te
     (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (run.dir / "train_loss.csv").write_text(curve_csv(curve, "loss"))
     (run.dir / "val_loss.csv").write_text(curve_csv(curve, "eval_loss"))
-    run.metrics, run.history = metrics, curve
+    run.metrics = {**metrics, "train_seconds": perf["seconds"],
+                   "peak_rss_gib": perf["peak_rss_gib"]}
+    run.history = curve
     run.artifacts = ["metrics.json", "train_loss.csv", "val_loss.csv"]
     if is_main_process():
         print(f"[sft] {cfg.method}: {metrics['trainable_params']:,.0f} trainable parameters "
               f"({metrics['trainable_fraction']:.2%}); validation loss "
               f"{metrics['val_loss_base']:.3f} (base) -> {metrics['val_loss']:.3f}")
+if is_main_process():
+    write_perf("sft", {**perf, "method": cfg.method,
+                       "trainable_params": int(metrics["trainable_params"])})
 store.clear()  # only once the output is published: a failure before keeps them for resume

@@ -140,6 +140,14 @@ def _report(args: argparse.Namespace) -> int:
     from pedigree.files import atomic_write_text
     from pedigree.report import build_report
 
+    if args.compare:
+        from pedigree.compare import compare
+
+        text = compare(Path("."))
+        if args.out != "report.html":
+            atomic_write_text(Path(args.out), text)
+        print(text, end="")
+        return 0
     out = Path(args.out)
     try:
         text = build_report(Path("."), out.parent)
@@ -149,6 +157,29 @@ def _report(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, text)
     print(f"wrote {out}")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from pedigree.config import load_params
+    from pedigree.promote import PromotionRefused, next_version, plan_promotion, register
+
+    params = load_params()
+    name = args.name or params.gate.registered_model
+    experiment = params.tracking.experiment if params.tracking.enabled else None
+    try:
+        plan = plan_promotion(Path("."), name, experiment)
+    except PromotionRefused as err:
+        print(f"pedigree promote: refused: {err}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        print("gate passed and the lineage audits clean; `pedigree promote` would:")
+        for line in plan.describe(next_version(Path("."), name)):
+            print(f"  {line}")
+        return 0
+    version = register(Path("."), plan, plan.tags.get("pedigree.eval_run"))
+    for line in plan.describe(version):
+        print(f"done: {line}")
     return 0
 
 
@@ -240,8 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("report", help="one self-contained HTML page of the pipeline")
-    p.add_argument("--out", default="report.html")
+    p.add_argument("--out", default="report.html", help="with --compare: also write it there")
+    p.add_argument("--compare", action="store_true",
+                   help="a Markdown table of the DVC experiments (e.g. one per SFT method)")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("promote", help="make the gated model the champion (MLflow registry)")
+    p.add_argument("--dry-run", action="store_true", help="check and say what it would do")
+    p.add_argument("--name", help="registered model name (default: gate.registered_model)")
+    p.set_defaults(func=_promote)
 
     p = sub.add_parser("hash", help="content hash of a file or directory, as manifests record it")
     p.add_argument("path")

@@ -328,12 +328,78 @@ class QuantizeConfig(Section):
     )
 
 
+class HarnessConfig(Section):
+    """lm-evaluation-harness as an optional second evaluator (pip install -e '.[harness]')."""
+
+    tasks: list[str] = Field(default_factory=list, description="task names; empty: not run")
+    include_path: str = Field("data/eval/harness", description="directory of lm-eval task YAMLs")
+    limit: int | None = Field(None, ge=1, description="documents per task; None: all")
+    apply_chat_template: bool = Field(True, description="prompts through the chat template")
+
+
 class EvalConfig(Section):
     max_new_tokens: int = Field(32, ge=1, description="greedy generation length for task evals")
     batch_size: int = Field(32, ge=1)
     max_task_rows: int | None = Field(None, ge=1, description="None: every row of task.jsonl")
     max_loss_rows: int | None = Field(None, ge=1, description="None: every validation row")
     max_length: int = Field(256, ge=16, description="tokens per row for the loss measurements")
+    harness: HarnessConfig = HarnessConfig()
+
+
+# Metrics the evals report (per model), and so what a gate may name; `task_score.<task>` too.
+EVAL_METRICS = (
+    "task_score", "task_exact_match", "task_normalised_match", "task_json_valid", "task_loss",
+    "task_perplexity", "val_loss", "val_perplexity", "general_loss", "general_perplexity",
+    "general_task_score", "pref_accuracy",
+)
+
+
+def _known_metric(name: str) -> str:
+    if name not in EVAL_METRICS and not name.startswith(("task_score.", "harness.")):
+        raise ValueError(f"unknown metric {name!r}; known: {', '.join(EVAL_METRICS)}, "
+                         "task_score.<task>, harness.<task>.<metric>")
+    return name
+
+
+def _known_metrics(tolerances: dict[str, float]) -> dict[str, float]:
+    for name, value in tolerances.items():
+        _known_metric(name)
+        if value < 0:
+            raise ValueError(f"{name}: tolerance {value} must be >= 0")
+    return tolerances
+
+
+MetricName = Annotated[str, AfterValidator(_known_metric)]
+Tolerances = Annotated[dict[str, float], AfterValidator(_known_metrics)]
+
+
+class GateConfig(Section):
+    """When a model may be promoted: better than the base, no worse than the champion.
+
+    Differences are in each metric's own units (nats/token for losses, fractions for scores),
+    signed so that positive is better."""
+
+    candidate: Literal["sft", "dpo", "merged", *QUANT_FORMATS] = Field(
+        "merged", description="the model that would be promoted"
+    )
+    task_metric: MetricName = Field("task_loss", description="what the task gain is measured on")
+    min_task_gain: float = Field(0.5, ge=0, description="required improvement over the base")
+    general_tolerance: Tolerances = Field(
+        default_factory=lambda: {"general_loss": 1.0, "general_task_score": 0.1},
+        description="the forgetting probe: how much worse than the base each may get",
+    )
+    champion_tolerance: Tolerances = Field(
+        default_factory=lambda: {"task_loss": 0.05, "task_score": 0.02, "general_loss": 0.05,
+                                 "general_task_score": 0.05, "pref_accuracy": 0.05},
+        description="per metric, the absolute regression against the champion always allowed",
+    )
+    standard_errors: float = Field(
+        2.0, ge=0, description="a regression within this many standard errors of the paired "
+        "difference is noise, not a regression",
+    )
+    registered_model: str = Field(
+        "pedigree", min_length=1, description="MLflow registry name that `pedigree promote` uses"
+    )
 
 
 class AccelerateConfig(Section):
@@ -363,6 +429,7 @@ class Params(Section):
     merge: MergeConfig
     quantize: QuantizeConfig
     eval: EvalConfig
+    gate: GateConfig = GateConfig()
     accelerate: AccelerateConfig = AccelerateConfig()
     tracking: TrackingConfig
 

@@ -16,10 +16,10 @@ def _batches(items: list, size: int):
 
 
 @torch.no_grad()
-def mean_token_loss(model, encoded: list[Encoded], pad_id: int, batch_size: int) -> float:
-    """Mean negative log-likelihood (nats/token) over every labelled token of every row."""
+def row_nll(model, encoded: list[Encoded], pad_id: int, batch_size: int) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood in nats, labelled tokens) of each row, in order."""
     model.eval()
-    total, count = 0.0, 0
+    out: list[tuple[float, int]] = []
     for batch in _batches(encoded, batch_size):
         ids, mask, labels = pad_batch(batch, pad_id)
         device = next(model.parameters()).device  # quantized models may sit on CUDA
@@ -27,40 +27,60 @@ def mean_token_loss(model, encoded: list[Encoded], pad_id: int, batch_size: int)
         logits = logits[:, :-1].float().cpu()
         target = labels[:, 1:]
         nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-            ignore_index=IGNORE_INDEX, reduction="sum",
+            logits.transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none",
         )
-        total += float(nll)
-        count += int((target != IGNORE_INDEX).sum())
+        counts = (target != IGNORE_INDEX).sum(-1)
+        out += [(float(n), int(c)) for n, c in zip(nll.sum(-1), counts, strict=True)]
+    return out
+
+
+def mean_loss(rows: list[tuple[float, int]]) -> float:
+    """Token-weighted mean loss (nats/token) over rows from `row_nll`."""
+    count = sum(c for _, c in rows)
     if count == 0:
         raise ValueError("no labelled tokens to score (are the rows empty or all truncated?)")
-    return total / count
+    return sum(n for n, _ in rows) / count
 
 
-def completion_loss(model, tokenizer, rows: list[dict[str, Any]], max_length: int,
-                    batch_size: int) -> float:
+def row_means(rows: list[tuple[float, int]]) -> list[float]:
+    """Each row's own mean loss (nats/token): the items a standard error is taken over."""
+    return [n / c if c else math.nan for n, c in rows]
+
+
+def completion_nll(model, tokenizer, rows: list[dict[str, Any]], max_length: int,
+                   batch_size: int) -> list[tuple[float, int]]:
+    """Per-row NLL of each canonical row's completion given its prompt, via the chat template."""
     encoded = [encode_completion(tokenizer, r, max_length) for r in rows]
-    return mean_token_loss(model, encoded, tokenizer.pad_token_id, batch_size)
+    return row_nll(model, encoded, tokenizer.pad_token_id, batch_size)
 
 
-def text_loss(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> float:
-    """Language-modelling loss on plain text (the general-ability probe)."""
+def text_nll(model, tokenizer, texts: list[str], max_length: int,
+             batch_size: int) -> list[tuple[float, int]]:
+    """Per-text language-modelling NLL on plain text (the general-ability probe)."""
     encoded = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_length]
         encoded.append(Encoded(ids, ids))
-    return mean_token_loss(model, encoded, tokenizer.pad_token_id, batch_size)
+    return row_nll(model, encoded, tokenizer.pad_token_id, batch_size)
+
+
+def completion_loss(model, tokenizer, rows: list[dict[str, Any]], max_length: int,
+                    batch_size: int) -> float:
+    return mean_loss(completion_nll(model, tokenizer, rows, max_length, batch_size))
+
+
+def text_loss(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> float:
+    return mean_loss(text_nll(model, tokenizer, texts, max_length, batch_size))
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, prompts: list[list[dict[str, str]]], max_new_tokens: int,
-                   batch_size: int) -> list[str]:
-    """Greedy completions through the chat template, batched with left padding."""
+def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
+                    batch_size: int) -> list[str]:
+    """Greedy completions of token-id prompts, batched with left padding, decoded."""
     model.eval()
     answers: list[str] = []
     for batch in _batches(prompts, batch_size):
-        encoded = [Encoded(ids, ids) for ids in (prompt_ids(tokenizer, p) for p in batch)]
-        ids, mask, _ = pad_batch(encoded, tokenizer.pad_token_id, left=True)
+        ids, mask, _ = pad_batch([Encoded(p, p) for p in batch], tokenizer.pad_token_id, left=True)
         device = next(model.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
         out = model.generate(
@@ -70,6 +90,20 @@ def greedy_answers(model, tokenizer, prompts: list[list[dict[str, str]]], max_ne
         for row in out[:, ids.size(1):]:
             answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
     return answers
+
+
+def greedy_answers(model, tokenizer, prompts: list[list[dict[str, str]]], max_new_tokens: int,
+                   batch_size: int) -> list[str]:
+    """Greedy answers to chat prompts, rendered through the chat template."""
+    ids = [prompt_ids(tokenizer, p) for p in prompts]
+    return greedy_generate(model, tokenizer, ids, max_new_tokens, batch_size)
+
+
+def greedy_continuations(model, tokenizer, texts: list[str], max_new_tokens: int,
+                         batch_size: int) -> list[str]:
+    """Greedy continuations of plain text (no chat template): what a base model can do."""
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return greedy_generate(model, tokenizer, ids, max_new_tokens, batch_size)
 
 
 def chat_inputs(tokenizer, rows: list[dict[str, Any]], max_length: int):

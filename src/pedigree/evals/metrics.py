@@ -1,55 +1,153 @@
-"""Scoring generated answers against references.
+"""Scoring generated answers against references, row by row.
 
-`exact` compares the stripped strings; `numeric` the first number in the answer; `json` the parsed
-values (key order and spacing do not matter). Every task row says which matcher applies.
+Matchers (a task row names its own in `match`):
+  exact       the stripped strings are equal
+  normalised  equal after NFKC, case folding, dropping punctuation and collapsing whitespace
+  numeric     the first number in the answer equals the reference (within 1e-6, relative)
+  json        the answer parses and its value equals the reference's (key order, spacing ignored)
+  json_valid  the answer parses and validates against the row's `schema` (no reference needed)
+
+Every task row also gets the exact and normalised match, and rows that expect JSON (`json`,
+`json_valid`, or a row with a `schema`) get `json_valid`, so a model that learned the format but
+not the values shows it.
+
+Scores are kept per row (keyed by row id): an aggregate is their mean, and the gate needs the rows
+to put a standard error on a difference between two models.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+import string
+import unicodedata
 from collections.abc import Callable
+from functools import cache
+from typing import Any
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def exact_match(answer: str, reference: str) -> bool:
     return answer.strip() == reference.strip()
 
 
+def normalise(text: str) -> str:
+    """Lower-cased, NFKC, no ASCII punctuation, single spaces (SQuAD-style, without articles)."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().translate(_PUNCTUATION).split())
+
+
+def normalised_match(answer: str, reference: str) -> bool:
+    return normalise(answer) == normalise(reference)
+
+
 def numeric_match(answer: str, reference: str) -> bool:
     found = _NUMBER.search(answer)
-    return found is not None and float(found.group()) == float(reference)
+    return found is not None and math.isclose(float(found.group()), float(reference),
+                                              rel_tol=1e-6, abs_tol=1e-9)
+
+
+def _parse(answer: str) -> tuple[bool, Any]:
+    try:
+        return True, json.loads(answer)
+    except json.JSONDecodeError:
+        return False, None
 
 
 def json_match(answer: str, reference: str) -> bool:
-    try:
-        return json.loads(answer) == json.loads(reference)
-    except json.JSONDecodeError:
-        return False
+    ok, value = _parse(answer)
+    return ok and value == json.loads(reference)
+
+
+@cache
+def _validator(schema_json: str):
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(json.loads(schema_json))
+
+
+def json_valid(answer: str, schema: dict[str, Any] | None = None) -> bool:
+    ok, value = _parse(answer)
+    if not ok or schema is None:
+        return ok
+    return _validator(json.dumps(schema, sort_keys=True)).is_valid(value)
 
 
 MATCHERS: dict[str, Callable[[str, str], bool]] = {
     "exact": exact_match,
+    "normalised": normalised_match,
     "numeric": numeric_match,
     "json": json_match,
 }
+MATCH_NAMES = (*MATCHERS, "json_valid")
 
 
-def score_task_rows(rows: list[dict], answers: list[str]) -> dict[str, float]:
-    """Overall and per-task `exact_match` and `score` (the row's own matcher), as fractions."""
+def check_task_row(row: dict[str, Any], where: str) -> None:
+    """Raise ValueError naming `where` (file:line) and the field when a task row is unusable."""
+    missing = {"id", "task", "prompt"} - set(row)
+    if missing:
+        raise ValueError(f"{where}: missing fields {sorted(missing)}")
+    match = row.get("match", "exact")
+    if match not in MATCH_NAMES:
+        raise ValueError(f"{where}: match={match!r}: expected one of {', '.join(MATCH_NAMES)}")
+    if match != "json_valid" and not isinstance(row.get("reference"), str):
+        raise ValueError(f"{where}: reference: a string is required for match={match!r}")
+    if match == "numeric":
+        try:
+            float(row["reference"])
+        except ValueError:
+            raise ValueError(f"{where}: reference={row['reference']!r} is not a number "
+                             "(match=numeric)") from None
+    if match == "json" and not _parse(row["reference"])[0]:
+        raise ValueError(f"{where}: reference is not valid JSON (match=json)")
+    schema = row.get("schema")
+    if schema is not None:
+        from jsonschema import Draft202012Validator, SchemaError
+
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as err:
+            raise ValueError(f"{where}: schema: not a valid JSON Schema: {err.message}") from None
+
+
+def expects_json(row: dict[str, Any]) -> bool:
+    return row.get("match") in ("json", "json_valid") or row.get("schema") is not None
+
+
+def row_score(row: dict[str, Any], answer: str) -> float:
+    """1.0 when the answer passes the row's own matcher."""
+    match = row.get("match", "exact")
+    if match == "json_valid":
+        return float(json_valid(answer, row.get("schema")))
+    return float(MATCHERS[match](answer, row["reference"]))
+
+
+def score_task_rows(rows: list[dict[str, Any]], answers: list[str]) -> dict[str, dict[str, float]]:
+    """Per-row scores, {metric: {row id: 0.0 or 1.0}}: task_score (the row's matcher),
+    task_exact_match, task_normalised_match, task_json_valid (JSON rows only) and
+    task_score.<task> per task."""
     if len(rows) != len(answers):
         raise ValueError(f"{len(rows)} task rows but {len(answers)} answers")
-    per_task: dict[str, list[tuple[bool, bool]]] = {}
+    items: dict[str, dict[str, float]] = {
+        "task_score": {}, "task_exact_match": {}, "task_normalised_match": {}}
     for row, answer in zip(rows, answers, strict=True):
-        matcher = MATCHERS[row.get("match", "exact")]
-        hit = (exact_match(answer, row["reference"]), matcher(answer, row["reference"]))
-        per_task.setdefault(row["task"], []).append(hit)
-    every = [h for hits in per_task.values() for h in hits]
-    out = {
-        "task_exact_match": sum(e for e, _ in every) / len(every),
-        "task_score": sum(s for _, s in every) / len(every),
-    }
-    for task, hits in sorted(per_task.items()):
-        out[f"task_score.{task}"] = sum(s for _, s in hits) / len(hits)
-    return out
+        rid, score = row["id"], row_score(row, answer)
+        items["task_score"][rid] = score
+        items.setdefault(f"task_score.{row['task']}", {})[rid] = score
+        reference = row.get("reference")
+        items["task_exact_match"][rid] = float(reference is not None
+                                               and exact_match(answer, reference))
+        items["task_normalised_match"][rid] = float(reference is not None
+                                                    and normalised_match(answer, reference))
+        if expects_json(row):
+            items.setdefault("task_json_valid", {})[rid] = float(json_valid(answer,
+                                                                             row.get("schema")))
+    return items
+
+
+def continuation_answer(text: str) -> str:
+    """A plain-text continuation cut at the end of its first sentence or line: what a cloze
+    prompt ("Berlin is a city in") is answered with."""
+    return re.split(r"[.\n]", text.strip(), maxsplit=1)[0].strip()

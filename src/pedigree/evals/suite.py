@@ -1,4 +1,14 @@
-"""One evaluation of one model on the shared sets: the numbers every model is compared on."""
+"""One evaluation of one model on the shared sets: the numbers every model is compared on.
+
+The sets, all in `data.eval_dir` except the held-out split:
+  task.jsonl           task prompts with references, answered greedily through the chat template
+  general.jsonl        plain text the base could already model: loss on it is the forgetting probe
+  general_tasks.jsonl  cloze prompts the base could already complete (no chat template)
+  data/split/sft_validation.jsonl, preference_validation.jsonl: held-out rows of the training data
+
+Every metric is reported with its per-item values ({item id: value}), so the gate can pair two
+models item by item and put a standard error on their difference.
+"""
 
 from __future__ import annotations
 
@@ -8,50 +18,140 @@ from pathlib import Path
 from typing import Any
 
 from pedigree.config import EvalConfig
-from pedigree.data.jsonl import read_jsonl
-from pedigree.evals.measure import completion_loss, greedy_answers, perplexity, text_loss
-from pedigree.evals.metrics import score_task_rows
+from pedigree.evals.measure import (
+    completion_nll,
+    greedy_answers,
+    greedy_continuations,
+    mean_loss,
+    perplexity,
+    row_means,
+    text_nll,
+)
+from pedigree.evals.metrics import (
+    check_task_row,
+    continuation_answer,
+    normalised_match,
+    score_task_rows,
+)
 
 
 @dataclass(frozen=True)
 class EvalSets:
-    tasks: list[dict[str, Any]]  # {"id", "task", "prompt", "reference", "match"}
+    tasks: list[dict[str, Any]]  # {"id", "task", "prompt", "reference", "match"[, "schema"]}
     validation: list[dict[str, Any]]  # canonical SFT rows held out by the split
-    general: list[str]  # plain text the base model could already model (forgetting probe)
+    general: list[dict[str, Any]]  # {"id", "text"}: plain text the base could already model
+    general_tasks: list[dict[str, Any]]  # {"id", "prompt", "reference"}: cloze prompts
+    preferences: list[dict[str, Any]]  # canonical preference rows held out by the split
 
 
-def load_eval_sets(eval_dir: Path, validation_file: Path, cfg: EvalConfig) -> EvalSets:
-    tasks = read_jsonl(eval_dir / "task.jsonl")[: cfg.max_task_rows]
+def _read(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
+    """JSONL rows, each checked for `required` string fields; errors name file, line, field."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object")
+            for field in required:
+                if not isinstance(row.get(field), str) or not row[field]:
+                    raise ValueError(f"{path}:{number}: {field}: a non-empty string is required")
+            rows.append(row)
+    ids = [r["id"] for r in rows if "id" in r]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"{path}: id {dup!r} appears more than once")
+    return rows
+
+
+def load_eval_sets(eval_dir: Path, split_dir: Path, cfg: EvalConfig) -> EvalSets:
+    task_file = eval_dir / "task.jsonl"
+    tasks = _read(task_file, ("id", "task", "prompt"))[: cfg.max_task_rows]
     for number, row in enumerate(tasks, start=1):
-        missing = {"id", "task", "prompt", "reference"} - set(row)
-        if missing:
-            raise ValueError(f"{eval_dir / 'task.jsonl'}:{number}: missing fields {sorted(missing)}")
-    general = [row["text"] for row in read_jsonl(eval_dir / "general.jsonl")]
-    validation = read_jsonl(validation_file)[: cfg.max_loss_rows]
-    return EvalSets(tasks, validation, general)
+        check_task_row(row, f"{task_file}:{number}")
+    general = _read(eval_dir / "general.jsonl", ("id", "text"))
+    cloze_file = eval_dir / "general_tasks.jsonl"
+    general_tasks = _read(cloze_file, ("id", "prompt", "reference")) if cloze_file.exists() else []
+    validation = _read(split_dir / "sft_validation.jsonl", ("id",))[: cfg.max_loss_rows]
+    pref_file = split_dir / "preference_validation.jsonl"
+    preferences = _read(pref_file, ("id",))[: cfg.max_loss_rows] if pref_file.exists() else []
+    return EvalSets(tasks, validation, general, general_tasks, preferences)
 
 
-def evaluate(model, tokenizer, sets: EvalSets, cfg: EvalConfig) -> tuple[dict[str, float], list[str]]:
-    """(metrics, greedy answers to the task prompts, in order)."""
-    val_loss = completion_loss(model, tokenizer, sets.validation, cfg.max_length, cfg.batch_size)
-    general_loss = text_loss(model, tokenizer, sets.general, cfg.max_length, cfg.batch_size)
+def _reference_rows(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Task rows as canonical prompt/completion rows (rows with a reference only)."""
+    return [{"id": t["id"], "prompt": [{"role": "user", "content": t["prompt"]}],
+             "completion": [{"role": "assistant", "content": t["reference"]}]}
+            for t in tasks if isinstance(t.get("reference"), str)]
+
+
+@dataclass
+class ModelEval:
+    metrics: dict[str, float]
+    items: dict[str, dict[str, float]]  # metric -> {item id: value}
+    answers: list[str]  # greedy answers to the task prompts, in order
+
+
+def evaluate(model, tokenizer, sets: EvalSets, cfg: EvalConfig) -> ModelEval:
+    n, bs = cfg.max_length, cfg.batch_size
+    metrics: dict[str, float] = {}
+    items: dict[str, dict[str, float]] = {}
+
+    def losses(name: str, ids: list[str], rows: list[tuple[float, int]]) -> None:
+        metrics[f"{name}_loss"] = mean_loss(rows)  # token-weighted, nats/token
+        metrics[f"{name}_perplexity"] = perplexity(metrics[f"{name}_loss"])
+        items[f"{name}_loss"] = dict(zip(ids, row_means(rows), strict=True))
+
+    losses("val", [r["id"] for r in sets.validation],
+           completion_nll(model, tokenizer, sets.validation, n, bs))
+    losses("general", [r["id"] for r in sets.general],
+           text_nll(model, tokenizer, [r["text"] for r in sets.general], n, bs))
+    references = _reference_rows(sets.tasks)
+    if references:  # graded task ability: NLL of the reference answers
+        losses("task", [r["id"] for r in references],
+               completion_nll(model, tokenizer, references, n, bs))
+
     prompts = [[{"role": "user", "content": row["prompt"]}] for row in sets.tasks]
-    answers = greedy_answers(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size)
-    metrics = {
-        "val_loss": val_loss,
-        "val_perplexity": perplexity(val_loss),
-        "general_loss": general_loss,
-        "general_perplexity": perplexity(general_loss),
-        **score_task_rows(sets.tasks, answers),
-    }
-    return metrics, answers
+    answers = greedy_answers(model, tokenizer, prompts, cfg.max_new_tokens, bs)
+    items.update(score_task_rows(sets.tasks, answers))
+
+    if sets.general_tasks:
+        got = greedy_continuations(model, tokenizer, [r["prompt"] for r in sets.general_tasks],
+                                   cfg.max_new_tokens, bs)
+        items["general_task_score"] = {
+            r["id"]: float(normalised_match(continuation_answer(a), r["reference"]))
+            for r, a in zip(sets.general_tasks, got, strict=True)}
+
+    if sets.preferences:  # chosen beats rejected when its summed log-probability is higher
+        chosen = completion_nll(model, tokenizer, [{**r, "completion": r["chosen"]}
+                                                   for r in sets.preferences], n, bs)
+        rejected = completion_nll(model, tokenizer, [{**r, "completion": r["rejected"]}
+                                                     for r in sets.preferences], n, bs)
+        items["pref_accuracy"] = {r["id"]: float(c[0] < w[0]) for r, c, w
+                                  in zip(sets.preferences, chosen, rejected, strict=True)}
+
+    if cfg.harness.tasks:  # lm-evaluation-harness, optional
+        from pedigree.evals.harness import run_harness
+
+        harness_metrics, harness_items = run_harness(model, tokenizer, cfg.harness, bs)
+        metrics.update(harness_metrics)
+        items.update(harness_items)
+
+    for name, values in items.items():
+        if name not in metrics:  # scores: the mean of the items
+            metrics[name] = sum(values.values()) / len(values)
+    return ModelEval(metrics, items, answers)
 
 
 def answers_table(sets: EvalSets, answers: dict[str, list[str]]) -> str:
     """JSONL of every task row with each model's answer, for reading what the numbers hide."""
     lines = []
     for i, row in enumerate(sets.tasks):
-        entry = {"id": row["id"], "prompt": row["prompt"], "reference": row["reference"],
+        entry = {"id": row["id"], "prompt": row["prompt"], "reference": row.get("reference"),
                  "answers": {name: got[i] for name, got in answers.items()}}
         lines.append(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
     return "".join(lines)

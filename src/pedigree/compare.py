@@ -1,0 +1,112 @@
+"""`pedigree report --compare`: DVC experiments side by side, one row per experiment.
+
+Reads `dvc exp show --json` (the workspace, HEAD and every experiment on it, queued runs
+included once they finished), and for each: the SFT method and the params that differ between
+experiments, the SFT model's task gain and general-probe change over the base
+(metrics/summary.json), its trainable parameters (models/sft/metrics.json), training time and
+peak memory (perf/sft.json), and whether the promotion gate passed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pedigree.errors import PedigreeError
+from pedigree.tracking import flatten
+
+COLUMNS = (  # (header, getter on an experiment row); numbers formatted by `_cell`
+    ("task gain", lambda r: r["summary"].get("sft", {}).get("task_gain")),
+    ("task score gain", lambda r: r["summary"].get("sft", {}).get("task_score_gain")),
+    ("general loss change", lambda r: r["summary"].get("sft", {}).get("general_loss_change")),
+    ("general task change",
+     lambda r: r["summary"].get("sft", {}).get("general_task_score_change")),
+    ("trainable params", lambda r: r["sft"].get("trainable_params")),
+    ("train s", lambda r: r["perf"].get("seconds")),
+    ("peak RSS GiB", lambda r: r["perf"].get("peak_rss_gib")),
+    ("gate", lambda r: {1: "pass", 0: "fail"}.get(r["summary"].get("gate_passed"))),
+)
+
+
+def _nodes(entries: list[dict[str, Any]]):
+    """Every revision in `dvc exp show --json` output: baselines and their experiments."""
+    for entry in entries:
+        yield entry
+        for group in entry.get("experiments") or []:
+            yield from _nodes(group.get("revs") or [])
+
+
+def _files(section: dict[str, Any] | None) -> dict[str, Any]:
+    return {path: (value or {}).get("data") or {} for path, value in (section or {}).items()}
+
+
+def experiment_rows(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows, seen = [], set()
+    for node in _nodes(shown):
+        data = node.get("data") or {}
+        metrics = _files(data.get("metrics"))
+        if not metrics.get("metrics/summary.json") or node.get("error"):
+            continue  # not run yet, failed, or from before the evals wrote a summary
+        name = node.get("name") or node.get("rev", "?")[:7]
+        if node.get("rev") == "workspace":
+            name = "workspace"
+        key = (name, json.dumps(metrics, sort_keys=True))
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append({
+            "name": name,
+            "params": flatten(_files(data.get("params")).get("params.yaml", {})),
+            "summary": metrics["metrics/summary.json"],
+            "sft": metrics.get("models/sft/metrics.json", {}),
+            "perf": metrics.get("perf/sft.json", {}),
+        })
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:+.3f}" if value < 0 or \
+            abs(value) < 10 else f"{value:.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table; the params that differ between experiments become columns."""
+    if not rows:
+        raise PedigreeError("no experiment has eval results yet: run `dvc exp run` "
+                            "(or `dvc exp run --queue ...` and `dvc queue start`) first")
+    keys = sorted({k for r in rows for k in r["params"]})
+    varied = [k for k in keys if len({r["params"].get(k) for r in rows}) > 1
+              and not k.startswith("sft.partial") and not k.startswith("sft.quant")]
+    if "sft.method" not in varied:
+        varied.insert(0, "sft.method")
+    header = ["experiment", *varied, *(name for name, _ in COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["name"], *(r["params"].get(k, "-") for k in varied),
+                 *(_cell(get(r)) for _, get in COLUMNS)]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    notes = ("task gain: the SFT model's gain over the base on gate.task_metric (positive = "
+             "better); general loss change: nats/token on general text vs the base (positive = "
+             "forgot); general task change: cloze prompts the base completes (negative = forgot)")
+    return "\n".join(lines) + "\n\n" + notes + "\n"
+
+
+def show_experiments(root: Path) -> list[dict[str, Any]]:
+    done = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=root,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise PedigreeError(f"dvc exp show failed: {done.stderr.strip()}")
+    return json.loads(done.stdout)
+
+
+def compare(root: Path) -> str:
+    return table(experiment_rows(show_experiments(root)))

@@ -1,0 +1,109 @@
+"""The promotion gate: is the candidate better than the base and no worse than the champion?
+
+Every comparison is paired: the two models' per-item values (task rows, general texts, held-out
+pairs) are matched by item id and the difference is the mean of the per-item differences, with
+the standard error sd(d) / sqrt(n). Differences are signed so that positive means the candidate
+is better. Losses are compared as the mean of per-row mean losses (the items), which can differ
+slightly from the token-weighted figure in eval.json.
+
+No torch here: `pedigree promote` reads the result without loading a model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pedigree.config import GateConfig
+
+Items = dict[str, dict[str, float]]  # metric -> {item id: value}
+
+
+def higher_is_better(metric: str) -> bool:
+    return not metric.split(".")[-1].endswith(("loss", "perplexity"))
+
+
+def paired_difference(metric: str, candidate: Items, reference: Items) -> dict[str, Any]:
+    """Mean and standard error of (candidate - reference) over the items both have, signed so
+    that positive is better."""
+    a, b = candidate.get(metric), reference.get(metric)
+    if not a or not b:
+        missing = "candidate" if not a else "reference"
+        return {"metric": metric, "n": 0, "error": f"the {missing} has no {metric}"}
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    diffs = [sign * (a[i] - b[i]) for i in sorted(set(a) & set(b))
+             if not (math.isnan(a[i]) or math.isnan(b[i]))]
+    n = len(diffs)
+    if n == 0:
+        return {"metric": metric, "n": 0, "error": f"no {metric} items in common"}
+    mean = sum(diffs) / n
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else 0.0
+    return {"metric": metric, "n": n, "unpaired": max(len(a), len(b)) - n,
+            "difference": mean, "se": se}
+
+
+def _fmt(x: float) -> str:
+    return f"{x:+.4g}"
+
+
+def check_base(cfg: GateConfig, candidate: Items, base: Items) -> list[dict[str, Any]]:
+    """The task metric must improve by min_task_gain; the general probe must not worsen beyond
+    its tolerance."""
+    checks = []
+    diff = paired_difference(cfg.task_metric, candidate, base)
+    diff.update(check="task gain over base", required=cfg.min_task_gain)
+    if "error" in diff:
+        diff.update(passed=False, reason=f"task gain: {diff['error']}")
+    else:
+        diff["passed"] = diff["difference"] >= cfg.min_task_gain
+        diff["reason"] = (f"{cfg.task_metric}: {_fmt(diff['difference'])} over the base "
+                          f"(needs >= {cfg.min_task_gain:g})")
+    checks.append(diff)
+    for metric, tolerance in sorted(cfg.general_tolerance.items()):
+        diff = paired_difference(metric, candidate, base)
+        diff.update(check="general probe vs base", allowed=-tolerance)
+        if "error" in diff:
+            diff.update(passed=False, reason=f"general probe: {diff['error']}")
+        else:
+            diff["passed"] = diff["difference"] >= -tolerance
+            diff["reason"] = (f"{metric}: {_fmt(diff['difference'])} vs the base "
+                              f"(may worsen by at most {tolerance:g})")
+        checks.append(diff)
+    return checks
+
+
+def check_champion(cfg: GateConfig, candidate: Items, champion: Items) -> list[dict[str, Any]]:
+    """No metric may regress by more than max(its absolute tolerance, k standard errors)."""
+    checks = []
+    for metric, tolerance in sorted(cfg.champion_tolerance.items()):
+        diff = paired_difference(metric, candidate, champion)
+        diff["check"] = "regression vs champion"
+        if "error" in diff:  # a metric neither side measured (e.g. no preference pairs)
+            diff.update(passed=True, reason=f"{metric}: not compared ({diff['error']})")
+        else:
+            allowed = max(tolerance, cfg.standard_errors * diff["se"])
+            diff.update(allowed=-allowed, passed=diff["difference"] >= -allowed)
+            diff["reason"] = (f"{metric}: {_fmt(diff['difference'])} vs the champion "
+                              f"(may regress by at most max({tolerance:g}, "
+                              f"{cfg.standard_errors:g} x SE {diff['se']:.3g}) = {allowed:.3g})")
+        checks.append(diff)
+    return checks
+
+
+def decide(cfg: GateConfig, items: dict[str, Items], champion: dict[str, Any] | None,
+           candidate_sha256: str) -> dict[str, Any]:
+    """The gate record: every check with its reason, and `passed` when all pass."""
+    candidate = items[cfg.candidate]
+    checks = check_base(cfg, candidate, items["base"])
+    against = None
+    if champion and champion.get("items"):
+        against = {k: champion[k] for k in ("registered_model", "version", "outputs_sha256")
+                   if k in champion}
+        checks += check_champion(cfg, candidate, champion["items"])
+    passed = all(c["passed"] for c in checks)
+    reasons = [("pass: " if c["passed"] else "FAIL: ") + c["reason"] for c in checks]
+    if against is None:
+        reasons.append("no champion yet: compared with the base only")
+    return {"passed": passed, "candidate": cfg.candidate, "candidate_sha256": candidate_sha256,
+            "champion": against, "task_metric": cfg.task_metric, "checks": checks,
+            "reasons": reasons}

@@ -1,0 +1,178 @@
+"""`pedigree promote`: the only way a model becomes the champion.
+
+It refuses unless the eval stage's gate passed for the models now in the workspace and the
+lineage audits clean. Then it registers the candidate as a new version of the MLflow registered
+model, tagged with its lineage (output hash, data hash, base model, code commit, params hashes,
+gate result), moves the `champion` alias to it (earlier versions stay registered) and writes
+champion.json: the champion's identity and per-item eval results, which the eval stage's gate
+compares the next candidate with. Commit champion.json: it is how a clone knows its champion.
+
+No torch: only manifests, the gate record and the MLflow client.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pedigree import lineage
+from pedigree.errors import PedigreeError
+from pedigree.files import atomic_write_text
+from pedigree.tracking import flatten, runs_for_output, tracking_uri
+
+ALIAS = "champion"
+CHAMPION_FILE = "champion.json"
+
+
+class PromotionRefused(PedigreeError):
+    """The gate failed, is stale, or the lineage does not audit clean."""
+
+
+def candidate_dir(candidate: str) -> str:
+    return "models/merged" if candidate in ("sft", "dpo", "merged") else "models/quantized"
+
+
+def read_champion(root: Path) -> dict[str, Any] | None:
+    path = root / CHAMPION_FILE
+    if not path.is_file():
+        raise PromotionRefused(f"{path}: not found; it ships with the repository "
+                               '(`{"champion": null}` before the first promotion)')
+    return json.loads(path.read_text(encoding="utf-8")).get("champion")
+
+
+def _current_gate(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(gate record, eval manifest), checked to describe the workspace as it is now."""
+    gate_file = root / "metrics" / "gate.json"
+    if not gate_file.is_file():
+        raise PromotionRefused(f"{gate_file}: not found; run `dvc repro` first")
+    gate = json.loads(gate_file.read_text(encoding="utf-8"))
+    eval_manifest = lineage.read_manifest(root / "metrics")
+    model_manifest = lineage.read_manifest(root / candidate_dir(gate["candidate"]))
+    if gate["candidate_sha256"] != model_manifest["outputs_sha256"]:
+        raise PromotionRefused(
+            f"metrics/gate.json judged {candidate_dir(gate['candidate'])} "
+            f"{gate['candidate_sha256'][:12]}, but the workspace holds "
+            f"{model_manifest['outputs_sha256'][:12]}: run `dvc repro` first")
+    recorded = {i["path"]: i["sha256"] for i in eval_manifest["inputs"]}
+    now = lineage.file_hashes(root / CHAMPION_FILE)
+    if recorded.get(CHAMPION_FILE) != next(iter(now.values())):
+        raise PromotionRefused(f"{CHAMPION_FILE} changed since the gate ran (another promotion?): "
+                               "run `dvc repro` to gate against the current champion")
+    if not gate["passed"]:
+        failed = [r for r in gate["reasons"] if r.startswith("FAIL")]
+        raise PromotionRefused("the gate failed:\n  " + "\n  ".join(failed))
+    return gate, model_manifest
+
+
+def lineage_tags(gate: dict[str, Any], manifest: dict[str, Any], eval_run: str | None,
+                 metrics: dict[str, float]) -> dict[str, str]:
+    roots = manifest["roots"]
+    tags = {
+        "pedigree.outputs_sha256": manifest["outputs_sha256"],
+        "pedigree.candidate": gate["candidate"],
+        "pedigree.params_sha256": manifest["params_sha256"],
+        "pedigree.code_commit": manifest["code"].get("git_commit") or "",
+        "pedigree.gate": "passed",
+        "pedigree.task_metric": gate["task_metric"],
+    }
+    for key, value in sorted(flatten(roots).items()):
+        tags[f"pedigree.root.{key}"] = value
+    if eval_run:
+        tags["pedigree.eval_run"] = eval_run
+    for name in ("task_score", "task_loss", "general_loss", "general_task_score",
+                 "pref_accuracy"):
+        if name in metrics:
+            tags[f"pedigree.eval.{name}"] = f"{metrics[name]:.6g}"
+    return tags
+
+
+@dataclass
+class Plan:
+    registered_model: str
+    candidate: str
+    source: str
+    outputs_sha256: str
+    previous: dict[str, Any] | None  # the current champion record, if any
+    tags: dict[str, str] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)  # champion.json after promotion
+
+    def describe(self, version: str) -> list[str]:
+        before = (f"version {self.previous['version']}" if self.previous else "no champion")
+        return [
+            (f"register {self.candidate} ({self.source}, outputs {self.outputs_sha256[:12]}) "
+             f"as '{self.registered_model}' version {version}"),
+            f"move alias '{ALIAS}': {before} -> version {version} (earlier versions stay)",
+            f"write {CHAMPION_FILE} (commit it: the next eval gates against this model)",
+        ]
+
+
+def plan_promotion(root: Path, registered_model: str, audit_experiment: str | None) -> Plan:
+    """Every check, no side effect; raises PromotionRefused with the reasons."""
+    from pedigree.audit import audit
+
+    gate, manifest = _current_gate(root)
+    findings = audit(root, None, audit_experiment)
+    if findings:
+        raise PromotionRefused("the lineage audit failed:\n  "
+                               + "\n  ".join(str(f) for f in findings))
+    evaluated = json.loads((root / "metrics" / "eval.json").read_text(encoding="utf-8"))
+    items = json.loads((root / "metrics" / "items.json").read_text(encoding="utf-8"))
+    metrics = evaluated[gate["candidate"]]
+    eval_runs = []
+    if audit_experiment:
+        eval_runs = runs_for_output(root, lineage.read_manifest(root / "metrics")["outputs_sha256"])
+    plan = Plan(
+        registered_model=registered_model,
+        candidate=gate["candidate"],
+        source=(root / candidate_dir(gate["candidate"])).resolve().as_uri(),
+        outputs_sha256=manifest["outputs_sha256"],
+        previous=read_champion(root),
+    )
+    plan.tags = lineage_tags(gate, manifest, eval_runs[-1] if eval_runs else None, metrics)
+    plan.record = {
+        "registered_model": registered_model,
+        "candidate": gate["candidate"],
+        "outputs_sha256": manifest["outputs_sha256"],
+        "roots": manifest["roots"],
+        "metrics": metrics,
+        "items": items[gate["candidate"]],
+    }
+    return plan
+
+
+def register(root: Path, plan: Plan, eval_run: str | None) -> str:
+    """Create the model version, move the alias, write champion.json; returns the version."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(root))
+    try:
+        client.get_registered_model(plan.registered_model)
+    except MlflowException:
+        client.create_registered_model(
+            plan.registered_model, description="Models promoted by pedigree; the "
+            f"'{ALIAS}' alias is the current champion.")
+    version = client.create_model_version(
+        plan.registered_model, source=plan.source, run_id=eval_run, tags=plan.tags,
+        description=f"{plan.candidate} {plan.outputs_sha256[:12]}, promoted through the gate",
+    ).version
+    client.set_registered_model_alias(plan.registered_model, ALIAS, version)
+    record = {**plan.record, "version": str(version)}
+    atomic_write_text(root / CHAMPION_FILE,
+                      json.dumps({"champion": record}, indent=2, sort_keys=True) + "\n")
+    return str(version)
+
+
+def next_version(root: Path, registered_model: str) -> str:
+    """The version number a registration would get (for --dry-run)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(root))
+    try:
+        versions = client.search_model_versions(f"name = '{registered_model}'")
+    except MlflowException:
+        return "1"
+    return str(max((int(v.version) for v in versions), default=0) + 1)
