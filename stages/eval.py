@@ -15,20 +15,18 @@ pairs. A failed gate is a result, not an error: the stage succeeds and gate.json
 import json
 from pathlib import Path
 
+from pedigree.champion import candidate_dir, read_champion
 from pedigree.config import load_params
 from pedigree.evals.gate import decide
+from pedigree.evals.models import pipeline_models
 from pedigree.evals.outputs import plot_tables, write_outputs
 from pedigree.evals.suite import answers_table, evaluate, load_eval_sets
-from pedigree.export.merge import with_adapters
-from pedigree.export.quantize import load_format
 from pedigree.lineage import read_manifest
 from pedigree.stage import stage_run
-from pedigree.train.load import load_causal_lm, load_tokenizer
-from pedigree.train.policy import load_sft, policy_base
+from pedigree.train.load import load_tokenizer
 
 params = load_params()
 cfg, trust = params.eval, params.model.trust_remote_code
-base = Path("models/base")
 
 with stage_run("eval", out="metrics",
                inputs=["models/base", "models/sft", "models/dpo", "models/merged",
@@ -36,19 +34,8 @@ with stage_run("eval", out="metrics",
                params=["model", "data", "eval", "gate", "tracking"]) as run:
     sets = load_eval_sets(Path(params.data.eval_dir), Path("data/split"), cfg)
     tokenizer = load_tokenizer(Path("models/sft"), trust)  # the template the policy trained with
-    policy = json.loads(Path("models/dpo/policy.json").read_text())
+    models = pipeline_models(Path("."), trust)
     quantized = json.loads(Path("models/quantized/report.json").read_text())
-
-    models = {
-        "base": lambda: load_causal_lm(base, trust),
-        "sft": lambda: load_sft(base, Path("models/sft"), trust),
-        "merged": lambda: load_causal_lm(Path("models/merged"), trust),
-    }
-    if policy["dpo"]:
-        models["dpo"] = lambda: with_adapters(policy_base(base, policy, trust),
-                                              [Path(a) for a in policy["adapters"]])[0]
-    for fmt in quantized:
-        models[fmt] = lambda fmt=fmt: load_format(fmt, Path("models/quantized"))
     if params.gate.candidate not in models:
         raise ValueError(f"gate.candidate={params.gate.candidate!r}: this pipeline evaluated "
                          f"only {', '.join(models)}")
@@ -58,11 +45,15 @@ with stage_run("eval", out="metrics",
         print(f"[eval] {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()
                                              if "." not in k))
 
-    candidate_dir = Path("models/merged") if params.gate.candidate in ("sft", "dpo", "merged") \
-        else Path("models/quantized")
-    champion = json.loads(Path("champion.json").read_text()).get("champion")
-    gate = decide(params.gate, {n: r.items for n, r in results.items()}, champion,
-                  read_manifest(candidate_dir)["outputs_sha256"])
+    candidate = read_manifest(Path(candidate_dir(params.gate.candidate)))
+    exported = []  # a quantized candidate must have passed quantize's own checks
+    if params.gate.candidate in quantized:
+        ok = quantized[params.gate.candidate]["passed"]
+        exported.append({"check": "export checks", "passed": ok, "reason":
+                         f"{params.gate.candidate}: quantize checks {'passed' if ok else 'failed'}"
+                         " (models/quantized/report.json)"})
+    gate = decide(params.gate, {n: r.items for n, r in results.items()},
+                  read_champion(Path(".")), candidate["outputs_sha256"], exported)
     print(f"[eval] gate: {'PASSED' if gate['passed'] else 'FAILED'} ({params.gate.candidate})")
     for reason in gate["reasons"]:
         print(f"[eval]   {reason}")

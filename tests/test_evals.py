@@ -265,3 +265,12 @@ def test_summary_and_plot_tables():
     assert plots["task_loss"] == [{"model": "base", "value": 8.0}, {"model": "sft", "value": 3.0},
                                   {"model": "merged", "value": 3.1}]
     assert "pref_accuracy" not in plots
+
+
+def test_preconditions_count_in_the_gate():
+    cfg = GateConfig(task_metric="task_score", min_task_gain=0.0, general_tolerance={})
+    items = {"base": _items(task_score=[0, 0]), "gguf-q4_0": _items(task_score=[1, 1])}
+    cfg = cfg.model_copy(update={"candidate": "gguf-q4_0"})
+    failed = {"check": "export checks", "passed": False, "reason": "gguf-q4_0: quantize checks failed"}
+    gate = decide(cfg, items, None, "abc", [failed])
+    assert not gate["passed"] and gate["reasons"][0] == "FAIL: gguf-q4_0: quantize checks failed"

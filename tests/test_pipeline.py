@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -393,3 +394,147 @@ def test_report_renders_in_headless_chromium(project, tmp_path):
     assert len(colours) > 50  # text, boxes, bars and curves: far from a blank page
     top = image.crop((0, 0, 1200, 700)).getcolors(maxcolors=1 << 20) or []
     assert any(c == (31, 119, 180) for _, c in top) or any(c == (238, 244, 251) for _, c in top)
+
+
+# --- evals, the gate and promotion ---------------------------------------------------------
+
+def test_eval_writes_gate_summary_and_one_plot_per_metric(project):
+    gate = json.loads((project / "metrics/gate.json").read_text())
+    assert gate["candidate"] == "merged" and isinstance(gate["passed"], bool)
+    assert gate["candidate_sha256"] == manifest(project, "merge")["outputs_sha256"]
+    assert {c["check"] for c in gate["checks"]} == {"task gain over base",
+                                                    "general probe vs base"}
+    assert all(r.startswith(("pass: ", "FAIL: ", "no champion")) for r in gate["reasons"])
+    summary = json.loads((project / "metrics/summary.json").read_text())
+    assert summary["gate_passed"] == int(gate["passed"]) and "task_gain" in summary["sft"]
+    metrics = json.loads((project / "metrics/eval.json").read_text())
+    for model in ("base", "sft", "dpo", "merged", "gguf-q8_0"):
+        for key in ("task_loss", "task_normalised_match", "general_task_score",
+                    "pref_accuracy"):
+            assert key in metrics[model], (model, key)
+    shown = json.loads(run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], project))
+    assert "metrics/summary.json" in json.dumps(shown) and "perf/sft.json" in json.dumps(shown)
+    plots = json.loads(run([sys.executable, "-m", "dvc", "plots", "show", "--json"], project))
+    charts = [name for name in plots["data"] if name.startswith("metrics/plots/")]
+    assert "metrics/plots/task_loss.json" in charts and "metrics/plots/general_loss.json" in charts
+    rows = plots["data"]["metrics/plots/task_loss.json"][0]["content"]["data"]["values"]
+    assert {r["model"] for r in rows} == set(metrics)
+
+
+@pytest.fixture
+def promotable(project, tmp_path) -> Path:
+    """A copy of the finished project with its DVC cache (so `dvc repro` there re-runs only
+    what changed) and its own mlflow.db."""
+    copy = tmp_path / "copy"
+    shutil.copytree(project, copy, symlinks=True, ignore=shutil.ignore_patterns("tmp"))
+    return copy
+
+
+def _promote(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pedigree.cli", "promote", *args], cwd=project,
+                          env=_env(), capture_output=True, text=True, timeout=300, check=False)
+
+
+def _set_gate(project: Path, **values) -> None:
+    import yaml
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["gate"].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_promote_refuses_a_failed_gate_then_promotes_and_gates_against_the_champion(promotable):
+    from mlflow.tracking import MlflowClient
+
+    project = promotable
+    _set_gate(project, min_task_gain=50.0)  # no model gains 50 nats: the gate fails
+    out = run([sys.executable, "-m", "dvc", "repro"], project)
+    assert "Running stage 'eval'" in out and "Running stage 'merge'" not in out
+    assert "gate: FAILED" in out  # a failed gate is a result, not a failed stage
+    proc = _promote(project)
+    assert proc.returncode == 1 and "refused: the gate failed" in proc.stderr, proc.stderr
+    assert "FAIL: task_loss" in proc.stderr
+
+    _set_gate(project, min_task_gain=0.0, general_tolerance={"general_loss": 100.0})
+    run([sys.executable, "-m", "dvc", "repro"], project)
+    assert json.loads((project / "metrics/gate.json").read_text())["passed"] is True
+    dry = _promote(project, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "'pedigree' version 1" in dry.stdout and "no champion -> version 1" in dry.stdout
+    assert json.loads((project / "champion.json").read_text()) == {"champion": None}
+
+    done = _promote(project)
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("pedigree", "champion")
+    assert str(version.version) == "1"
+    merged = manifest(project, "merge")
+    assert version.tags["pedigree.outputs_sha256"] == merged["outputs_sha256"]
+    assert version.tags["pedigree.root.data_sha256"] == merged["roots"]["data_sha256"]
+    assert version.tags["pedigree.root.base_model.id"] == "pedigree/tiny-llama"
+    assert version.source.endswith("/models/merged") and version.run_id
+    champion = json.loads((project / "champion.json").read_text())["champion"]
+    assert champion["version"] == "1" and champion["items"]["task_loss"]
+
+    # The same model again: nothing to promote.
+    again = _promote(project)
+    assert again.returncode == 1 and "already the champion" in again.stderr
+    # The next eval gates against the champion (champion.json is an eval dependency).
+    out = run([sys.executable, "-m", "dvc", "repro"], project)
+    assert "Running stage 'eval'" in out and "Running stage 'sft'" not in out
+    gate = json.loads((project / "metrics/gate.json").read_text())
+    assert gate["champion"]["version"] == "1"
+    assert any(c["check"] == "regression vs champion" for c in gate["checks"])
+
+    # A new candidate is promoted as version 2; version 1 stays registered.
+    _set_gate(project, min_task_gain=0.0, general_tolerance={"general_loss": 100.0},
+              champion_tolerance={"task_loss": 100.0})
+    run([sys.executable, "-m", "dvc", "repro"], project)
+    params = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(params.replace("max_steps: 4", "max_steps: 5", 1))
+    run([sys.executable, "-m", "dvc", "repro"], project)  # a new DPO -> a new merged model
+    done = _promote(project)
+    assert done.returncode == 0, done.stderr
+    assert str(client.get_model_version_by_alias("pedigree", "champion").version) == "2"
+    assert {str(v.version) for v in client.search_model_versions("name = 'pedigree'")} == {
+        "1", "2"}
+
+
+def test_promote_refuses_when_the_lineage_does_not_audit(promotable):
+    _set_gate(promotable, min_task_gain=0.0, general_tolerance={"general_loss": 100.0},
+              champion_tolerance={})
+    run([sys.executable, "-m", "dvc", "repro"], promotable)
+    _flip_byte(promotable / "models/sft/adapter_model.safetensors")
+    proc = _promote(promotable)
+    assert proc.returncode == 1
+    assert "refused: the lineage audit failed" in proc.stderr
+    assert "models/sft/adapter_model.safetensors" in proc.stderr
+
+
+def test_queued_method_sweep_and_report_compare(project):
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "sweep"], project)
+    run([sys.executable, "-m", "dvc", "exp", "run", "--queue", "-S", "experiment=micro",
+         "-S", "sft=lora,full"], project)
+    run([sys.executable, "-m", "dvc", "queue", "start"], project)
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        status = run([sys.executable, "-m", "dvc", "queue", "status"], project)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert "Failed" not in status, status
+    table = run([sys.executable, "-m", "pedigree.cli", "report", "--compare"], project)
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:2] == ["experiment", "sft.method"]
+    for column in ("task gain", "general loss change", "trainable params", "train s",
+                   "peak RSS GiB", "gate"):
+        assert column in header
+    methods = {row.split("|")[2].strip() for row in lines[1:]}
+    assert {"lora", "full"} <= methods
+    full = next(r for r in lines[1:] if r.split("|")[2].strip() == "full")
+    lora = next(r for r in lines[1:] if r.split("|")[2].strip() == "lora")
+    params = header.index("trainable params") + 1
+    count = lambda row: int(row.split("|")[params].strip().replace(",", ""))  # noqa: E731
+    assert count(full) > count(lora)  # full fine-tuning trains every weight

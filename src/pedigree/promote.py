@@ -18,28 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from pedigree import lineage
+from pedigree.champion import CHAMPION_FILE, candidate_dir, read_champion
 from pedigree.errors import PedigreeError
 from pedigree.files import atomic_write_text
 from pedigree.tracking import flatten, runs_for_output, tracking_uri
 
 ALIAS = "champion"
-CHAMPION_FILE = "champion.json"
 
 
 class PromotionRefused(PedigreeError):
     """The gate failed, is stale, or the lineage does not audit clean."""
-
-
-def candidate_dir(candidate: str) -> str:
-    return "models/merged" if candidate in ("sft", "dpo", "merged") else "models/quantized"
-
-
-def read_champion(root: Path) -> dict[str, Any] | None:
-    path = root / CHAMPION_FILE
-    if not path.is_file():
-        raise PromotionRefused(f"{path}: not found; it ships with the repository "
-                               '(`{"champion": null}` before the first promotion)')
-    return json.loads(path.read_text(encoding="utf-8")).get("champion")
 
 
 def _current_gate(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -55,6 +43,12 @@ def _current_gate(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             f"metrics/gate.json judged {candidate_dir(gate['candidate'])} "
             f"{gate['candidate_sha256'][:12]}, but the workspace holds "
             f"{model_manifest['outputs_sha256'][:12]}: run `dvc repro` first")
+    previous = read_champion(root)
+    if previous and previous.get("outputs_sha256") == model_manifest["outputs_sha256"]:
+        raise PromotionRefused(f"{candidate_dir(gate['candidate'])} "
+                               f"{model_manifest['outputs_sha256'][:12]} is already the champion "
+                               f"('{previous.get('registered_model')}' version "
+                               f"{previous.get('version')})")
     recorded = {i["path"]: i["sha256"] for i in eval_manifest["inputs"]}
     now = lineage.file_hashes(root / CHAMPION_FILE)
     if recorded.get(CHAMPION_FILE) != next(iter(now.values())):
@@ -117,6 +111,7 @@ def plan_promotion(root: Path, registered_model: str, audit_experiment: str | No
     if findings:
         raise PromotionRefused("the lineage audit failed:\n  "
                                + "\n  ".join(str(f) for f in findings))
+    previous = read_champion(root)
     evaluated = json.loads((root / "metrics" / "eval.json").read_text(encoding="utf-8"))
     items = json.loads((root / "metrics" / "items.json").read_text(encoding="utf-8"))
     metrics = evaluated[gate["candidate"]]
@@ -128,7 +123,7 @@ def plan_promotion(root: Path, registered_model: str, audit_experiment: str | No
         candidate=gate["candidate"],
         source=(root / candidate_dir(gate["candidate"])).resolve().as_uri(),
         outputs_sha256=manifest["outputs_sha256"],
-        previous=read_champion(root),
+        previous=previous,
     )
     plan.tags = lineage_tags(gate, manifest, eval_runs[-1] if eval_runs else None, metrics)
     plan.record = {

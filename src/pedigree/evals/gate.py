@@ -91,10 +91,13 @@ def check_champion(cfg: GateConfig, candidate: Items, champion: Items) -> list[d
 
 
 def decide(cfg: GateConfig, items: dict[str, Items], champion: dict[str, Any] | None,
-           candidate_sha256: str) -> dict[str, Any]:
-    """The gate record: every check with its reason, and `passed` when all pass."""
+           candidate_sha256: str, preconditions: list[dict[str, Any]] | None = None,
+           ) -> dict[str, Any]:
+    """The gate record: every check with its reason, and `passed` when all pass.
+    `preconditions`: checks the caller made ({"check", "passed", "reason"}), e.g. that a
+    quantized candidate passed its export checks."""
     candidate = items[cfg.candidate]
-    checks = check_base(cfg, candidate, items["base"])
+    checks = [*(preconditions or []), *check_base(cfg, candidate, items["base"])]
     against = None
     if champion and champion.get("items"):
         against = {k: champion[k] for k in ("registered_model", "version", "outputs_sha256")
