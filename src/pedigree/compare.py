@@ -18,16 +18,20 @@ from typing import Any
 from pedigree.errors import PedigreeError
 from pedigree.tracking import flatten
 
-COLUMNS = (  # (header, getter on an experiment row); numbers formatted by `_cell`
-    ("task gain", lambda r: r["summary"].get("sft", {}).get("task_gain")),
-    ("task score gain", lambda r: r["summary"].get("sft", {}).get("task_score_gain")),
-    ("general loss change", lambda r: r["summary"].get("sft", {}).get("general_loss_change")),
-    ("general task change",
-     lambda r: r["summary"].get("sft", {}).get("general_task_score_change")),
-    ("trainable params", lambda r: r["sft"].get("trainable_params")),
-    ("train s", lambda r: r["perf"].get("seconds")),
-    ("peak RSS GiB", lambda r: r["perf"].get("peak_rss_gib")),
-    ("gate", lambda r: {1: "pass", 0: "fail"}.get(r["summary"].get("gate_passed"))),
+def _sft(key: str):
+    return lambda r: r["summary"].get("sft", {}).get(key)
+
+
+# (header, getter on an experiment row, format): "signed" for gains and changes.
+COLUMNS = (
+    ("task gain", _sft("task_gain"), "signed"),
+    ("task score gain", _sft("task_score_gain"), "signed"),
+    ("general loss change", _sft("general_loss_change"), "signed"),
+    ("general task change", _sft("general_task_score_change"), "signed"),
+    ("trainable params", lambda r: r["sft"].get("trainable_params"), "count"),
+    ("train s", lambda r: r["perf"].get("seconds"), "{:.1f}"),
+    ("peak RSS GiB", lambda r: r["perf"].get("peak_rss_gib"), "{:.2f}"),
+    ("gate", lambda r: {1: "pass", 0: "fail"}.get(r["summary"].get("gate_passed")), "{}"),
 )
 
 
@@ -67,15 +71,14 @@ def experiment_rows(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, fmt: str) -> str:
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:+.3f}" if value < 0 or \
-            abs(value) < 10 else f"{value:.1f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+    if fmt == "signed":
+        return f"{value:+.3f}"
+    if fmt == "count":
+        return f"{value:,.0f}"
+    return fmt.format(value)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -86,13 +89,12 @@ def table(rows: list[dict[str, Any]]) -> str:
     keys = sorted({k for r in rows for k in r["params"]})
     varied = [k for k in keys if len({r["params"].get(k) for r in rows}) > 1
               and not k.startswith("sft.partial") and not k.startswith("sft.quant")]
-    if "sft.method" not in varied:
-        varied.insert(0, "sft.method")
-    header = ["experiment", *varied, *(name for name, _ in COLUMNS)]
+    varied = ["sft.method", *(k for k in varied if k != "sft.method")]  # the method first
+    header = ["experiment", *varied, *(name for name, _, _ in COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["name"], *(r["params"].get(k, "-") for k in varied),
-                 *(_cell(get(r)) for _, get in COLUMNS)]
+                 *(_cell(get(r), fmt) for _, get, fmt in COLUMNS)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     notes = ("task gain: the SFT model's gain over the base on gate.task_metric (positive = "
              "better); general loss change: nats/token on general text vs the base (positive = "
