@@ -96,6 +96,8 @@ def test_tracking_logs_tags_params_and_datasets(tmp_path, monkeypatch):
     from pedigree import tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep-1")
     manifest = {
         "stage": "sft", "outputs_sha256": "o" * 64, "params_sha256": "p" * 64,
         "roots": {"data_sha256": "d" * 64,
@@ -115,11 +117,24 @@ def test_tracking_logs_tags_params_and_datasets(tmp_path, monkeypatch):
     assert tags["pedigree.base_model.revision"] == "r" * 40
     assert tags["pedigree.upstream.split"] == "u" * 64
     assert tags["mlflow.source.git.commit"] == "c" * 40
+    assert tags["pedigree.dvc_experiment"] == "lr-sweep-1"
     assert run.data.params == {"sft.learning_rate": "0.002", "sft.lora.r": "16"}
     assert run.data.metrics["val_loss"] == 1.5
     (ds,) = run.inputs.dataset_inputs
     assert (ds.dataset.name, ds.dataset.digest) == ("data/split", "u" * 32)
     assert (tmp_path / "mlflow.db").is_file()
+
+
+def test_queued_experiments_log_to_the_repository_store(tmp_path, monkeypatch):
+    """DVC runs a queued experiment in a temporary copy with DVC_ROOT set to the repository: the
+    default store is the repository's, not the copy's."""
+    from pedigree import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
+    assert tracking.tracking_uri(tmp_path / "copy") == f"sqlite:///{tmp_path}/repo/mlflow.db"
+    monkeypatch.delenv("DVC_ROOT")
+    assert tracking.tracking_uri(tmp_path / "copy") == f"sqlite:///{tmp_path}/copy/mlflow.db"
 
 
 def _fake_chain(root: Path) -> None:

@@ -538,3 +538,10 @@ def test_queued_method_sweep_and_report_compare(project):
     params = header.index("trainable params") + 1
     count = lambda row: int(row.split("|")[params].strip().replace(",", ""))  # noqa: E731
     assert count(full) > count(lora)  # full fine-tuning trains every weight
+    # Queued experiments run in temporary copies but log to the project's own MLflow store.
+    import sqlite3
+
+    with sqlite3.connect(project / "mlflow.db") as con:
+        names = {row[0] for row in con.execute(
+            "SELECT value FROM tags WHERE key = 'pedigree.dvc_experiment'")}
+    assert len(names) >= 2, names

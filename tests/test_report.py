@@ -18,7 +18,12 @@ def test_report_from_manifests_is_self_contained(tmp_path):
     (tmp_path / "metrics/lineage.json").write_text(json.dumps(manifest))
     (tmp_path / "metrics/eval.json").write_text(json.dumps(
         {"base": {"val_loss": 3.0, "task_score": 0.1}, "sft": {"val_loss": 1.5}}))
+    (tmp_path / "metrics/gate.json").write_text(json.dumps(
+        {"passed": False, "candidate": "merged",
+         "reasons": ["pass: task_loss: +7.5 over the base", "FAIL: general_loss: -3.6 <x>"]}))
     page = build_report(tmp_path, tmp_path)
+    assert '<h3 id="gate">Promotion gate: FAILED (merged)</h3>' in page
+    assert "<li>FAIL: general_loss: -3.6 &lt;x&gt;</li>" in page
     graph = re.search(r'<svg id="lineage-graph".*?</svg>', page).group(0)
     assert graph.count("<rect") == 3 and graph.count("<line") == 2  # 3 stages, 2 edges
     for stage in ("eval", "split", "curate"):

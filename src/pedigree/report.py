@@ -195,7 +195,15 @@ def build_report(root: Path, out_dir: Path, final: str = "metrics") -> str:
     if eval_file.is_file():
         results = json.loads(eval_file.read_text())
         sections.append("<h2>Evaluation</h2>" + eval_table(results))
-        for key in ("val_loss", "general_loss", "task_score"):
+        gate_file = root / "metrics/gate.json"
+        if gate_file.is_file():
+            gate = json.loads(gate_file.read_text())
+            verdict = "PASSED" if gate["passed"] else "FAILED"
+            sections.append(f'<h3 id="gate">Promotion gate: {verdict} '
+                            f"({_esc(gate['candidate'])})</h3><ul>" + "".join(
+                                f"<li>{_esc(r)}</li>" for r in gate["reasons"]) + "</ul>")
+        for key in ("task_score", "task_loss", "val_loss", "general_loss",
+                    "general_task_score"):
             values = {m: r[key] for m, r in results.items() if key in r}
             sections.append(f"<h3>{_esc(key)}</h3>" + bar_chart(f"eval-{key}", values, key))
     sections.append("<h2>Training</h2><h3>SFT loss</h3>" + line_chart(

@@ -20,8 +20,15 @@ DIGEST_CHARS = 32
 _PARAM_VALUE_LIMIT = 6000  # characters MLflow accepts per param value
 
 
+def store_root(root: Path) -> Path:
+    """Where the default store lives: the repository, also for a queued DVC experiment, which
+    runs in a temporary copy with DVC_ROOT pointing at the repository it came from."""
+    return Path(os.environ.get("DVC_ROOT") or root)
+
+
 def tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    default = f"sqlite:///{(store_root(root) / 'mlflow.db').resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default
 
 
 def runs_for_output(root: Path, outputs_sha256: str) -> list[str]:
@@ -111,13 +118,15 @@ def log_stage_run(
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         # Without an explicit location, artifacts land in ./mlruns of whatever the cwd is.
-        location = (root / "mlartifacts").resolve().as_uri()
+        location = (store_root(root) / "mlartifacts").resolve().as_uri()
         if os.environ.get("MLFLOW_TRACKING_URI"):
             location = None  # a server decides where its artifacts go
         mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=manifest["stage"]) as run:
         mlflow.set_tags(stage_tags(manifest, output_path))
+        if os.environ.get("DVC_EXP_NAME"):  # a DVC experiment (`dvc exp run`, queued or not)
+            mlflow.set_tag(f"{TAG_PREFIX}dvc_experiment", os.environ["DVC_EXP_NAME"])
         # Link to the runs that made this stage's inputs: the latest run tagged with each
         # upstream output's hash (the UI shows them as tags on this run).
         for up in manifest["upstream"]:
