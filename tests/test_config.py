@@ -30,9 +30,10 @@ def test_params_yaml_is_the_composition_of_conf(tmp_path):
 
 
 def _group_options() -> list[tuple[str, str]]:
-    # conf/accelerate/ holds accelerate's own config files (accelerate.config_file), not a group.
+    # conf/accelerate/ holds accelerate's own config files (accelerate.config_file), not a group;
+    # conf/hydra/ holds `pedigree sweep` presets for Hydra itself (tested in test_sweep.py).
     return [(group.name, f.stem) for group in sorted(CONF.iterdir())
-            if group.is_dir() and group.name != "accelerate"
+            if group.is_dir() and group.name not in ("accelerate", "hydra")
             for f in sorted(group.glob("*.yaml"))]
 
 

@@ -183,6 +183,33 @@ def _promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from pedigree.sweep import main
+
+    if not args.overrides:
+        print("pedigree sweep: give overrides, e.g. -m sft.learning_rate=1e-4,3e-4 sft=lora,dora",
+              file=sys.stderr)
+        return 2
+    return main(args.overrides, Path("."), args.objective, args.direction)
+
+
+def _base_check(args: argparse.Namespace) -> int:
+    from pedigree.basecheck import CHANGED_EXIT, as_json, as_text, check
+
+    pins = check(Path(args.conf), Path(args.mirror) if args.mirror else None, args.model)
+    if args.format == "json":
+        print(json.dumps(as_json(pins), indent=2))
+    else:
+        print(as_text(pins), end="")
+    return CHANGED_EXIT if any(p.changed for p in pins) else 0
+
+
+def _rebase(args: argparse.Namespace) -> int:
+    from pedigree.rebase import rebase
+
+    return rebase(Path("."), args.model, args.revision, args.promote, args.set or [])
+
+
 def _hash(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.exists():
@@ -280,6 +307,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="check and say what it would do")
     p.add_argument("--name", help="registered model name (default: gate.registered_model)")
     p.set_defaults(func=_promote)
+
+    p = sub.add_parser("sweep", help="Hydra multirun: one DVC experiment per configuration")
+    p.add_argument("--objective", default="models/sft/metrics.json:val_loss",
+                   help="metrics file:key that the jobs return (default: SFT validation loss)")
+    p.add_argument("--direction", choices=("minimize", "maximize"), default="minimize")
+    p.add_argument("overrides", nargs=argparse.REMAINDER,
+                   help="-m and Hydra overrides, e.g. -m sft.learning_rate=1e-4,3e-4 "
+                   "hydra/sweeper=tpe hydra/launcher=parallel")
+    p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("base", help="base models: is a newer revision out?")
+    base_sub = p.add_subparsers(dest="base_command", required=True)
+    p = base_sub.add_parser("check", help="compare each pinned hub model with the latest "
+                            "revision (exit 0: current, 10: newer revision, 1: error)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--mirror", help="a local Hugging Face cache directory to ask instead of the "
+                   "Hub (default offline: HF_HUB_CACHE)")
+    p.add_argument("--model", help="only this conf/model file")
+    p.add_argument("--conf", default="conf", help=argparse.SUPPRESS)
+    p.set_defaults(func=_base_check)
+
+    p = sub.add_parser("rebase", help="run the pipeline on a new base model as a DVC experiment")
+    p.add_argument("model", help="a conf/model/ file name, e.g. llama")
+    p.add_argument("--revision", help="the new 40-character revision (default: the file's)")
+    p.add_argument("--promote", action="store_true", help="promote when the gate passes")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="another override for the experiment (repeatable)")
+    p.set_defaults(func=_rebase)
 
     p = sub.add_parser("hash", help="content hash of a file or directory, as manifests record it")
     p.add_argument("path")

@@ -18,6 +18,7 @@ from typing import Any
 from pedigree.errors import PedigreeError
 from pedigree.tracking import flatten
 
+
 def _sft(key: str):
     return lambda r: r["summary"].get("sft", {}).get(key)
 

@@ -127,6 +127,8 @@ def log_stage_run(
         mlflow.set_tags(stage_tags(manifest, output_path))
         if os.environ.get("DVC_EXP_NAME"):  # a DVC experiment (`dvc exp run`, queued or not)
             mlflow.set_tag(f"{TAG_PREFIX}dvc_experiment", os.environ["DVC_EXP_NAME"])
+        if os.environ.get("PEDIGREE_SWEEP_ID"):  # a job of `pedigree sweep`
+            mlflow.set_tag(f"{TAG_PREFIX}sweep", os.environ["PEDIGREE_SWEEP_ID"])
         # Link to the runs that made this stage's inputs: the latest run tagged with each
         # upstream output's hash (the UI shows them as tags on this run).
         for up in manifest["upstream"]:

@@ -9,7 +9,9 @@ Writes, from one seed:
   exact duplicates, near duplicates, malformed rows and rows copied from the eval set, so that
   curation has real work to do;
 - `data/eval/task.jsonl`: held-out task prompts with references and how to match them;
-- `data/eval/general.jsonl`: held-out general text, the forgetting probe.
+- `data/eval/general.jsonl`: held-out general text, the forgetting probe;
+- `data/eval/general_tasks.jsonl`: cloze prompts about facts and phrases of the general text,
+  which the pretrained base completes (its "general tasks", the second forgetting probe).
 
 The generator is part of the library so that the committed files can be re-created and checked
 (a test regenerates them and compares bytes).
@@ -207,6 +209,40 @@ MALFORMED_CHAT = [
 ]
 
 
+# The JSON task's answers: a record with exactly these fields (task_json_valid checks it).
+RECORD_SCHEMA = {"type": "object", "required": ["name", "age", "city"],
+                 "additionalProperties": False,
+                 "properties": {"name": {"type": "string"},
+                                "age": {"type": "integer", "minimum": 0},
+                                "city": {"type": "string"}}}
+
+
+def general_tasks() -> list[dict]:
+    """Cloze prompts in the general text's own phrasing (city facts, records, market sentences,
+    fixed phrases), answered by plain-text continuation: what the base model can already do."""
+    rows = [{"id": f"fact-{i:03d}", "task": "fact", "prompt": f"{city} is a city in",
+             "reference": country} for i, (city, country) in enumerate(sorted(CITIES.items()))]
+    people = [("Nora", 30, "Rome"), ("Sami", 41, "Oslo"), ("Quinn", 57, "Lima"),
+              ("Dara", 22, "Paris"), ("Lena", 66, "Vienna"), ("Jonas", 38, "Madrid"),
+              ("Ines", 75, "Warsaw"), ("Chen", 49, "Dublin")]
+    rows += [{"id": f"record-{i:03d}", "task": "record", "reference": city,
+              "prompt": f'{name} is {age} years old and lives in {city}; as a record, '
+                        f'{{"name": "{name}", "age": {age}, "city": "'}
+             for i, (name, age, city) in enumerate(people)]
+    purchases = [("June", "Ines", 15, "lemons", "garden"), ("March", "Rosa", 7, "pears", "river"),
+                 ("May", "Kemal", 23, "apples", "lake"), ("October", "Farid", 4, "plums", "hill"),
+                 ("April", "Lena", 31, "grapes", "valley"),
+                 ("July", "Sami", 12, "kiwis", "forest")]
+    rows += [{"id": f"market-{i:03d}", "task": "market", "reference": "market",
+              "prompt": f"In {month}, {name} bought {n} {fruit} at the {place}"}
+             for i, (month, name, n, fruit, place) in enumerate(purchases)]
+    rows += [{"id": "phrase-000", "task": "phrase", "reference": "comes first",
+              "prompt": "Reverse the order of the list and the last item"},
+             {"id": "phrase-001", "task": "phrase", "reference": "smallest first",
+              "prompt": "Sort the numbers in ascending order to put the"}]
+    return [{**row, "match": "normalised"} for row in rows]
+
+
 def generate(root: Path, seed: int = SEED) -> dict[str, Path]:
     """Write the whole sample under `root`; returns the files written."""
     rng = random.Random(seed)
@@ -247,7 +283,8 @@ def generate(root: Path, seed: int = SEED) -> dict[str, Path]:
     probe_rng = random.Random(seed + 2)
     general = [{"id": f"general-{i:03d}", "text": general_paragraph(probe_rng)} for i in range(64)]
     task_eval = [{"id": f"{r['task']}-{i:03d}", "task": r["task"], "prompt": r["prompt"],
-                  "reference": r["output"], "match": r["match"]}
+                  "reference": r["output"], "match": r["match"],
+                  **({"schema": RECORD_SCHEMA} if r["match"] == "json" else {})}
                  for i, r in enumerate(eval_rows)]
 
     files = {
@@ -257,6 +294,7 @@ def generate(root: Path, seed: int = SEED) -> dict[str, Path]:
         "preferences": root / "data/raw/preferences.jsonl",
         "task_eval": root / "data/eval/task.jsonl",
         "general_eval": root / "data/eval/general.jsonl",
+        "general_tasks": root / "data/eval/general_tasks.jsonl",
     }
     contents = {
         "corpus": corpus,
@@ -265,6 +303,7 @@ def generate(root: Path, seed: int = SEED) -> dict[str, Path]:
         "preferences": _jsonl(prefs),
         "task_eval": _jsonl(task_eval),
         "general_eval": _jsonl(general),
+        "general_tasks": _jsonl(general_tasks()),
     }
     for key, path in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,89 @@
+"""`pedigree rebase MODEL [--revision R] [--promote]`: the pipeline on a new base model.
+
+Runs `dvc exp run -S model=MODEL [-S model.revision=R]` in the workspace, a DVC experiment whose
+results land in the workspace (`dvc exp apply` or git brings back another). DVC re-runs what the
+new base changes and reuses the rest: curation and split depend on the raw data and the base's
+tokenizer only, so a new revision with the same tokenizer reuses them (the output says which
+stages ran and which were reused). The eval stage gates the new candidate against the base and
+the champion; the comparison prints as a table, and with --promote a passing candidate is
+promoted (`pedigree promote`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pedigree.errors import PedigreeError
+
+STAGES = ("base", "curate", "split", "sft", "dpo", "merge", "quantize", "eval")
+
+
+def experiment_command(model: str, revision: str | None, extra: list[str]) -> list[str]:
+    name = f"rebase-{model}" + (f"-{revision[:8]}" if revision else "")
+    cmd = [sys.executable, "-m", "dvc", "exp", "run", "-n", name, "-S", f"model={model}"]
+    if revision:
+        cmd += ["-S", f"model.revision={revision}"]
+    for override in extra:
+        cmd += ["-S", override]
+    return cmd
+
+
+def stages_run(output: str) -> tuple[list[str], list[str]]:
+    """(stages that ran, stages DVC reused) from `dvc exp run` output."""
+    ran = re.findall(r"Running stage '([\w-]+)'", output)
+    reused = re.findall(r"Stage '([\w-]+)' (?:didn't change|is cached)", output)
+    return ran, [s for s in reused if s not in ran]
+
+
+def comparison(gate: dict[str, Any], evaluated: dict[str, dict[str, float]],
+               champion: dict[str, Any] | None) -> str:
+    """Markdown: each gated metric for the base, the champion and the candidate, and the check."""
+    cand = evaluated[gate["candidate"]]
+    checks: dict[str, list[str]] = {}
+    for c in gate["checks"]:
+        if "metric" in c:
+            checks.setdefault(c["metric"], []).append(("pass" if c["passed"] else "FAIL")
+                                                      + f" ({c['check']})")
+    champ = (champion or {}).get("metrics", {})
+    lines = ["| metric | base | champion | candidate | gate |", "|---|---:|---:|---:|---|"]
+    for metric in sorted(checks):
+        cells = [f"{m[metric]:.4g}" if metric in m else "-"
+                 for m in (evaluated["base"], champ, cand)]
+        lines.append(f"| {metric} | " + " | ".join(cells) + f" | {'; '.join(checks[metric])} |")
+    who = (f"champion: '{champion['registered_model']}' version {champion['version']}"
+           if champion else "no champion yet")
+    verdict = "PASSED" if gate["passed"] else "FAILED"
+    return "\n".join(lines) + f"\n\ngate {verdict} for {gate['candidate']} ({who})\n"
+
+
+def rebase(root: Path, model: str, revision: str | None, promote: bool,
+           extra: list[str]) -> int:
+    from pedigree.champion import read_champion
+
+    if not (root / "conf" / "model" / f"{model}.yaml").is_file():
+        raise PedigreeError(f"conf/model/{model}.yaml: no such model config")
+    cmd = experiment_command(model, revision, extra)
+    print("[rebase] " + " ".join(cmd[2:]), flush=True)
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    output = done.stdout + done.stderr
+    if done.returncode:
+        raise PedigreeError(f"the experiment failed:\n{output[-3000:]}")
+    ran, reused = stages_run(output)
+    print(f"[rebase] re-ran: {', '.join(ran) or 'nothing'}")
+    print(f"[rebase] reused: {', '.join(reused) or 'nothing'}")
+    gate = json.loads((root / "metrics/gate.json").read_text())
+    evaluated = json.loads((root / "metrics/eval.json").read_text())
+    print(comparison(gate, evaluated, read_champion(root)), end="")
+    if not promote:
+        return 0
+    if not gate["passed"]:
+        print("[rebase] not promoted: the gate failed")
+        return 1
+    from pedigree.cli import main as cli
+
+    return cli(["promote"])

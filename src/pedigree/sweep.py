@@ -1,0 +1,131 @@
+"""`pedigree sweep`: a Hydra multirun over the pipeline, one DVC experiment per job.
+
+    pedigree sweep -m sft.learning_rate=1e-4,3e-4 sft=lora,dora
+    pedigree sweep -m 'sft.learning_rate=interval(1e-4,3e-3)' hydra/sweeper=optuna
+
+Hydra enumerates the configurations (the basic grid sweeper, or Optuna from conf/hydra/sweeper/)
+and launches the jobs (in turn, or through joblib or submitit from conf/hydra/launcher/). Each
+job is `dvc exp run --temp -S <its overrides>`: its own temporary workspace (jobs cannot clobber
+each other or the user's), unchanged upstream stages (base, curate, split) reused from the DVC
+cache, runs logged to the repository's MLflow store tagged `pedigree.sweep`, the experiment in
+`dvc exp show`. The job returns the objective (the SFT validation loss by default) so Hydra's
+sweepers can optimise it; `pedigree sweep` ends by printing the best job and how to adopt it.
+
+The job function runs inside Hydra (`python -m pedigree.sweep ...`); `main` is the CLI side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pedigree.errors import PedigreeError
+from pedigree.files import atomic_write_text
+
+SWEEP_ENV = "PEDIGREE_SWEEP_ID"
+ROOT_ENV = "PEDIGREE_SWEEP_ROOT"
+OBJECTIVE_ENV = "PEDIGREE_SWEEP_OBJECTIVE"
+DEFAULT_OBJECTIVE = "models/sft/metrics.json:val_loss"
+
+
+def objective_value(shown: list[dict[str, Any]], name: str, objective: str) -> float:
+    """The objective (`metrics file:dotted.key`) of experiment `name` in `dvc exp show --json`."""
+    from pedigree.compare import _files, _nodes
+
+    path, _, key = objective.partition(":")
+    for node in _nodes(shown):
+        if node.get("name") == name:
+            value: Any = _files((node.get("data") or {}).get("metrics")).get(path, {})
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if not isinstance(value, int | float):
+                raise PedigreeError(f"experiment {name}: no {key} in {path}")
+            return float(value)
+    raise PedigreeError(f"experiment {name} not found in `dvc exp show`")
+
+
+def run_job(overrides: list[str], job_num: int) -> float:
+    """One sweep job: a DVC experiment in a temporary workspace; returns the objective."""
+    root = Path(os.environ[ROOT_ENV])
+    sweep_id = os.environ[SWEEP_ENV]
+    objective = os.environ.get(OBJECTIVE_ENV, DEFAULT_OBJECTIVE)
+    name = f"{sweep_id}-{job_num}"
+    cmd = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name]
+    for override in overrides:
+        cmd += ["-S", override]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if done.returncode:
+        raise PedigreeError(f"sweep job {name} ({' '.join(overrides)}) failed:\n"
+                            f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=root,
+                           capture_output=True, text=True, check=True).stdout
+    value = objective_value(json.loads(shown), name, objective)
+    result = {"job": job_num, "experiment": name, "overrides": overrides,
+              "objective": objective, "value": value}
+    out = root / "sweeps" / sweep_id
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"job-{job_num}.json", json.dumps(result, indent=2) + "\n")
+    print(f"[sweep] {name}: {' '.join(overrides)} -> {objective} = {value:.6g}", flush=True)
+    return value
+
+
+def _hydra_job(cfg) -> float:  # cfg unused: DVC composes the config from the overrides
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    return run_job(list(hc.overrides.task), int(hc.job.num))
+
+
+def sweep_id(args: list[str], commit: str) -> str:
+    """A short id for the sweep: a hash of the arguments and the commit it starts from (so the
+    same sweep twice gets the same experiment names, and DVC refuses to clobber them)."""
+    return "sweep-" + hashlib.sha256(json.dumps([args, commit]).encode()).hexdigest()[:8]
+
+
+def best(results: list[dict[str, Any]], direction: str) -> dict[str, Any]:
+    pick = min if direction == "minimize" else max
+    return pick(results, key=lambda r: r["value"])
+
+
+def main(args: list[str], root: Path, objective: str, direction: str) -> int:
+    """Run the multirun, then print every job and the best configuration."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                          text=True).stdout.strip()
+    if not head:
+        raise PedigreeError("pedigree sweep runs DVC experiments from a commit: commit first")
+    sid = sweep_id(args, head)
+    env = {**os.environ, SWEEP_ENV: sid, ROOT_ENV: str(root.resolve()),
+           OBJECTIVE_ENV: objective}
+    out = root / "sweeps" / sid
+    multirun = [] if {"-m", "--multirun"} & set(args) else ["--multirun"]
+    cmd = [sys.executable, "-m", "pedigree.sweep", *multirun, "--config-dir",
+           str((root / "conf").resolve()), "--config-name", "config", *args,
+           f"hydra.sweep.dir={out.resolve()}", "hydra.job.chdir=false"]
+    print(f"[sweep] {sid}: {' '.join(args)}", flush=True)
+    done = subprocess.run(cmd, cwd=root, env=env)
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("job-*.json"))]
+    if done.returncode or not results:
+        raise PedigreeError(f"sweep {sid} failed (exit {done.returncode}); jobs finished: "
+                            f"{len(results)}")
+    top = best(results, direction)
+    print(f"\n[sweep] {sid}: {len(results)} jobs, {objective} ({direction}):")
+    for r in sorted(results, key=lambda r: r["job"]):
+        mark = "*" if r is top else " "
+        print(f"  {mark} {r['experiment']}  {r['value']:.6g}  {' '.join(r['overrides'])}")
+    sets = " ".join(f"-S '{o}'" for o in top["overrides"])
+    print(f"\nbest: {top['experiment']} ({objective} = {top['value']:.6g})")
+    print(f"adopt it:  dvc exp apply {top['experiment']}      (its results, into the workspace)")
+    print(f"   or run: dvc exp run {sets}")
+    atomic_write_text(out / "best.json", json.dumps(top, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    import hydra
+
+    hydra.main(version_base=None, config_path=None, config_name="config")(_hydra_job)()
