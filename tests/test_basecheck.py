@@ -64,3 +64,14 @@ def test_errors_name_the_file(tmp_path, capsys):
     (conf / "model" / "bad.yaml").write_text("source: hub\nid: org/x\n")
     assert main(["base", "check", "--conf", str(conf), "--mirror", str(tmp_path)]) == 1
     assert "bad.yaml: a hub model needs id and a 40-character revision" in capsys.readouterr().err
+
+
+def test_rebase_command_keeps_the_revision_a_string():
+    from pedigree.rebase import experiment_command, stages_run
+
+    cmd = experiment_command("llama", "1234567890" * 4, ["experiment=micro"])
+    assert cmd[-6:] == ["-S", "model=llama", "-S", "model.revision='" + "1234567890" * 4 + "'",
+                        "-S", "experiment=micro"]
+    ran, reused = stages_run("Stage 'curate' didn't change, skipping\nRunning stage 'base':\n"
+                             "Stage 'split' didn't change, skipping\nRunning stage 'sft':\n")
+    assert ran == ["base", "sft"] and reused == ["curate", "split"]

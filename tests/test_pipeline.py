@@ -396,6 +396,12 @@ def test_report_renders_in_headless_chromium(project, tmp_path):
     assert any(c == (31, 119, 180) for _, c in top) or any(c == (238, 244, 251) for _, c in top)
 
 
+def _commit(project: Path, message: str) -> None:
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty",
+         "-m", message], project)
+
+
 # --- evals, the gate and promotion ---------------------------------------------------------
 
 def test_eval_writes_gate_summary_and_one_plot_per_metric(project):
@@ -514,10 +520,9 @@ def test_promote_refuses_when_the_lineage_does_not_audit(promotable):
 def test_queued_2x2_grid_and_report_compare(project):
     """`dvc exp run --queue` with a 2x2 grid (method x learning rate), `dvc queue start`, then the
     method table."""
-    run(["git", "add", "-A"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "sweep"], project)
+    _commit(project, "sweep")
     run([sys.executable, "-m", "dvc", "exp", "run", "--queue", "-S", "experiment=micro",
-         "-S", "sft=lora,full", "-S", "sft.learning_rate=0.001,0.002"], project)
+         "-S", "sft=lora,full", "-S", "sft.learning_rate=0.0015,0.0025"], project)
     run([sys.executable, "-m", "dvc", "queue", "start"], project)
     deadline = time.time() + 900
     while time.time() < deadline:
@@ -534,7 +539,7 @@ def test_queued_2x2_grid_and_report_compare(project):
                    "peak RSS GiB", "gate"):
         assert column in header
     grid = {(row.split("|")[2].strip(), row.split("|")[3].strip()) for row in lines[1:]}
-    assert {("lora", "0.001"), ("lora", "0.002"), ("full", "0.001"), ("full", "0.002")} <= grid
+    assert {(m, lr) for m in ("lora", "full") for lr in ("0.0015", "0.0025")} <= grid
     full = next(r for r in lines[1:] if r.split("|")[2].strip() == "full")
     lora = next(r for r in lines[1:] if r.split("|")[2].strip() == "lora")
     params = header.index("trainable params") + 1
@@ -552,8 +557,7 @@ def test_queued_2x2_grid_and_report_compare(project):
 def test_pedigree_sweep_2x2_grid_returns_the_best(project):
     """`pedigree sweep -m`: a Hydra multirun, each job a DVC experiment in its own temporary
     workspace, upstream stages reused, the objective returned, the best one printed."""
-    run(["git", "add", "-A"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "grid"], project)
+    _commit(project, "grid")
     out = run([sys.executable, "-m", "pedigree.cli", "sweep", "-m", "experiment=micro",
                "sft.lora.r=4,8", "sft.learning_rate=0.001,0.003"], project)
     sweep = out.split("[sweep] ")[1].split(":")[0]
@@ -605,8 +609,7 @@ def test_base_check_and_rebase_onto_a_new_revision(project, tmp_path, monkeypatc
     (project / "conf/model/hubmicro.yaml").write_text(
         "name: hubmicro\nsource: hub\nid: pedigree/micro-hub\n"
         f"revision: '{rev1}'\npath: null\ntrust_remote_code: false\nbuild: null\n")
-    run(["git", "add", "-A"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "hub"], project)
+    _commit(project, "hub")
     cli = [sys.executable, "-m", "pedigree.cli"]
     check = subprocess.run(cli + ["base", "check", "--format", "json"], cwd=project, env=_env(),
                            capture_output=True, text=True, timeout=120)

@@ -61,3 +61,12 @@ def test_best_and_sweep_id():
     assert best(results, "minimize")["job"] == 1 and best(results, "maximize")["job"] == 2
     assert sweep_id(["-m", "a=1,2"], "c" * 40) == sweep_id(["-m", "a=1,2"], "c" * 40)
     assert sweep_id(["-m", "a=1,2"], "c" * 40) != sweep_id(["-m", "a=1,3"], "c" * 40)
+
+
+def test_cli_takes_hydra_spelling():
+    from pedigree.cli import build_parser
+
+    args = build_parser().parse_args(["sweep", "-m", "experiment=micro", "sft.lora.r=4,8",
+                                      "hydra/sweeper=tpe"])
+    assert args.overrides == ["experiment=micro", "sft.lora.r=4,8", "hydra/sweeper=tpe"]
+    assert args.objective == "models/sft/metrics.json:val_loss"

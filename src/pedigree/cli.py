@@ -312,8 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", default="models/sft/metrics.json:val_loss",
                    help="metrics file:key that the jobs return (default: SFT validation loss)")
     p.add_argument("--direction", choices=("minimize", "maximize"), default="minimize")
-    p.add_argument("overrides", nargs=argparse.REMAINDER,
-                   help="-m and Hydra overrides, e.g. -m sft.learning_rate=1e-4,3e-4 "
+    p.add_argument("-m", "--multirun", action="store_true",
+                   help="accepted for Hydra's spelling; a sweep is always a multirun")
+    p.add_argument("overrides", nargs="*",
+                   help="Hydra overrides, e.g. sft.learning_rate=1e-4,3e-4 sft=lora,dora "
                    "hydra/sweeper=tpe hydra/launcher=parallel")
     p.set_defaults(func=_sweep)
 

@@ -62,7 +62,9 @@ def _current_gate(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def lineage_tags(gate: dict[str, Any], manifest: dict[str, Any], eval_run: str | None,
                  metrics: dict[str, float]) -> dict[str, str]:
-    roots = manifest["roots"]
+    roots = dict(manifest["roots"])
+    if isinstance(roots.get("base_model"), dict):  # its sha256 covers the per-file hashes
+        roots["base_model"] = {k: v for k, v in roots["base_model"].items() if k != "files"}
     tags = {
         "pedigree.outputs_sha256": manifest["outputs_sha256"],
         "pedigree.candidate": gate["candidate"],

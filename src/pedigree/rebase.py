@@ -26,8 +26,8 @@ STAGES = ("base", "curate", "split", "sft", "dpo", "merge", "quantize", "eval")
 def experiment_command(model: str, revision: str | None, extra: list[str]) -> list[str]:
     name = f"rebase-{model}" + (f"-{revision[:8]}" if revision else "")
     cmd = [sys.executable, "-m", "dvc", "exp", "run", "-n", name, "-S", f"model={model}"]
-    if revision:
-        cmd += ["-S", f"model.revision={revision}"]
+    if revision:  # quoted: a revision of digits (or like 1e5...) must stay a string
+        cmd += ["-S", f"model.revision='{revision}'"]
     for override in extra:
         cmd += ["-S", override]
     return cmd
