@@ -128,3 +128,19 @@ def test_a_stage_with_a_bad_value_fails_before_work_without_traceback(tmp_path):
     assert "split.validation_fraction = 2" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists()  # nothing was written
+
+
+def test_a_secret_in_config_is_refused_without_echoing_it():
+    import yaml
+
+    from pedigree.config import ConfigError, parse_params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["tracking"]["api_token"] = "hf_plantedTokenQ7x93kd"
+    raw["model"]["password"] = "planted-pw-5c1e4"
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    message = str(err.value)
+    assert "tracking.api_token: unknown key (value '<redacted>')" in message
+    assert "model.password: unknown key" in message
+    assert "hf_planted" not in message and "planted-pw" not in message

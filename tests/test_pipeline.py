@@ -27,8 +27,15 @@ OUTS = {"base": "models/base", "curate": "data/curated", "split": "data/split",
 pytestmark = pytest.mark.slow
 
 
+# Credentials planted in every command's environment: none may reach anything written or logged.
+SECRETS = {"HF_TOKEN": "hf_plantedTokenQ7x93kd", "MLFLOW_TRACKING_PASSWORD": "planted-pw-5c1e4",
+           "PEDIGREE_API_KEY": "planted-api-key-77ab", "AWS_SECRET_ACCESS_KEY": "planted-aws-9f0d"}
+OUTPUTS: list[str] = []  # everything the commands printed
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
+    env.update(SECRETS)
     env.pop("MLFLOW_TRACKING_URI", None)  # the scratch clone's own ./mlflow.db
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -37,6 +44,7 @@ def _env() -> dict[str, str]:
 
 def run(cmd: list[str], cwd: Path) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=1200)
+    OUTPUTS.append(proc.stdout + proc.stderr)
     if proc.returncode:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
                              f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -86,6 +94,22 @@ def test_every_stage_ran_and_wrote_a_manifest(project):
         assert "timestamp" not in json.dumps(m)
     lock = (project / "dvc.lock").read_text()
     assert all(f"  {stage}:" in lock for stage in STAGES)
+
+
+def test_no_planted_secret_is_written_or_logged(project):
+    """The whole pipeline ran with credentials in its environment: no manifest, model card,
+    MLflow param, tag or artifact, DVC file or log holds any of them."""
+    values = [v.encode() for v in SECRETS.values()]
+    leaks = []
+    for path in project.rglob("*"):
+        if path.is_relative_to(project / "tests"):
+            continue  # the tests themselves hold the planted values
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            leaks += [f"{path.relative_to(project)}" for v in values if v in data]
+    leaks += ["output of a command" for out in OUTPUTS for v in SECRETS.values() if v in out]
+    assert not leaks, leaks
+    assert (project / "mlflow.db").is_file() and OUTPUTS
 
 
 def test_manifests_are_rooted_in_the_raw_data_hash(project):
@@ -152,6 +176,28 @@ def test_second_repro_does_nothing(project):
     out = run([sys.executable, "-m", "dvc", "repro"], project)
     assert "Running stage" not in out
     assert "up to date" in out
+
+
+def test_a_second_repro_at_once_is_refused_and_nothing_is_corrupt(project, tmp_path):
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:  # a file, not a pipe: a full pipe would stall the first run
+        first = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-f", "-s", "eval"],
+                                 cwd=project, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while not (project / ".metrics.tmp").exists() and first.poll() is None \
+                and time.time() < deadline:
+            time.sleep(0.05)  # until the eval stage is writing its output
+        assert first.poll() is None, "the first repro ended before the second could start"
+        second = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project,
+                                env=_env(), capture_output=True, text=True, timeout=300)
+        assert first.wait(timeout=600) == 0, log.read_text()[-3000:]
+    # DVC's lock on the outputs the first run holds refuses the second, in one clear message.
+    assert second.returncode != 0, second.stdout
+    assert "is busy, it is being blocked by" in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr
+    audit = subprocess.run([sys.executable, "-m", "pedigree.cli", "audit", "--no-mlflow"],
+                           cwd=project, env=_env(), capture_output=True, text=True, timeout=300)
+    assert audit.returncode == 0, audit.stderr
 
 
 def test_lineage_prints_the_chain_to_the_raw_data(project):

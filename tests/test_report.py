@@ -53,3 +53,11 @@ def test_lineage_svg_layers_follow_the_dag():
         r'<rect x="([\d.]+)" y="[\d.]+" width="\d+" height="\d+" rx="6"/><text x="[\d.]+" '
         r'y="[\d.]+" font-weight="bold">(\w)</text>', svg)}
     assert xs["a"] < xs["b"] < xs["c"]
+
+
+def test_run_links_never_carry_credentials():
+    from pedigree.report import public_uri
+
+    assert public_uri("https://bob:s3cret@mlflow.example.com:8443/x") == \
+        "https://mlflow.example.com:8443/x"
+    assert public_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"

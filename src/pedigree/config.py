@@ -7,6 +7,7 @@ the key, the value and what is allowed. Unknown keys are errors: a typo must not
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -438,11 +439,15 @@ class ConfigError(PedigreeError, ValueError):
     """A params file that does not match the schema; the message is meant for the user."""
 
 
+# Keys whose values are never echoed (in errors, which reach logs): they may hold credentials.
+SECRET_KEY = re.compile(r"(key|token|secret|password|passwd|credential)", re.IGNORECASE)
+
+
 def _format_errors(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: invalid configuration"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(root)"
-        value = e.get("input")
+        value = "<redacted>" if SECRET_KEY.search(key) else e.get("input")
         allowed = e.get("ctx", {}).get("expected") or e["msg"]
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (value {value!r}); check its spelling in conf/")

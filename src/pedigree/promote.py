@@ -21,7 +21,7 @@ from pedigree import lineage
 from pedigree.champion import CHAMPION_FILE, candidate_dir, read_champion
 from pedigree.errors import PedigreeError
 from pedigree.files import atomic_write_text
-from pedigree.tracking import flatten, runs_for_output, tracking_uri
+from pedigree.tracking import flatten, runs_for_output, store_lock, tracking_uri
 
 ALIAS = "champion"
 
@@ -144,22 +144,23 @@ def register(root: Path, plan: Plan, eval_run: str | None) -> str:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri(root))
-    try:
-        client.get_registered_model(plan.registered_model)
-    except MlflowException:
-        client.create_registered_model(
-            plan.registered_model, description="Models promoted by pedigree; the "
-            f"'{ALIAS}' alias is the current champion.")
-    version = client.create_model_version(
-        plan.registered_model, source=plan.source, run_id=eval_run, tags=plan.tags,
-        description=f"{plan.candidate} {plan.outputs_sha256[:12]}, promoted through the gate",
-    ).version
-    client.set_registered_model_alias(plan.registered_model, ALIAS, version)
-    record = {**plan.record, "version": str(version)}
+    with store_lock(root):  # one writer at a time on the SQLite store
+        client = MlflowClient(tracking_uri(root))
+        try:
+            client.get_registered_model(plan.registered_model)
+        except MlflowException:
+            client.create_registered_model(
+                plan.registered_model, description="Models promoted by pedigree; the "
+                f"'{ALIAS}' alias is the current champion.")
+        version = str(client.create_model_version(
+            plan.registered_model, source=plan.source, run_id=eval_run, tags=plan.tags,
+            description=f"{plan.candidate} {plan.outputs_sha256[:12]}, promoted through the gate",
+        ).version)
+        client.set_registered_model_alias(plan.registered_model, ALIAS, version)
+    record = {**plan.record, "version": version}
     atomic_write_text(root / CHAMPION_FILE,
                       json.dumps({"champion": record}, indent=2, sort_keys=True) + "\n")
-    return str(version)
+    return version
 
 
 def next_version(root: Path, registered_model: str) -> str:

@@ -7,10 +7,12 @@ Weights are referenced by hash in tags, never copied into the artifact store.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,25 @@ def stage_tags(manifest: dict[str, Any], output_path: str) -> dict[str, str]:
     return out
 
 
+@contextmanager
+def store_lock(root: Path) -> Iterator[None]:
+    """Exclusive use of the default SQLite store across processes (parallel DVC experiments,
+    sweep jobs): SQLite allows one writer, and MLflow creating or migrating the schema from two
+    processes at once fails ("duplicate column name"). A server store needs no lock."""
+    uri = tracking_uri(root)
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # blocks until the other writer is done
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def log_stage_run(
     *,
     root: Path,
@@ -110,6 +131,13 @@ def log_stage_run(
     `datasets` maps an input path to its content hash; `history` holds (step, metrics) pairs for
     training curves; `artifacts` are small files (manifest, reports, adapters) to attach.
     """
+    with store_lock(root):
+        return _log_stage_run(root, experiment, manifest, output_path, metrics, history,
+                              datasets, artifacts)
+
+
+def _log_stage_run(root, experiment, manifest, output_path, metrics, history, datasets,
+                   artifacts) -> str:
     import mlflow
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
