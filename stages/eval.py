@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from pedigree.champion import candidate_dir, read_champion
-from pedigree.config import load_params
+from pedigree.config import ConfigError, load_params
 from pedigree.evals.gate import decide
 from pedigree.evals.models import pipeline_models
 from pedigree.evals.outputs import plot_tables, write_outputs
@@ -37,7 +37,7 @@ with stage_run("eval", out="metrics",
     models = pipeline_models(Path("."), trust)
     quantized = json.loads(Path("models/quantized/report.json").read_text())
     if params.gate.candidate not in models:
-        raise ValueError(f"gate.candidate={params.gate.candidate!r}: this pipeline evaluated "
+        raise ConfigError(f"gate.candidate={params.gate.candidate!r}: this pipeline evaluated "
                          f"only {', '.join(models)}")
 
     results = {name: evaluate(load(), tokenizer, sets, cfg) for name, load in models.items()}

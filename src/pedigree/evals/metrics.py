@@ -26,6 +26,13 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+from pedigree.errors import PedigreeError
+
+
+class EvalSetError(PedigreeError, ValueError):
+    """An eval file row that cannot be used; the message names the file, line and field."""
+
+
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -85,23 +92,23 @@ MATCH_NAMES = (*MATCHERS, "json_valid")
 
 
 def check_task_row(row: dict[str, Any], where: str) -> None:
-    """Raise ValueError naming `where` (file:line) and the field when a task row is unusable."""
+    """Raise EvalSetError naming `where` (file:line) and the field when a task row is unusable."""
     missing = {"id", "task", "prompt"} - set(row)
     if missing:
-        raise ValueError(f"{where}: missing fields {sorted(missing)}")
+        raise EvalSetError(f"{where}: missing fields {sorted(missing)}")
     match = row.get("match", "exact")
     if match not in MATCH_NAMES:
-        raise ValueError(f"{where}: match={match!r}: expected one of {', '.join(MATCH_NAMES)}")
+        raise EvalSetError(f"{where}: match={match!r}: expected one of {', '.join(MATCH_NAMES)}")
     if match != "json_valid" and not isinstance(row.get("reference"), str):
-        raise ValueError(f"{where}: reference: a string is required for match={match!r}")
+        raise EvalSetError(f"{where}: reference: a string is required for match={match!r}")
     if match == "numeric":
         try:
             float(row["reference"])
         except ValueError:
-            raise ValueError(f"{where}: reference={row['reference']!r} is not a number "
+            raise EvalSetError(f"{where}: reference={row['reference']!r} is not a number "
                              "(match=numeric)") from None
     if match == "json" and not _parse(row["reference"])[0]:
-        raise ValueError(f"{where}: reference is not valid JSON (match=json)")
+        raise EvalSetError(f"{where}: reference is not valid JSON (match=json)")
     schema = row.get("schema")
     if schema is not None:
         from jsonschema import Draft202012Validator, SchemaError
@@ -109,7 +116,7 @@ def check_task_row(row: dict[str, Any], where: str) -> None:
         try:
             Draft202012Validator.check_schema(schema)
         except SchemaError as err:
-            raise ValueError(f"{where}: schema: not a valid JSON Schema: {err.message}") from None
+            raise EvalSetError(f"{where}: schema: not a valid JSON Schema: {err.message}") from None
 
 
 def expects_json(row: dict[str, Any]) -> bool:

@@ -28,6 +28,7 @@ from pedigree.evals.measure import (
     text_nll,
 )
 from pedigree.evals.metrics import (
+    EvalSetError,
     check_task_row,
     continuation_answer,
     normalised_match,
@@ -54,17 +55,17 @@ def _read(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+                raise EvalSetError(f"{path}:{number}: not valid JSON ({err.msg})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object")
+                raise EvalSetError(f"{path}:{number}: expected a JSON object")
             for field in required:
                 if not isinstance(row.get(field), str) or not row[field]:
-                    raise ValueError(f"{path}:{number}: {field}: a non-empty string is required")
+                    raise EvalSetError(f"{path}:{number}: {field}: a non-empty string is required")
             rows.append(row)
     ids = [r["id"] for r in rows if "id" in r]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"{path}: id {dup!r} appears more than once")
+        raise EvalSetError(f"{path}: id {dup!r} appears more than once")
     return rows
 
 
