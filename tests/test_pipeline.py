@@ -18,61 +18,19 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-STAGES = ["base", "curate", "split", "sft", "dpo", "merge", "quantize", "eval"]
-OUTS = {"base": "models/base", "curate": "data/curated", "split": "data/split",
-        "sft": "models/sft", "dpo": "models/dpo", "merge": "models/merged",
-        "quantize": "models/quantized", "eval": "metrics"}
+from tests import scratch
+from tests.scratch import OUTPUTS, OUTS, SECRETS, STAGES, commit, new_project, run
 
 pytestmark = pytest.mark.slow
 
 
-# Credentials planted in every command's environment: none may reach anything written or logged.
-SECRETS = {"HF_TOKEN": "hf_plantedTokenQ7x93kd", "MLFLOW_TRACKING_PASSWORD": "planted-pw-5c1e4",
-           "PEDIGREE_API_KEY": "planted-api-key-77ab", "AWS_SECRET_ACCESS_KEY": "planted-aws-9f0d"}
-OUTPUTS: list[str] = []  # everything the commands printed
-
-
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(SECRETS)
-    env.pop("MLFLOW_TRACKING_URI", None)  # the scratch clone's own ./mlflow.db
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return env
-
-
-def run(cmd: list[str], cwd: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=1200)
-    OUTPUTS.append(proc.stdout + proc.stderr)
-    if proc.returncode:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc.stdout + proc.stderr
-
-
-def _clone_working_tree(dst: Path) -> None:
-    """The files a fresh clone would have, taken from the working tree (uncommitted edits too)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")
-    for rel in filter(None, listed):
-        src = REPO / rel
-        if src.is_file() and rel != "dvc.lock":
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
+    return scratch.env()
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("clone")
-    _clone_working_tree(root)
-    pedigree = [sys.executable, "-m", "pedigree.cli"]
-    run(pedigree + ["compose", "experiment=micro"], root)
-    run(["git", "init", "-q"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "micro"], root)
+    root = new_project(tmp_path_factory.mktemp("clone"))
     run([sys.executable, "-m", "dvc", "repro"], root)
     return root
 
@@ -301,12 +259,12 @@ def _retag(project: Path, stage: str, **tags: str | None) -> None:
     digest = manifest(project, stage)["outputs_sha256"]  # the runs that made the current output
     runs = client.search_runs([exp.experiment_id], f"tags.`pedigree.outputs_sha256` = '{digest}'")
     assert runs
-    for run in runs:
+    for found in runs:
         for key, value in tags.items():
             if value is None:
-                client.delete_run(run.info.run_id)
+                client.delete_run(found.info.run_id)
             else:
-                client.set_tag(run.info.run_id, f"pedigree.{key}", value)
+                client.set_tag(found.info.run_id, f"pedigree.{key}", value)
 
 
 def _flip_byte(path: Path) -> None:
@@ -443,9 +401,7 @@ def test_report_renders_in_headless_chromium(project, tmp_path):
 
 
 def _commit(project: Path, message: str) -> None:
-    run(["git", "add", "-A"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty",
-         "-m", message], project)
+    commit(project, message)
 
 
 # --- evals, the gate and promotion ---------------------------------------------------------
