@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test bench kquants browser install clean
+.PHONY: run test bench kquants browser postgres install clean
 
 # The stamp is rebuilt when pyproject.toml changes, so `make` re-installs after a dependency bump.
 $(VENV)/.installed: pyproject.toml
@@ -22,13 +22,22 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/dvc repro
 
-test: install browser
+test: install browser postgres
 	$(BIN)/python -m pytest
 
 # The report's browser test opens it in Debian's chromium; without it that one test skips.
 browser:
 	@command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
 		|| echo "chromium could not be installed: the report's browser test will skip"
+
+# The PostgreSQL test runs the pipeline against an MLflow server on Debian's postgresql. CI must
+# run it, never skip it: a failed install fails make (it retries once after apt-get update).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null; \
+		     DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; } \
+		|| { echo "postgresql could not be installed: the PostgreSQL test needs it" >&2; exit 1; }
 
 # The benchmarks' baselines (datasketch) are not needed to run or test the pipeline.
 bench: install
