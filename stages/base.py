@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pedigree.config import load_params
 from pedigree.stage import stage_run
-from pedigree.train.load import copy_model_files, fetch_hub_model, model_identity
+from pedigree.train.load import copy_model_files, fetch_hub_model, load_tokenizer, model_identity
 
 params = load_params()
 cfg = params.model
@@ -30,4 +30,5 @@ with stage_run("base", out="models/base", inputs=inputs[cfg.source],
     else:
         source = Path(cfg.path) if cfg.source == "local" else fetch_hub_model(cfg.id, cfg.revision)
         copy_model_files(source, run.dir)
+        load_tokenizer(run.dir, cfg.trust_remote_code)  # loads, and its chat template renders
     run.roots["base_model"] = model_identity(cfg, run.dir)

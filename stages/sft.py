@@ -17,7 +17,7 @@ from pedigree.perf import measured, write_perf
 from pedigree.stage import stage_run
 from pedigree.train.checkpoints import CheckpointStore, fingerprint
 from pedigree.train.launch import gather, is_main_process, relaunch_under_accelerate
-from pedigree.train.load import load_tokenizer
+from pedigree.train.load import check_chat_template, load_tokenizer
 from pedigree.train.methods import prepare_model, save_trained, state_digest, trained_state
 from pedigree.train.sft import chat_template, curve_csv, train_sft
 
@@ -30,7 +30,9 @@ template_file = [cfg.chat_template] if (cfg.chat_template or "").endswith(".jinj
 with stage_run("sft", out="models/sft", inputs=["models/base", "data/split", *template_file],
                params=["seed", "model", "sft", "accelerate", "tracking"]) as run:
     tokenizer = load_tokenizer(base, trust)
-    tokenizer.chat_template = chat_template(cfg.chat_template) or tokenizer.chat_template
+    if cfg.chat_template:
+        tokenizer.chat_template = chat_template(cfg.chat_template)
+        check_chat_template(tokenizer, template_file[0] if template_file else "sft.chat_template")
     model, peft_config, run.details["training"] = prepare_model(base, cfg, trust)
     train = read_jsonl(Path("data/split/sft_train.jsonl"))
     validation = read_jsonl(Path("data/split/sft_validation.jsonl"))

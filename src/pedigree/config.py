@@ -20,9 +20,12 @@ PARAMS_FILE = Path("params.yaml")
 
 
 class Section(BaseModel):
-    """Base for every config section: strict about unknown keys, immutable once loaded."""
+    """Base for every config section: strict about unknown keys, immutable once loaded.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict types: `max_steps: true` or `seed: "7"` is refused, not coerced to 1 or 7; NaN and
+    infinities are refused everywhere (a NaN passes no bound check it is compared with)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------- model

@@ -6,6 +6,7 @@ code when loaded, so a directory that has no safetensors weights is refused.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,16 +25,58 @@ class ModelLoadError(PedigreeError, ValueError):
     """A base model that cannot be used; the message names the file and what to do."""
 
 
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{path}: not valid JSON ({err}); the file is corrupted or "
+                             "truncated: re-download or re-export it") from None
+
+
+def check_safetensors(path: Path) -> None:
+    """The header parses and the file is exactly as long as the header says: a truncated or
+    corrupted file fails here, named, instead of deep inside a loader. (Flipped bytes inside the
+    tensor data keep the length: the manifests' sha256 and `pedigree audit` catch those.)"""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            length = int.from_bytes(f.read(8), "little")  # u64 little-endian header length
+            if size < 8 or length > size - 8:
+                raise ValueError(f"header of {length} bytes does not fit in {size}")
+            header = json.loads(f.read(length))
+        data_end = max((entry["data_offsets"][1] for name, entry in header.items()
+                        if name != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        raise ModelLoadError(f"{path}: not a valid safetensors file ({err}); the file is "
+                             "corrupted or truncated: re-download or re-export it") from None
+    if size != 8 + length + data_end:
+        raise ModelLoadError(f"{path}: {size:,} bytes but its header describes "
+                             f"{8 + length + data_end:,}; the file is truncated or corrupted: "
+                             "re-download or re-export it")
+
+
 def check_model_dir(path: Path) -> None:
+    """Everything loading needs is there and readable; each failure names the file."""
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path}/config.json: missing; not a transformers model directory")
-    if not list(path.glob("*.safetensors")):
+    _read_json(path / "config.json")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
         hint = f" (found pickle checkpoints {pickles}, which are refused)" if pickles else ""
         raise ModelLoadError(
             f"{path}: no .safetensors weights{hint}; convert the checkpoint to safetensors"
         )
-    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer.model").is_file():
+    for index in path.glob("*.safetensors.index.json"):
+        shards = _read_json(index).get("weight_map", {}).values()  # type: ignore[union-attr]
+        for shard in sorted(set(shards)):
+            if not (path / shard).is_file():
+                raise ModelLoadError(f"{path / shard}: missing; {index.name} lists it")
+    for weight in weights:
+        check_safetensors(weight)
+    if (path / "tokenizer.json").is_file():
+        _read_json(path / "tokenizer.json")
+    elif not (path / "tokenizer.model").is_file():
         raise ModelLoadError(f"{path}/tokenizer.json: missing; the tokenizer must ship with it")
 
 
@@ -85,17 +128,45 @@ def load_causal_lm(path: Path, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
     check_model_dir(path)
-    return AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as err:  # e.g. custom code refused: trust_remote_code is off
+        raise ModelLoadError(f"{path}: cannot load the model ({err})") from None
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (path / name).is_file():
+            _read_json(path / name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ModelLoadError(f"{path}: cannot load the tokenizer ({type(err).__name__}: {err}); "
+                             "it needs tokenizer.json (or tokenizer.model) and "
+                             "tokenizer_config.json") from None
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"{path}: the tokenizer has no chat template; set one in the model dir")
+    source = path / "chat_template.jinja"
+    check_chat_template(tokenizer, source if source.is_file() else path / "tokenizer_config.json")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+# A user turn and an assistant turn: every chat template must render at least this.
+_PROBE = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}]
+
+
+def check_chat_template(tokenizer, source: Path | str) -> None:
+    """The template renders a conversation and a generation prompt; a broken one fails here,
+    naming where it came from, instead of mid-training."""
+    try:
+        tokenizer.apply_chat_template(_PROBE, tokenize=False)
+        tokenizer.apply_chat_template(_PROBE[:1], tokenize=False, add_generation_prompt=True)
+    except Exception as err:  # Jinja raises many types (syntax, undefined, raise_exception)
+        raise ModelLoadError(f"{source}: the chat template does not render "
+                             f"({type(err).__name__}: {err})") from None

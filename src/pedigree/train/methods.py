@@ -186,6 +186,7 @@ def save_trained(model, out: Path, method: str, quant: QuantConfig | None = None
     if method in ADAPTER_METHODS:
         model.save_pretrained(out)
         (out / "README.md").unlink(missing_ok=True)  # PEFT's empty card template
+        _sort_target_modules(out / "adapter_config.json")
         kind = "adapter"
     else:
         tensors = {k: v.detach().contiguous().cpu() for k, v in trained_state(model).items()}
@@ -195,6 +196,16 @@ def save_trained(model, out: Path, method: str, quant: QuantConfig | None = None
     if method == "qlora" and quant is not None:
         info["quant"] = quant.model_dump()
     (out / TRAINING_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _sort_target_modules(config: Path) -> None:
+    """PEFT keeps resolved target modules ("all-linear") in a set and writes them in its
+    iteration order, which changes with each process's string hash seed: two identical runs
+    would write different adapter_config.json bytes. Sorted, the file depends on the run only."""
+    data = json.loads(config.read_text())
+    if isinstance(data.get("target_modules"), list):
+        data["target_modules"] = sorted(data["target_modules"])
+    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def training_info(path: Path) -> dict[str, Any]:
