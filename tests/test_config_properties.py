@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from pedigree.config import ConfigError, Params, Section, parse_params
+from pedigree.config import REPO_PATH_KEYS, ConfigError, Params, Section, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 # The committed params with every default filled in, so keys left at their defaults are covered.
@@ -201,6 +201,37 @@ def test_an_unknown_key_anywhere_is_an_error(data):
     value = data.draw(st.one_of(st.integers(), st.text(), st.booleans()), label="value")
     message = _rejected(_with(RAW, (*section, name), value))
     assert f"{'.'.join((*section, name))}: unknown key" in message, message
+
+
+SEGMENT = st.from_regex(r"[A-Za-z0-9_.-]{1,8}", fullmatch=True).filter(lambda s: s != "..")
+ESCAPING = st.one_of(
+    st.lists(SEGMENT, max_size=3).map(lambda parts: "/" + "/".join(parts)),  # absolute
+    st.tuples(st.lists(SEGMENT, max_size=2), st.lists(SEGMENT, max_size=2)).map(
+        lambda t: "/".join([*t[0], "..", *t[1]])),  # climbs out somewhere along the way
+    st.lists(SEGMENT, max_size=2).map(lambda parts: "~/" + "/".join(parts)),
+)
+INSIDE = st.lists(SEGMENT, min_size=1, max_size=3).map("/".join)
+
+
+def _path_value(key: str, path: str) -> str:
+    return f"{path}/template.jinja" if key == "sft.chat_template" else path
+
+
+@SETTINGS
+@given(key=st.sampled_from([*REPO_PATH_KEYS, "data.sources"]), path=ESCAPING)
+def test_paths_in_config_cannot_escape_the_repository(key, path):
+    if key == "data.sources":
+        raw, named = _with(RAW, ("data", "sources"), [{"path": path}]), "data.sources.0.path"
+    else:
+        raw, named = _with(RAW, tuple(key.split(".")), _path_value(key, path)), key
+    message = _rejected(raw)
+    assert f"{named} = " in message and "must stay inside the repository" in message, message
+
+
+@SETTINGS
+@given(key=st.sampled_from(REPO_PATH_KEYS), path=INSIDE)
+def test_paths_inside_the_repository_are_accepted(key, path):
+    parse_params(_with(RAW, tuple(key.split(".")), _path_value(key, path)))
 
 
 def test_the_filled_in_params_are_valid():

@@ -8,7 +8,7 @@ the key, the value and what is allowed. Unknown keys are errors: a typo must not
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -461,11 +461,47 @@ def _format_errors(path: Path, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+# Paths in params.yaml that the pipeline reads, relative to the repository root: they must stay
+# inside it (an absolute path or `..` would make a stage depend on, or a later writer touch,
+# files outside the project DVC tracks). `model.path` and `merge.combine.adapters` name models
+# outside the project by design; `sft.chat_template` is checked when it names a .jinja file.
+REPO_PATH_KEYS = ("data.raw_dir", "data.eval_dir", "curate.tokenizer", "model.build.corpus",
+                  "eval.harness.include_path", "accelerate.config_file", "sft.chat_template")
+
+
+def _escapes(value: str) -> bool:
+    path = PurePosixPath(value.replace("\\", "/"))
+    return path.is_absolute() or ".." in path.parts or value.startswith("~")
+
+
+def _lookup(raw: Any, key: str) -> Any:
+    for part in key.split("."):
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
+
+
+def _path_errors(raw: dict[str, Any]) -> list[str]:
+    found = [(key, value) for key in REPO_PATH_KEYS
+             if isinstance(value := _lookup(raw, key), str) and _escapes(value)
+             and (key != "sft.chat_template" or value.endswith(".jinja"))]
+    sources = _lookup(raw, "data.sources")
+    for i, source in enumerate(sources if isinstance(sources, list) else []):
+        value = source.get("path") if isinstance(source, dict) else None
+        if isinstance(value, str) and _escapes(value):  # relative to data.raw_dir
+            found.append((f"data.sources.{i}.path", value))
+    return [f"  {key} = {value!r}: must stay inside the repository: a path relative to its "
+            "root, without '..'" for key, value in found]
+
+
 def parse_params(raw: dict[str, Any], path: Path = PARAMS_FILE) -> Params:
+    lines = _path_errors(raw)
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(path, err)) from None
+        lines = _format_errors(path, err).splitlines()[1:] + lines
+    if lines:
+        raise ConfigError("\n".join([f"{path}: invalid configuration", *lines]))
+    return params
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
