@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from importlib import metadata
@@ -124,6 +125,37 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def compute_identity() -> dict[str, Any] | None:
+    """Where a stage's floating-point work ran, as far as it decides the result bits.
+
+    None when the stage never imported torch (curate, split: no float math to vary). On CPU,
+    the same CPU capability (the vector ISA torch dispatches to) and thread count give
+    bit-identical results run to run. On CUDA the GPU model, CUDA/cuDNN versions, TF32, cuDNN
+    autotuning and the deterministic-algorithms switch all change them (README: Determinism)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    info: dict[str, Any] = {
+        "device": "cpu",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "processes": int(os.environ.get("WORLD_SIZE", "1")),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+    }
+    if torch.cuda.is_available():
+        info.update(
+            device="cuda",
+            gpu=torch.cuda.get_device_name(0),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            cudnn_deterministic=torch.backends.cudnn.deterministic,
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+            cublas_workspace_config=os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        )
+    return info
 
 
 # ----------------------------------------------------------------------------- manifests

@@ -82,6 +82,7 @@ def build_manifest(run: StageRun) -> dict[str, Any]:
         "params_sha256": lineage.sha256_json(run.recorded_params),
         "code": lineage.code_identity(run.name),
         "versions": lineage.library_versions(),
+        "compute": lineage.compute_identity(),
         "seed": run.params.seed,
         "details": run.details,
     }
