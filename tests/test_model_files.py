@@ -141,3 +141,29 @@ def test_the_base_stage_names_a_truncated_local_model(model_dir, tmp_path):
     assert f"error: {model_dir}/model.safetensors:" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (project / "models/base").exists()
+
+
+def _adapter(model_dir: Path, out: Path) -> Path:
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(load_causal_lm(model_dir), LoraConfig(r=2, target_modules="all-linear"))
+    model.save_pretrained(out)
+    return out
+
+
+def test_adapters_load_from_safetensors_only(micro_model_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from pedigree.export.merge import with_adapters
+
+    adapter = _adapter(micro_model_dir, tmp_path / "adapter")
+    weights = adapter / "adapter_model.safetensors"
+    _truncate(weights, 0.5)
+    with pytest.raises(ModelLoadError, match=rf"{weights}: .*(truncated|corrupted)"):
+        with_adapters(load_causal_lm(micro_model_dir), [adapter])
+    adapter = _adapter(micro_model_dir, tmp_path / "pickled")
+    torch.save(load_file(adapter / "adapter_model.safetensors"), adapter / "adapter_model.bin")
+    (adapter / "adapter_model.safetensors").unlink()  # PEFT alone would load the pickle
+    with pytest.raises(ModelLoadError, match=r"adapter_model\.bin.*refused"):
+        with_adapters(load_causal_lm(micro_model_dir), [adapter])

@@ -17,6 +17,7 @@ import torch
 from pedigree.config import CombineConfig
 from pedigree.errors import PedigreeError
 from pedigree.evals.measure import chat_logits, compare_logits
+from pedigree.train.load import check_adapter_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Default max |logit diff| by saved dtype. fp32: the fold's own rounding (~1e-5 measured). bf16
@@ -35,6 +36,8 @@ def with_adapters(base, adapters: list[Path]):
 
     if not adapters:
         return base, []
+    for path in adapters:
+        check_adapter_dir(Path(path))
     names = [f"adapter{i}" for i in range(len(adapters))]
     model = PeftModel.from_pretrained(base, str(adapters[0]), adapter_name=names[0])
     for name, path in zip(names[1:], adapters[1:], strict=True):

@@ -80,6 +80,20 @@ def check_model_dir(path: Path) -> None:
         raise ModelLoadError(f"{path}/tokenizer.json: missing; the tokenizer must ship with it")
 
 
+def check_adapter_dir(path: Path) -> None:
+    """A PEFT adapter directory: its config parses and its weights are whole safetensors (PEFT
+    would fall back to a pickle `adapter_model.bin`; that is refused here)."""
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        pickles = sorted(p.name for p in path.glob("*") if p.suffix in PICKLE_SUFFIXES)
+        hint = f" (found pickle weights {pickles}, which are refused)" if pickles else ""
+        raise ModelLoadError(f"{weights}: missing{hint}; an adapter must be saved as safetensors")
+    if not (path / "adapter_config.json").is_file():
+        raise ModelLoadError(f"{path}/adapter_config.json: missing; not a PEFT adapter directory")
+    _read_json(path / "adapter_config.json")
+    check_safetensors(weights)
+
+
 def fetch_hub_model(repo_id: str, revision: str) -> Path:
     """Snapshot of the pinned revision (from the local cache when HF_HUB_OFFLINE=1)."""
     from huggingface_hub import snapshot_download

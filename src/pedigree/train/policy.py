@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pedigree.config import QuantConfig
-from pedigree.train.load import load_causal_lm
+from pedigree.train.load import check_adapter_dir, load_causal_lm
 from pedigree.train.methods import apply_trained, load_dequantized, training_info
 
 QLoRABase = Literal["dequantized", "original"]
@@ -60,6 +60,7 @@ def load_sft(base: Path, sft: Path, trust_remote_code: bool = False):
         return model
     from peft import PeftModel
 
+    check_adapter_dir(sft)
     return PeftModel.from_pretrained(model, str(sft))
 
 
