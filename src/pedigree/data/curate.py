@@ -28,11 +28,12 @@ from typing import IO, Any
 from pedigree.config import CurateConfig
 from pedigree.data import dedup
 from pedigree.data.decontaminate import EvalIndex
-from pedigree.data.formats import RawRow, RowError, normalise, read_rows
+from pedigree.data.formats import LONE_SURROGATE, RawRow, RowError, normalise, read_rows
 from pedigree.data.jsonl import write_jsonl
 from pedigree.data.lengths import BATCH, TokenCounter
 from pedigree.data.sources import Source, readable_files
 from pedigree.data.text import match_text, normalise_text, repetition
+from pedigree.errors import PedigreeError
 from pedigree.lineage import canonical_json, sha256_bytes
 
 REPETITION_MIN_WORDS = 16  # shorter answers (numbers, names, lists) repeat by nature
@@ -145,8 +146,9 @@ def _encode_row(content: dict[str, Any], source: str, meta: dict[str, Any]) -> t
     """(row id, the row as canonical JSON), encoding the messages once: the id is the sha256 of
     the content's canonical JSON (`row_id`), and the row reuses the same pieces."""
     pieces = {k: canonical_json(v) for k, v in content.items()}
+    # surrogatepass: a row with a lone surrogate is rejected once encoded; its id must not raise.
     rid = sha256_bytes(("{" + ",".join(f'"{k}":{pieces[k]}' for k in sorted(pieces)) + "}")
-                       .encode())
+                       .encode("utf-8", "surrogatepass"))
     pieces.update(id=f'"{rid}"', meta=canonical_json(meta), source=canonical_json(source))
     return rid, "{" + ",".join(f'"{k}":{pieces[k]}' for k in sorted(pieces)) + "}"
 
@@ -166,6 +168,15 @@ class _RowChecker:
         except RowError as err:
             return _reject(raw.file, raw.line, raw.text, err.reason, err.detail)
         kind, content = norm.kind, norm.content
+        meta: dict[str, Any] = {"file": raw.file, "line": raw.line, "format": norm.format}
+        if isinstance(raw.value.get("task"), str):
+            meta["task"] = raw.value["task"]
+        rid, row = _encode_row(content, src.name, meta)
+        if not row.isascii() and (lone := LONE_SURROGATE.search(row)):
+            # Valid JSON ("\ud800" without its pair) but not text: no output could hold it.
+            return _reject(raw.file, raw.line, raw.text, "invalid_utf8",
+                           f"a string holds {lone.group()!r}, half of a UTF-16 surrogate pair, "
+                           "which is not a character and cannot be written as UTF-8")
         answer = _final_answer(kind, content)
         if normalise_text(answer) in self.placeholders:
             return _reject(raw.file, raw.line, raw.text, "placeholder_output",
@@ -178,10 +189,6 @@ class _RowChecker:
                 return _reject(raw.file, raw.line, raw.text, "repetitive",
                                f"{rep:.2f} of the answer's word 3-grams repeat "
                                f"(> curate.max_repetition={self.cfg.max_repetition})")
-        meta: dict[str, Any] = {"file": raw.file, "line": raw.line, "format": norm.format}
-        if isinstance(raw.value.get("task"), str):
-            meta["task"] = raw.value["task"]
-        rid, row = _encode_row(content, src.name, meta)
         parts = {k: match_text(_joined(content[k])) for k in sorted(content)}
         prompt_text, row_text = parts["prompt"], " ".join(p for p in parts.values() if p)
         return _Candidate(
@@ -207,6 +214,7 @@ def curate(sources: list[Source], cfg: CurateConfig, eval_index: EvalIndex | Non
            counter: TokenCounter | None = None) -> CurationResult:
     """Curate `sources`. `eval_index` None skips decontamination, `counter` None skips the
     token-length bounds."""
+    _check_disjoint(sources)
     result = CurationResult(sources=sources)
     # Canonical rows and raw texts wait on disk, in candidate order: a million of each would
     # take gigabytes of memory, and only the last step needs them.
@@ -224,6 +232,19 @@ def curate(sources: list[Source], cfg: CurateConfig, eval_index: EvalIndex | Non
         result.counts[file_source[r["file"]]][f"dropped:{r['reason']}"] += 1
     result.rejects.sort(key=lambda r: (file_source[r["file"]], r["file"], r["line"]))
     return result
+
+
+def _check_disjoint(sources: list[Source]) -> None:
+    """Each file in one source, once: rows are counted against the source of their file, so a
+    file read twice would count its rows (and their duplicates) against one source twice."""
+    seen: dict[str, str] = {}
+    for src in sources:
+        for p in src.files:
+            name = p.as_posix()
+            if name in seen:
+                raise PedigreeError(f"{name}: read twice (by sources {seen[name]!r} and "
+                                    f"{src.name!r}); each file may be read once")
+            seen[name] = src.name
 
 
 def _check_rows(sources: list[Source], cfg: CurateConfig, counter: TokenCounter | None,

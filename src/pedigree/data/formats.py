@@ -59,6 +59,9 @@ _BLOCK = 1 << 23  # JSONL is decoded 8 MiB at a time: one decode call instead of
 _PARQUET_BATCH = 8192
 _CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's default (128 KiB a field) is short for answers
 _SURROGATE = re.compile("[\udc80-\udcff]")  # undecodable bytes, under errors="surrogateescape"
+# A UTF-16 surrogate alone (JSON's "\ud800"): not text, and it cannot be encoded as UTF-8.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_TOO_DEEP = "arrays or objects nested too deep to read"
 
 
 class InputError(PedigreeError, ValueError):
@@ -110,7 +113,7 @@ def read_rows(path: Path, rel: str) -> Iterator[RawRow]:
 def _read_jsonl(path: Path, rel: str) -> Iterator[RawRow]:
     """The hot path (a million rows must take seconds): a block of whole lines is decoded at
     once and split; only a block with bytes that are not UTF-8 is decoded line by line."""
-    loads, decode_error = json.loads, json.JSONDecodeError
+    loads = json.loads
     scan = json.JSONDecoder().scan_once
     number = 0
     with path.open("rb") as f:
@@ -139,17 +142,26 @@ def _read_jsonl(path: Path, rel: str) -> Iterator[RawRow]:
                     value, end = scan(line, 0)
                     if end != len(line):
                         value = loads(line)
-                except (StopIteration, decode_error):
+                except (StopIteration, ValueError, RecursionError):
                     try:
                         value = loads(line)  # leading white space; or the error and its column
-                    except decode_error as err:
+                    except (ValueError, RecursionError) as err:
                         # Blank lines fail too: checking for them only here keeps the check off
                         # the path of the rows that parse.
                         if line and not line.isspace():
-                            yield RawRow(rel, number, line, error=RowError(
-                                "invalid_json", f"{err.msg} (column {err.colno})"))
+                            yield RawRow(rel, number, line, error=_json_error(err))
                         continue
                 yield RawRow(rel, number, line, value)  # type: ignore[arg-type]
+
+
+def _json_error(err: ValueError | RecursionError) -> RowError:
+    """A line that is not JSON; or JSON that Python will not hold: an integer of more than 4300
+    digits (a ValueError) or arrays and objects nested about a thousand deep (a RecursionError)."""
+    if isinstance(err, json.JSONDecodeError):
+        return RowError("invalid_json", f"{err.msg} (column {err.colno})")
+    if isinstance(err, RecursionError):
+        return RowError("invalid_json", _TOO_DEEP)
+    return RowError("invalid_json", str(err))
 
 
 def _line_blocks(f: io.BufferedReader) -> Iterator[bytes]:
@@ -172,14 +184,19 @@ def _read_json_array(path: Path, rel: str) -> Iterator[RawRow]:
     # A JSON array is parsed whole by nature: an error anywhere makes the whole file unreadable.
     try:
         items = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(
-            f"{rel}: not a readable JSON array ({err}); use JSONL for partial data"
-        ) from None
+    except (ValueError, RecursionError) as err:  # also too long integers, too deep nesting
+        why = _TOO_DEEP if isinstance(err, RecursionError) else err
+        raise InputError(f"{rel}: not a readable JSON array ({why}); use JSONL for partial data"
+                         ) from None
     if not isinstance(items, list):
         raise InputError(f"{rel}: a .json file must hold an array of rows")
     for number, item in enumerate(items, start=1):
-        yield RawRow(rel, number, json.dumps(item, ensure_ascii=False), value=item)
+        text = json.dumps(item, ensure_ascii=False)
+        if not text.isascii() and LONE_SURROGATE.search(text):
+            # An escape such as \ud800 without its pair: as a character it cannot be written
+            # as UTF-8 (in the rejects file), so the text keeps the escape.
+            text = json.dumps(item)
+        yield RawRow(rel, number, text, value=item)
 
 
 def _read_parquet(path: Path, rel: str) -> Iterator[RawRow]:
@@ -188,19 +205,21 @@ def _read_parquet(path: Path, rel: str) -> Iterator[RawRow]:
     import pyarrow as pa  # imported here: most runs read no Parquet, and pyarrow is slow to load
     import pyarrow.parquet as pq
 
+    # ValueError: pyarrow's UnicodeDecodeError where a column name or a string is not UTF-8.
     try:
         batches = pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_BATCH)
-    except (pa.ArrowException, OSError) as err:
+    except (pa.ArrowException, OSError, ValueError) as err:
         raise InputError(f"{rel}: not a readable Parquet file ({err})") from None
     number = 0
     while True:
         try:
             batch = next(batches, None)
-        except (pa.ArrowException, OSError) as err:
+            values = [] if batch is None else batch.to_pylist()
+        except (pa.ArrowException, OSError, ValueError) as err:
             raise InputError(f"{rel}: Parquet data unreadable after row {number} ({err})") from None
         if batch is None:
             return
-        for value in batch.to_pylist():
+        for value in values:
             number += 1
             text = json.dumps(value, ensure_ascii=False, default=str)
             yield RawRow(rel, number, text, value)

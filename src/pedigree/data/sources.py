@@ -63,6 +63,7 @@ def resolve_sources(data: DataConfig) -> list[Source]:
 
 def sources_from_paths(paths: list[Path], fmt: str = "auto",
                        columns: dict[str, str] | None = None) -> list[Source]:
-    """One source per file, for the command line (`pedigree curate FILE...`)."""
-    return [Source(p.as_posix(), (p,), fmt, dict(columns or {}))
-            for path in paths for p in readable_files(path)]
+    """One source per file, for the command line (`pedigree curate FILE...`). A file named twice
+    (`pedigree curate data data/a.jsonl`) is read once."""
+    files = dict.fromkeys(p for path in paths for p in readable_files(path))
+    return [Source(p.as_posix(), (p,), fmt, dict(columns or {})) for p in files]
