@@ -573,3 +573,18 @@ def test_parquet_that_is_not_utf8_is_one_clear_error(tmp_path):
         path.write_bytes(data)
         with pytest.raises(PedigreeError, match=re.escape(path.as_posix())):
             curate([Source(name, (path,))], CurateConfig(tokenizer=None))
+
+
+def test_an_eval_item_with_a_lone_surrogate_in_its_id_is_written_escaped(tmp_path):
+    """The eval item a contaminated row names is copied into rejects.jsonl: an id holding
+    "\\ud800" (valid JSON, no UTF-8 form) must not fail the write."""
+    raw, evals = tmp_path / "a.jsonl", tmp_path / "task.jsonl"
+    question = "What is the capital city of the country France in Europe today please"
+    raw.write_text(json.dumps({"instruction": question, "output": "Paris"}) + "\n")
+    evals.write_text('{"id": "e\\ud800", "prompt": "' + question + '", "answer": "Paris"}\n')
+    proc = subprocess.run([sys.executable, "-m", "pedigree.cli", "curate", str(raw), "--out",
+                           str(tmp_path / "out"), "--against", str(evals)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    rejects = (tmp_path / "out/rejects.jsonl").read_text(encoding="utf-8")
+    assert json.loads(rejects)["eval_item"].endswith("(e\ud800)")

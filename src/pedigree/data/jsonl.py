@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
+
+# Half of a UTF-16 surrogate pair (JSON's "\ud800" alone) is no character and has no UTF-8 form.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def dumps(row: dict[str, Any]) -> str:
+    """One line, UTF-8 text as is; a row holding a lone surrogate (from an input's escape)
+    keeps it as its JSON escape instead of failing the whole write."""
+    text = json.dumps(row, ensure_ascii=False, sort_keys=True)
+    if not text.isascii() and _LONE_SURROGATE.search(text):
+        return json.dumps(row, sort_keys=True)
+    return text
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
+        f.writelines(dumps(row) + "\n" for row in rows)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
