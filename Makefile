@@ -22,8 +22,9 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/dvc repro
 
+# PEDIGREE_REQUIRE_POSTGRES: the PostgreSQL test fails, rather than skips, without PostgreSQL.
 test: install browser postgres
-	$(BIN)/python -m pytest
+	PEDIGREE_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest
 
 # The report's browser test opens it in Debian's chromium; without it that one test skips.
 browser:

@@ -29,6 +29,7 @@ with stage_run("base", out="models/base", inputs=inputs[cfg.source],
         run.details["pretrain"] = report
     else:
         source = Path(cfg.path) if cfg.source == "local" else fetch_hub_model(cfg.id, cfg.revision)
+        # Checked where the user can find the files: the tokenizer loads, a template renders.
+        load_tokenizer(source, cfg.trust_remote_code, require_template=False)
         copy_model_files(source, run.dir)
-        load_tokenizer(run.dir, cfg.trust_remote_code)  # loads, and its chat template renders
     run.roots["base_model"] = model_identity(cfg, run.dir)

@@ -29,7 +29,7 @@ cfg, base, trust = params.sft, Path("models/base"), params.model.trust_remote_co
 template_file = [cfg.chat_template] if (cfg.chat_template or "").endswith(".jinja") else []
 with stage_run("sft", out="models/sft", inputs=["models/base", "data/split", *template_file],
                params=["seed", "model", "sft", "accelerate", "tracking"]) as run:
-    tokenizer = load_tokenizer(base, trust)
+    tokenizer = load_tokenizer(base, trust, require_template=not cfg.chat_template)
     if cfg.chat_template:
         tokenizer.chat_template = chat_template(cfg.chat_template)
         check_chat_template(tokenizer, template_file[0] if template_file else "sft.chat_template")

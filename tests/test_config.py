@@ -144,3 +144,11 @@ def test_a_secret_in_config_is_refused_without_echoing_it():
     assert "tracking.api_token: unknown key (value '<redacted>')" in message
     assert "model.password: unknown key" in message
     assert "hf_planted" not in message and "planted-pw" not in message
+
+
+def test_exponent_floats_written_by_hand_are_numbers(tmp_path):
+    """`learning_rate: 1e-3` is a string to YAML 1.1 (PyYAML); strict types would refuse it."""
+    text = (REPO / "params.yaml").read_text().replace("learning_rate: 0.002", "learning_rate: 2e-3")
+    assert "learning_rate: 2e-3" in text
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml").sft.learning_rate == 0.002

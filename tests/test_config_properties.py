@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types as at
 import pytest
@@ -27,7 +27,13 @@ from pedigree.config import REPO_PATH_KEYS, ConfigError, Params, Section, parse_
 
 REPO = Path(__file__).resolve().parents[1]
 # The committed params with every default filled in, so keys left at their defaults are covered.
-RAW = parse_params(yaml.safe_load((REPO / "params.yaml").read_text())).model_dump(mode="json")
+# One source entry and a combine block too, so the keys inside lists and optional sections are.
+_COMMITTED = yaml.safe_load((REPO / "params.yaml").read_text())
+_COMMITTED["data"]["sources"] = [{"path": "mine.jsonl", "limit": 10, "format": "alpaca",
+                                  "columns": {"prompt": "question"}}]
+_COMMITTED["merge"]["combine"] = {"method": "ties", "adapters": ["../other/adapter"],
+                                  "weights": [0.5, 0.5], "density": 0.5}
+RAW = parse_params(_COMMITTED).model_dump(mode="json")
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
@@ -57,15 +63,20 @@ def _is_section(annotation: Any) -> bool:
 
 
 def leaves(model: type[Section], raw: dict, prefix: tuple[str, ...] = ()) -> list[Leaf]:
-    """Every key of `model` present in `raw` (the committed params), descending into sections."""
+    """Every key of `model` present in `raw` (the committed params), descending into sections
+    and into the first entry of a list of sections (`data.sources.0.path`)."""
     out = []
     for name, field in model.model_fields.items():
         if name not in raw:
             continue
         inner, _ = _optional(field.annotation)
+        item = get_args(inner)[0] if get_origin(inner) is list else None
         if _is_section(inner) and isinstance(raw[name], dict):
             out.append(Leaf((*prefix, name), inner, ()))  # the section itself: not a mapping
             out += leaves(inner, raw[name], (*prefix, name))
+        elif _is_section(item) and raw[name]:
+            out.append(Leaf((*prefix, name), field.annotation, tuple(field.metadata)))
+            out += leaves(item, raw[name][0], (*prefix, name, "0"))
         else:
             out.append(Leaf((*prefix, name), field.annotation, tuple(field.metadata)))
     return out
@@ -75,8 +86,11 @@ def sections(model: type[Section], raw: dict, prefix: tuple[str, ...] = ()):
     yield prefix
     for name, field in model.model_fields.items():
         inner, _ = _optional(field.annotation)
+        item = get_args(inner)[0] if get_origin(inner) is list else None
         if _is_section(inner) and isinstance(raw.get(name), dict):
             yield from sections(inner, raw[name], (*prefix, name))
+        elif _is_section(item) and raw.get(name):
+            yield from sections(item, raw[name][0], (*prefix, name, "0"))
 
 
 LEAVES = leaves(Params, RAW)
@@ -114,6 +128,8 @@ def _bounds_broken(metadata: tuple[Any, ...], integer: bool) -> list[Any]:
 def bad_values(leaf: Leaf) -> st.SearchStrategy[Any]:
     """Values the schema must refuse for this key."""
     annotation, nullable = _optional(leaf.annotation)
+    if get_origin(annotation) is Annotated:  # e.g. a column map with its own validator
+        annotation = get_args(annotation)[0]
     origin = get_origin(annotation)
     never_none = st.nothing() if nullable else st.none()
     if _is_section(annotation):
@@ -153,7 +169,7 @@ def _with(raw: dict, path: tuple[str, ...], value: Any) -> dict:
     out = copy.deepcopy(raw)
     node = out
     for part in path[:-1]:
-        node = node[part]
+        node = node[int(part)] if isinstance(node, list) else node[part]
     node[path[-1]] = value
     return out
 
@@ -167,7 +183,8 @@ def _rejected(raw: dict) -> str:
 def test_the_walk_covers_every_section_and_leaf():
     keys = {leaf.key for leaf in LEAVES}
     assert {"seed", "model.build.hidden_size", "sft.lora.r", "curate.near_dedup.threshold",
-            "gate.general_tolerance", "quantize.formats", "eval.harness.tasks"} <= keys
+            "gate.general_tolerance", "quantize.formats", "eval.harness.tasks",
+            "data.sources.0.weight", "merge.combine.density"} <= keys
     assert len(LEAVES) > 100, len(LEAVES)
     for leaf in LEAVES:  # every key has a strategy
         bad_values(leaf)
@@ -195,7 +212,7 @@ def test_an_unknown_key_anywhere_is_an_error(data):
     name = data.draw(st.from_regex(r"[a-z][a-z_]{0,15}", fullmatch=True), label="key")
     node = RAW
     for part in section:
-        node = node[part]
+        node = node[int(part)] if isinstance(node, list) else node[part]
     if name in node:  # an existing key: spell it wrong instead
         name += "_typo"
     value = data.draw(st.one_of(st.integers(), st.text(), st.booleans()), label="value")

@@ -81,8 +81,12 @@ def assert_nothing_half_written(project: Path, context: str) -> None:
     if perf.exists():
         json.loads(perf.read_text())
     lock = project / "dvc.lock"
-    if lock.exists():
-        assert isinstance(yaml.safe_load(lock.read_text()), dict), f"{context}: dvc.lock"
+    if lock.exists():  # DVC writes it after each stage: every entry it holds is complete
+        stages = yaml.safe_load(lock.read_text())["stages"]
+        for name, entry in stages.items():
+            assert entry["cmd"] and entry["deps"] and entry["outs"], f"{context}: dvc.lock {name}"
+            for item in entry["deps"] + entry["outs"]:
+                assert item.get("md5") and "size" in item, f"{context}: dvc.lock {name} {item}"
 
 
 def _sft_checkpointed(project: Path) -> bool:

@@ -537,8 +537,8 @@ def test_cli_on_malformed_files_exits_without_a_traceback(good, bad):
         root = Path(tmp)
         paths = write_inputs(root, [*good, bad])
         names = [p.relative_to(root).as_posix() for p in paths]
-        # The first file named twice is read once: its rows were counted twice, against one
-        # source (as `pedigree curate data data/a.jsonl` would).
+        # The first file named twice (as `pedigree curate data data/a.jsonl` would) must be
+        # read once, not counted twice against one source.
         done = pedigree("curate", *names[:-1], names[0], "--out", "out", cwd=root)
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
         out = root / "out"

@@ -66,6 +66,24 @@ def test_junk_after_the_tensors_is_named(model_dir):
         check_model_dir(model_dir)
 
 
+def test_non_integer_offsets_are_named(model_dir):
+    import json
+    import struct
+
+    weights = model_dir / "model.safetensors"
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, "4"]}}).encode()
+    weights.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    with pytest.raises(ModelLoadError, match=rf"{weights}: not a valid safetensors file"):
+        check_model_dir(model_dir)
+
+
+@pytest.mark.parametrize("index", ["[1]", '{"weight_map": null}', '{"weight_map": {"a": 1}}'])
+def test_a_malformed_shard_index_is_named(model_dir, index):
+    (model_dir / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors\.index\.json: no weight_map"):
+        check_model_dir(model_dir)
+
+
 def test_a_missing_shard_is_named(model_dir):
     (model_dir / "model.safetensors.index.json").write_text(
         '{"weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}}')
@@ -82,8 +100,18 @@ def test_truncated_json_files_are_named(model_dir, name):
 
 def test_a_missing_tokenizer_is_named(model_dir):
     (model_dir / "tokenizer.json").unlink()
+    (model_dir / "tokenizer.model").write_bytes(b"")  # sentencepiece alone: not loadable here
     with pytest.raises(ModelLoadError, match=rf"{model_dir}/tokenizer.json: missing"):
         check_model_dir(model_dir)
+
+
+def test_a_base_without_a_chat_template_needs_sft_chat_template(model_dir):
+    """Most pretrained bases ship no template: accepted as a base, refused where one is needed."""
+    (model_dir / "chat_template.jinja").unlink()
+    tokenizer = load_tokenizer(model_dir, require_template=False)
+    assert tokenizer.chat_template is None
+    with pytest.raises(ModelLoadError, match="no chat template; .*sft.chat_template"):
+        load_tokenizer(model_dir)
 
 
 @pytest.mark.parametrize("template", [
@@ -149,6 +177,19 @@ def _adapter(model_dir: Path, out: Path) -> Path:
     model = get_peft_model(load_causal_lm(model_dir), LoraConfig(r=2, target_modules="all-linear"))
     model.save_pretrained(out)
     return out
+
+
+def test_truncated_trained_weights_are_named(micro_model_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    from pedigree.train.methods import TRAINED_WEIGHTS, apply_trained
+
+    model = load_causal_lm(micro_model_dir)
+    save_file({"lm_head.weight": model.lm_head.weight.detach().clone()},
+              tmp_path / TRAINED_WEIGHTS)
+    _truncate(tmp_path / TRAINED_WEIGHTS, 0.5)
+    with pytest.raises(ModelLoadError, match=rf"{tmp_path / TRAINED_WEIGHTS}: .*truncated"):
+        apply_trained(model, tmp_path)
 
 
 def test_adapters_load_from_safetensors_only(micro_model_dir, tmp_path):

@@ -504,11 +504,22 @@ def parse_params(raw: dict[str, Any], path: Path = PARAMS_FILE) -> Params:
     return params
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` (no dot) as a string, and strict types would refuse it as one;
+    YAML 1.2, OmegaConf and every user read it as 0.001."""
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """Read and validate the whole params file."""
     if not path.exists():
         raise ConfigError(f"{path}: not found; run `pedigree compose` to create it from conf/")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_ParamsLoader)  # a SafeLoader subclass
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return parse_params(raw, path)

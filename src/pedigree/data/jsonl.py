@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-# Half of a UTF-16 surrogate pair (JSON's "\ud800" alone) is no character and has no UTF-8 form.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+from pedigree.data.formats import LONE_SURROGATE
 
 
 def dumps(row: dict[str, Any]) -> str:
     """One line, UTF-8 text as is; a row holding a lone surrogate (from an input's escape)
     keeps it as its JSON escape instead of failing the whole write."""
     text = json.dumps(row, ensure_ascii=False, sort_keys=True)
-    if not text.isascii() and _LONE_SURROGATE.search(text):
+    if not text.isascii() and LONE_SURROGATE.search(text):
         return json.dumps(row, sort_keys=True)
     return text
 

@@ -37,6 +37,8 @@ def check_safetensors(path: Path) -> None:
     """The header parses and the file is exactly as long as the header says: a truncated or
     corrupted file fails here, named, instead of deep inside a loader. (Flipped bytes inside the
     tensor data keep the length: the manifests' sha256 and `pedigree audit` catch those.)"""
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: missing")
     size = path.stat().st_size
     try:
         with path.open("rb") as f:
@@ -44,8 +46,11 @@ def check_safetensors(path: Path) -> None:
             if size < 8 or length > size - 8:
                 raise ValueError(f"header of {length} bytes does not fit in {size}")
             header = json.loads(f.read(length))
-        data_end = max((entry["data_offsets"][1] for name, entry in header.items()
-                        if name != "__metadata__"), default=0)
+        ends = [entry["data_offsets"][1] for name, entry in header.items()
+                if name != "__metadata__"]
+        if not all(type(end) is int for end in ends):
+            raise ValueError("tensor data offsets are not integers")
+        data_end = max(ends, default=0)
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
         raise ModelLoadError(f"{path}: not a valid safetensors file ({err}); the file is "
                              "corrupted or truncated: re-download or re-export it") from None
@@ -68,16 +73,22 @@ def check_model_dir(path: Path) -> None:
             f"{path}: no .safetensors weights{hint}; convert the checkpoint to safetensors"
         )
     for index in path.glob("*.safetensors.index.json"):
-        shards = _read_json(index).get("weight_map", {}).values()  # type: ignore[union-attr]
-        for shard in sorted(set(shards)):
+        content = _read_json(index)
+        shards = content.get("weight_map") if isinstance(content, dict) else None
+        if not isinstance(shards, dict) or not all(isinstance(v, str) for v in shards.values()):
+            raise ModelLoadError(f"{index}: no weight_map of tensor names to shard files")
+        for shard in sorted(set(shards.values())):
             if not (path / shard).is_file():
                 raise ModelLoadError(f"{path / shard}: missing; {index.name} lists it")
     for weight in weights:
         check_safetensors(weight)
-    if (path / "tokenizer.json").is_file():
-        _read_json(path / "tokenizer.json")
-    elif not (path / "tokenizer.model").is_file():
-        raise ModelLoadError(f"{path}/tokenizer.json: missing; the tokenizer must ship with it")
+    # A fast tokenizer only: a bare sentencepiece `tokenizer.model` needs the sentencepiece
+    # package, which is not installed, and GGUF export reads tokenizer.json.
+    if not (path / "tokenizer.json").is_file():
+        raise ModelLoadError(f"{path}/tokenizer.json: missing; the model must ship its fast "
+                             "tokenizer (AutoTokenizer.from_pretrained(...).save_pretrained(dir) "
+                             "writes one)")
+    _read_json(path / "tokenizer.json")
 
 
 def check_adapter_dir(path: Path) -> None:
@@ -150,7 +161,9 @@ def load_causal_lm(path: Path, trust_remote_code: bool = False):
         raise ModelLoadError(f"{path}: cannot load the model ({err})") from None
 
 
-def load_tokenizer(path: Path, trust_remote_code: bool = False):
+def load_tokenizer(path: Path, trust_remote_code: bool = False, require_template: bool = True):
+    """The tokenizer, its chat template checked to render. `require_template=False` for a base
+    model, which may ship none when `sft.chat_template` supplies it."""
     from transformers import AutoTokenizer
 
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -160,12 +173,15 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise ModelLoadError(f"{path}: cannot load the tokenizer ({type(err).__name__}: {err}); "
-                             "it needs tokenizer.json (or tokenizer.model) and "
-                             "tokenizer_config.json") from None
+                             "it needs tokenizer.json and tokenizer_config.json") from None
     if tokenizer.chat_template is None:
-        raise ModelLoadError(f"{path}: the tokenizer has no chat template; set one in the model dir")
-    source = path / "chat_template.jinja"
-    check_chat_template(tokenizer, source if source.is_file() else path / "tokenizer_config.json")
+        if require_template:
+            raise ModelLoadError(f"{path}: the tokenizer has no chat template; put one in the "
+                                 "model directory or set sft.chat_template")
+    else:
+        source = path / "chat_template.jinja"
+        check_chat_template(tokenizer,
+                            source if source.is_file() else path / "tokenizer_config.json")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -16,7 +16,7 @@ from typing import Any
 
 from pedigree.config import ADAPTER_METHODS, LoraConfig, PartialConfig, QuantConfig, SFTConfig
 from pedigree.errors import PedigreeError
-from pedigree.train.load import load_causal_lm
+from pedigree.train.load import ModelLoadError, check_model_dir, check_safetensors, load_causal_lm
 
 TRAINED_WEIGHTS = "trained.safetensors"
 TRAINING_FILE = "training.json"
@@ -62,10 +62,14 @@ def load_4bit(path: Path, quant: QuantConfig, trust_remote_code: bool = False,
         bnb_4bit_use_double_quant=quant.double_quant,
         bnb_4bit_compute_dtype=compute,
     )
-    model = AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=quant, dtype=compute, use_safetensors=True,
-        trust_remote_code=trust_remote_code,
-    )
+    check_model_dir(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=quant, dtype=compute, use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError) as err:  # e.g. custom code refused: trust_remote_code is off
+        raise ModelLoadError(f"{path}: cannot load the model ({err})") from None
     if not for_training:
         return model
     # Gradient checkpointing off: ~25% faster for small models; memory is not the limit here.
@@ -223,6 +227,7 @@ def apply_trained(model, path: Path):
     """Lay trained tensors (partial or full fine-tuning) over a loaded base, in place."""
     from safetensors.torch import load_file
 
+    check_safetensors(path / TRAINED_WEIGHTS)
     tensors = load_file(path / TRAINED_WEIGHTS)
     missing = set(tensors) - {name for name, _ in model.named_parameters()}
     if missing:

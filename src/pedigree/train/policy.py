@@ -55,12 +55,13 @@ def policy_base(base: Path, policy: dict[str, Any], trust_remote_code: bool = Fa
 def load_sft(base: Path, sft: Path, trust_remote_code: bool = False):
     """The SFT model as trained: its base + adapter (unmerged), or base with trained weights."""
     policy = policy_chain(sft, None)
+    if not policy["weights"]:
+        check_adapter_dir(sft)  # before the base is loaded: fail fast
     model = policy_base(base, policy, trust_remote_code)
     if policy["weights"]:
         return model
     from peft import PeftModel
 
-    check_adapter_dir(sft)
     return PeftModel.from_pretrained(model, str(sft))
 
 
