@@ -519,7 +519,7 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     """Read and validate the whole params file."""
     if not path.exists():
         raise ConfigError(f"{path}: not found; run `pedigree compose` to create it from conf/")
-    raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_ParamsLoader)  # a SafeLoader subclass
+    raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_ParamsLoader)  # safe: a SafeLoader
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return parse_params(raw, path)
