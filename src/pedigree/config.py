@@ -464,9 +464,10 @@ def _format_errors(path: Path, err: ValidationError) -> str:
 # Paths in params.yaml that the pipeline reads, relative to the repository root: they must stay
 # inside it (an absolute path or `..` would make a stage depend on, or a later writer touch,
 # files outside the project DVC tracks). `model.path` and `merge.combine.adapters` name models
-# outside the project by design; `sft.chat_template` is checked when it names a .jinja file.
+# outside the project by design, and `accelerate.config_file` may be the machine's own (it says
+# how to launch, not what is computed); `sft.chat_template` is checked when it names a .jinja file.
 REPO_PATH_KEYS = ("data.raw_dir", "data.eval_dir", "curate.tokenizer", "model.build.corpus",
-                  "eval.harness.include_path", "accelerate.config_file", "sft.chat_template")
+                  "eval.harness.include_path", "sft.chat_template")
 
 
 def _escapes(value: str) -> bool:
