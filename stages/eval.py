@@ -17,9 +17,9 @@ from pathlib import Path
 
 from pedigree.champion import candidate_dir, read_champion
 from pedigree.config import ConfigError, load_params
-from pedigree.evals.gate import decide
+from pedigree.evals.gate import decide, export_check
 from pedigree.evals.models import pipeline_models
-from pedigree.evals.outputs import plot_tables, write_outputs
+from pedigree.evals.outputs import write_outputs
 from pedigree.evals.suite import answers_table, evaluate, load_eval_sets
 from pedigree.lineage import read_manifest
 from pedigree.stage import stage_run
@@ -35,7 +35,6 @@ with stage_run("eval", out="metrics",
     sets = load_eval_sets(Path(params.data.eval_dir), Path("data/split"), cfg)
     tokenizer = load_tokenizer(Path("models/sft"), trust)  # the template the policy trained with
     models = pipeline_models(Path("."), trust)
-    quantized = json.loads(Path("models/quantized/report.json").read_text())
     if params.gate.candidate not in models:
         raise ConfigError(f"gate.candidate={params.gate.candidate!r}: this pipeline evaluated "
                          f"only {', '.join(models)}")
@@ -46,12 +45,8 @@ with stage_run("eval", out="metrics",
                                              if "." not in k))
 
     candidate = read_manifest(Path(candidate_dir(params.gate.candidate)))
-    exported = []  # a quantized candidate must have passed quantize's own checks
-    if params.gate.candidate in quantized:
-        ok = quantized[params.gate.candidate]["passed"]
-        exported.append({"check": "export checks", "passed": ok, "reason":
-                         f"{params.gate.candidate}: quantize checks {'passed' if ok else 'failed'}"
-                         " (models/quantized/report.json)"})
+    quantized = json.loads(Path("models/quantized/report.json").read_text())
+    exported = export_check(params.gate.candidate, quantized)
     gate = decide(params.gate, {n: r.items for n, r in results.items()},
                   read_champion(Path(".")), candidate["outputs_sha256"], exported)
     print(f"[eval] gate: {'PASSED' if gate['passed'] else 'FAILED'} ({params.gate.candidate})")
@@ -60,7 +55,7 @@ with stage_run("eval", out="metrics",
 
     metrics = {name: r.metrics for name, r in results.items()}
     write_outputs(run.dir, metrics=metrics, items={n: r.items for n, r in results.items()},
-                  gate=gate, plots=plot_tables(metrics))
+                  gate=gate)
     (run.dir / "answers.jsonl").write_text(answers_table(sets, {n: r.answers
                                                                 for n, r in results.items()}))
     # The quantize stage's per-format figures, beside the eval metrics, so that `dvc metrics

@@ -127,6 +127,9 @@ def test_eval_set_errors_name_file_line_and_field(eval_sets_dir):
     _write(eval_dir / "general.jsonl", [{"id": "g0", "text": "a"}, {"id": "g0", "text": "b"}])
     with pytest.raises(ValueError, match=r"general.jsonl: id 'g0' appears more than once"):
         load_eval_sets(eval_dir, split, cfg)
+    (eval_dir / "general.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"general.jsonl: no rows"):
+        load_eval_sets(eval_dir, split, cfg)
 
 
 def test_evaluate_a_model_on_every_set(micro_model_dir, eval_sets_dir):
@@ -267,10 +270,21 @@ def test_summary_and_plot_tables():
     assert "pref_accuracy" not in plots
 
 
-def test_preconditions_count_in_the_gate():
-    cfg = GateConfig(task_metric="task_score", min_task_gain=0.0, general_tolerance={})
+def test_a_quantized_candidate_must_have_passed_its_export_checks():
+    from pedigree.evals.gate import export_check
+
+    cfg = GateConfig(task_metric="task_score", min_task_gain=0.0, general_tolerance={},
+                     candidate="gguf-q4_0")
     items = {"base": _items(task_score=[0, 0]), "gguf-q4_0": _items(task_score=[1, 1])}
-    cfg = cfg.model_copy(update={"candidate": "gguf-q4_0"})
-    failed = {"check": "export checks", "passed": False, "reason": "gguf-q4_0: quantize checks failed"}
-    gate = decide(cfg, items, None, "abc", [failed])
-    assert not gate["passed"] and gate["reasons"][0] == "FAIL: gguf-q4_0: quantize checks failed"
+    report = {"gguf-q4_0": {"passed": False}, "gguf-q8_0": {"passed": True}}
+    gate = decide(cfg, items, None, "abc", export_check("gguf-q4_0", report))
+    assert not gate["passed"]
+    assert gate["reasons"][0].startswith("FAIL: gguf-q4_0: quantize checks failed")
+    report["gguf-q4_0"]["passed"] = True
+    assert decide(cfg, items, None, "abc", export_check("gguf-q4_0", report))["passed"]
+    assert export_check("merged", report) == []  # the merged model has parity checks of its own
+
+
+def test_gate_candidates_are_deployable_models():
+    with pytest.raises(ValueError, match="candidate"):
+        GateConfig(candidate="sft")  # sft and dpo are folded into merged: promote that

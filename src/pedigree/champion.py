@@ -14,8 +14,13 @@ CHAMPION_FILE = "champion.json"
 
 
 def candidate_dir(candidate: str) -> str:
-    """The stage output that holds a gate candidate (sft and dpo are folded into merged)."""
-    return "models/merged" if candidate in ("sft", "dpo", "merged") else "models/quantized"
+    """The stage output that holds a gate candidate: its manifest hash is what the gate judged."""
+    return "models/merged" if candidate == "merged" else "models/quantized"
+
+
+def candidate_files(candidate: str) -> str:
+    """The candidate's own files, which the registry points at (one quantized format)."""
+    return "models/merged" if candidate == "merged" else f"models/quantized/{candidate}"
 
 
 def read_champion(root: Path) -> dict[str, Any] | None:

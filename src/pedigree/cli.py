@@ -144,11 +144,11 @@ def _report(args: argparse.Namespace) -> int:
         from pedigree.compare import compare
 
         text = compare(Path("."))
-        if args.out != "report.html":
+        if args.out:
             atomic_write_text(Path(args.out), text)
         print(text, end="")
         return 0
-    out = Path(args.out)
+    out = Path(args.out or "report.html")
     try:
         text = build_report(Path("."), out.parent)
     except FileNotFoundError as err:
@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("report", help="one self-contained HTML page of the pipeline")
-    p.add_argument("--out", default="report.html", help="with --compare: also write it there")
+    p.add_argument("--out", help="where to write (default report.html; with --compare: "
+                   "stdout only unless given)")
     p.add_argument("--compare", action="store_true",
                    help="a Markdown table of the DVC experiments (e.g. one per SFT method)")
     p.set_defaults(func=_report)

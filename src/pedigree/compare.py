@@ -88,8 +88,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         raise PedigreeError("no experiment has eval results yet: run `dvc exp run` "
                             "(or `dvc exp run --queue ...` and `dvc queue start`) first")
     keys = sorted({k for r in rows for k in r["params"]})
+    # sft.partial and sft.quant are settings of one method each: they differ between methods
+    # only because each method's conf file sets its own, and the method column says it.
     varied = [k for k in keys if len({r["params"].get(k) for r in rows}) > 1
-              and not k.startswith("sft.partial") and not k.startswith("sft.quant")]
+              and not k.startswith(("sft.partial", "sft.quant"))]
     varied = ["sft.method", *(k for k in varied if k != "sft.method")]  # the method first
     header = ["experiment", *varied, *(name for name, _, _ in COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -383,8 +383,9 @@ class GateConfig(Section):
     Differences are in each metric's own units (nats/token for losses, fractions for scores),
     signed so that positive is better."""
 
-    candidate: Literal["sft", "dpo", "merged", *QUANT_FORMATS] = Field(
-        "merged", description="the model that would be promoted"
+    candidate: Literal["merged", *QUANT_FORMATS] = Field(
+        "merged", description="the model that would be promoted: a deployable one (sft and dpo "
+        "are folded into merged)"
     )
     task_metric: MetricName = Field("task_loss", description="what the task gain is measured on")
     min_task_gain: float = Field(0.5, ge=0, description="required improvement over the base")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pedigree import lineage
-from pedigree.champion import CHAMPION_FILE, candidate_dir, read_champion
+from pedigree.champion import CHAMPION_FILE, candidate_dir, candidate_files, read_champion
 from pedigree.errors import PedigreeError
 from pedigree.files import atomic_write_text
 from pedigree.tracking import flatten, runs_for_output, store_lock, tracking_uri
@@ -30,8 +30,16 @@ class PromotionRefused(PedigreeError):
     """The gate failed, is stale, or the lineage does not audit clean."""
 
 
-def _current_gate(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(gate record, eval manifest), checked to describe the workspace as it is now."""
+@dataclass
+class _Gated:
+    gate: dict[str, Any]  # metrics/gate.json
+    model: dict[str, Any]  # the candidate's stage manifest
+    evaluation: dict[str, Any]  # the eval stage's manifest
+    previous: dict[str, Any] | None  # the current champion record
+
+
+def _current_gate(root: Path) -> _Gated:
+    """The gate and the manifests it judged, checked to describe the workspace as it is now."""
     gate_file = root / "metrics" / "gate.json"
     if not gate_file.is_file():
         raise PromotionRefused(f"{gate_file}: not found; run `dvc repro` first")
@@ -50,14 +58,13 @@ def _current_gate(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                                f"('{previous.get('registered_model')}' version "
                                f"{previous.get('version')})")
     recorded = {i["path"]: i["sha256"] for i in eval_manifest["inputs"]}
-    now = lineage.file_hashes(root / CHAMPION_FILE)
-    if recorded.get(CHAMPION_FILE) != next(iter(now.values())):
+    if recorded.get(CHAMPION_FILE) != lineage.sha256_file(root / CHAMPION_FILE):
         raise PromotionRefused(f"{CHAMPION_FILE} changed since the gate ran (another promotion?): "
                                "run `dvc repro` to gate against the current champion")
     if not gate["passed"]:
         failed = [r for r in gate["reasons"] if r.startswith("FAIL")]
         raise PromotionRefused("the gate failed:\n  " + "\n  ".join(failed))
-    return gate, model_manifest
+    return _Gated(gate, model_manifest, eval_manifest, previous)
 
 
 def lineage_tags(gate: dict[str, Any], manifest: dict[str, Any], eval_run: str | None,
@@ -108,24 +115,24 @@ def plan_promotion(root: Path, registered_model: str, audit_experiment: str | No
     """Every check, no side effect; raises PromotionRefused with the reasons."""
     from pedigree.audit import audit
 
-    gate, manifest = _current_gate(root)
+    gated = _current_gate(root)
+    gate, manifest = gated.gate, gated.model
     findings = audit(root, None, audit_experiment)
     if findings:
         raise PromotionRefused("the lineage audit failed:\n  "
                                + "\n  ".join(str(f) for f in findings))
-    previous = read_champion(root)
     evaluated = json.loads((root / "metrics" / "eval.json").read_text(encoding="utf-8"))
     items = json.loads((root / "metrics" / "items.json").read_text(encoding="utf-8"))
     metrics = evaluated[gate["candidate"]]
     eval_runs = []
     if audit_experiment:
-        eval_runs = runs_for_output(root, lineage.read_manifest(root / "metrics")["outputs_sha256"])
+        eval_runs = runs_for_output(root, gated.evaluation["outputs_sha256"])
     plan = Plan(
         registered_model=registered_model,
         candidate=gate["candidate"],
-        source=(root / candidate_dir(gate["candidate"])).resolve().as_uri(),
+        source=(root / candidate_files(gate["candidate"])).resolve().as_uri(),
         outputs_sha256=manifest["outputs_sha256"],
-        previous=previous,
+        previous=gated.previous,
     )
     plan.tags = lineage_tags(gate, manifest, eval_runs[-1] if eval_runs else None, metrics)
     plan.record = {

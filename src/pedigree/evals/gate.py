@@ -90,6 +90,16 @@ def check_champion(cfg: GateConfig, candidate: Items, champion: Items) -> list[d
     return checks
 
 
+def export_check(candidate: str, quantize_report: dict[str, Any]) -> list[dict[str, Any]]:
+    """A quantized candidate must have passed the quantize stage's own checks (parity against
+    the merged model); the merged model has none here. A precondition for `decide`."""
+    if candidate not in quantize_report:
+        return []
+    ok = quantize_report[candidate]["passed"]
+    return [{"check": "export checks", "passed": ok, "reason": f"{candidate}: quantize checks "
+             f"{'passed' if ok else 'failed'} (models/quantized/report.json)"}]
+
+
 def decide(cfg: GateConfig, items: dict[str, Items], champion: dict[str, Any] | None,
            candidate_sha256: str, preconditions: list[dict[str, Any]] | None = None,
            ) -> dict[str, Any]:

@@ -64,15 +64,6 @@ def text_nll(model, tokenizer, texts: list[str], max_length: int,
     return row_nll(model, encoded, tokenizer.pad_token_id, batch_size)
 
 
-def completion_loss(model, tokenizer, rows: list[dict[str, Any]], max_length: int,
-                    batch_size: int) -> float:
-    return mean_loss(completion_nll(model, tokenizer, rows, max_length, batch_size))
-
-
-def text_loss(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> float:
-    return mean_loss(text_nll(model, tokenizer, texts, max_length, batch_size))
-
-
 @torch.no_grad()
 def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
                     batch_size: int) -> list[str]:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pedigree.evals.gate import higher_is_better
+
 # One chart each in `dvc plots show` (metrics/plots/<metric>.json), when the models report it.
 PLOTTED = ("task_score", "task_loss", "task_json_valid", "val_loss", "general_loss",
            "general_task_score", "pref_accuracy")
@@ -19,19 +21,16 @@ def plot_tables(metrics: dict[str, dict[str, float]]) -> dict[str, list[dict[str
             for m in PLOTTED if any(m in values for values in metrics.values())}
 
 
-def summary(metrics: dict[str, dict[str, float]], gate: dict[str, Any],
-            models: tuple[str, ...] = ("sft", "dpo", "merged")) -> dict[str, Any]:
+def summary(metrics: dict[str, dict[str, float]], gate: dict[str, Any]) -> dict[str, Any]:
     """Gains over the base per model, positive = better, plus the gate's verdict: the figures
     `dvc exp show` and `pedigree report --compare` put side by side."""
-    from pedigree.evals.gate import higher_is_better
-
     base, task = metrics["base"], gate["task_metric"]
+    sign = 1 if higher_is_better(task) else -1
     out: dict[str, Any] = {"gate_passed": int(gate["passed"])}
-    for name in (*models, gate["candidate"]):
+    for name in ("sft", "dpo", "merged", gate["candidate"]):
         if name not in metrics or name in out:
             continue
         m = metrics[name]
-        sign = 1 if higher_is_better(task) else -1
         figures = {"task_gain": sign * (m[task] - base[task]),
                    "task_score_gain": m["task_score"] - base["task_score"],
                    # forgetting: positive = worse than the base on general text
@@ -48,12 +47,11 @@ def _dump(value: Any) -> str:
 
 
 def write_outputs(out: Path, *, metrics: dict[str, dict[str, float]],
-                  items: dict[str, dict[str, dict[str, float]]], gate: dict[str, Any],
-                  plots: dict[str, list[dict[str, Any]]]) -> None:
+                  items: dict[str, dict[str, dict[str, float]]], gate: dict[str, Any]) -> None:
     (out / "eval.json").write_text(_dump(metrics))  # {model: {metric: value}}: dvc metrics
     (out / "summary.json").write_text(_dump(summary(metrics, gate)))  # dvc metrics too
     (out / "items.json").write_text(_dump(items))  # {model: {metric: {item id: value}}}
     (out / "gate.json").write_text(_dump(gate))
     (out / "plots").mkdir()
-    for metric, rows in plots.items():
+    for metric, rows in plot_tables(metrics).items():
         (out / "plots" / f"{metric}.json").write_text(_dump(rows))

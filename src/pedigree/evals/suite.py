@@ -80,6 +80,10 @@ def load_eval_sets(eval_dir: Path, split_dir: Path, cfg: EvalConfig) -> EvalSets
     validation = _read(split_dir / "sft_validation.jsonl", ("id",))[: cfg.max_loss_rows]
     pref_file = split_dir / "preference_validation.jsonl"
     preferences = _read(pref_file, ("id",))[: cfg.max_loss_rows] if pref_file.exists() else []
+    for path, rows in ((task_file, tasks), (eval_dir / "general.jsonl", general),
+                       (split_dir / "sft_validation.jsonl", validation)):
+        if not rows:  # every score and loss is a mean over these
+            raise EvalSetError(f"{path}: no rows; the evals need at least one")
     return EvalSets(tasks, validation, general, general_tasks, preferences)
 
 
