@@ -61,9 +61,13 @@ def test_errors_name_the_file(tmp_path, capsys):
     conf = _conf(tmp_path)
     with pytest.raises(PedigreeError, match="refs/main: not found; the mirror has no org/m"):
         check(conf, tmp_path / "empty")
-    (conf / "model" / "bad.yaml").write_text("source: hub\nid: org/x\n")
+    (conf / "model" / "bad.yaml").write_text("name: x\nsource: hub\nid: org/x\nrevision: 1234\n")
     assert main(["base", "check", "--conf", str(conf), "--mirror", str(tmp_path)]) == 1
-    assert "bad.yaml: a hub model needs id and a 40-character revision" in capsys.readouterr().err
+    assert "bad.yaml: revision: Input should be a valid string" in capsys.readouterr().err
+    (conf / "model" / "bad.yaml").write_text("name: x\nsource: hub\nid: org/x\nrevision: abc\n")
+    assert main(["base", "check", "--conf", str(conf), "--mirror", str(tmp_path)]) == 1
+    assert "bad.yaml: Value error, revision='abc': a hub model must be pinned by its full " \
+           "40-character" in capsys.readouterr().err
 
 
 def test_rebase_command_keeps_the_revision_a_string():

@@ -12,15 +12,17 @@ Exit codes for scripts: 0 every pin is current, 10 a newer revision exists, 1 an
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
+from pedigree.config import ModelConfig
 from pedigree.errors import PedigreeError
+from pedigree.lineage import file_hashes
 
 CHANGED_EXIT = 10
 
@@ -41,8 +43,13 @@ def hub_pins(conf_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     for path in sorted((conf_dir / "model").glob("*.yaml")):
         cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if cfg.get("source") == "hub":
-            if not cfg.get("id") or not cfg.get("revision"):
-                raise PedigreeError(f"{path}: a hub model needs id and a 40-character revision")
+            try:  # the schema's own check: a full 40-hex revision, as a string
+                ModelConfig.model_validate(cfg)
+            except ValidationError as err:
+                problems = "; ".join(
+                    (".".join(str(p) for p in e["loc"]) + ": " if e["loc"] else "") + e["msg"]
+                    for e in err.errors())
+                raise PedigreeError(f"{path}: {problems}") from None
             pins.append((path.stem, cfg))
     return pins
 
@@ -68,17 +75,11 @@ def hub_latest(repo_id: str) -> str:
                             "offline, set HF_HUB_OFFLINE=1 and use a mirror") from None
 
 
-def _file_digests(snapshot: Path) -> dict[str, str]:
-    return {p.relative_to(snapshot).as_posix():
-            hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(snapshot.rglob("*")) if p.is_file()}
-
-
 def changed_files(mirror: Path, repo_id: str, old: str, new: str) -> dict[str, list[str]]:
     snapshots = _repo_dir(mirror, repo_id) / "snapshots"
     if not (snapshots / old).is_dir() or not (snapshots / new).is_dir():
         return {}
-    a, b = _file_digests(snapshots / old), _file_digests(snapshots / new)
+    a, b = file_hashes(snapshots / old), file_hashes(snapshots / new)
     return {"added": sorted(set(b) - set(a)), "removed": sorted(set(a) - set(b)),
             "modified": sorted(f for f in set(a) & set(b) if a[f] != b[f])}
 

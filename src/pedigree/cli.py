@@ -161,26 +161,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from pedigree.config import load_params
-    from pedigree.promote import PromotionRefused, next_version, plan_promotion, register
+    from pedigree.promote import promote
 
-    params = load_params()
-    name = args.name or params.gate.registered_model
-    experiment = params.tracking.experiment if params.tracking.enabled else None
-    try:
-        plan = plan_promotion(Path("."), name, experiment)
-    except PromotionRefused as err:
-        print(f"pedigree promote: refused: {err}", file=sys.stderr)
-        return 1
-    if args.dry_run:
-        print("gate passed and the lineage audits clean; `pedigree promote` would:")
-        for line in plan.describe(next_version(Path("."), name)):
-            print(f"  {line}")
-        return 0
-    version = register(Path("."), plan, plan.tags.get("pedigree.eval_run"))
-    for line in plan.describe(version):
-        print(f"done: {line}")
-    return 0
+    return promote(Path("."), args.name, args.dry_run)
 
 
 def _sweep(args: argparse.Namespace) -> int:

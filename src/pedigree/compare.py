@@ -36,23 +36,23 @@ COLUMNS = (
 )
 
 
-def _nodes(entries: list[dict[str, Any]]):
+def experiment_nodes(entries: list[dict[str, Any]]):
     """Every revision in `dvc exp show --json` output: baselines and their experiments."""
     for entry in entries:
         yield entry
         for group in entry.get("experiments") or []:
-            yield from _nodes(group.get("revs") or [])
+            yield from experiment_nodes(group.get("revs") or [])
 
 
-def _files(section: dict[str, Any] | None) -> dict[str, Any]:
+def file_contents(section: dict[str, Any] | None) -> dict[str, Any]:
     return {path: (value or {}).get("data") or {} for path, value in (section or {}).items()}
 
 
 def experiment_rows(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows, seen = [], set()
-    for node in _nodes(shown):
+    for node in experiment_nodes(shown):
         data = node.get("data") or {}
-        metrics = _files(data.get("metrics"))
+        metrics = file_contents(data.get("metrics"))
         if not metrics.get("metrics/summary.json") or node.get("error"):
             continue  # not run yet, failed, or from before the evals wrote a summary
         name = node.get("name") or node.get("rev", "?")[:7]
@@ -64,7 +64,7 @@ def experiment_rows(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
         seen.add(key)
         rows.append({
             "name": name,
-            "params": flatten(_files(data.get("params")).get("params.yaml", {})),
+            "params": flatten(file_contents(data.get("params")).get("params.yaml", {})),
             "summary": metrics["metrics/summary.json"],
             "sft": metrics.get("models/sft/metrics.json", {}),
             "perf": metrics.get("perf/sft.json", {}),

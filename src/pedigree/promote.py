@@ -181,3 +181,28 @@ def next_version(root: Path, registered_model: str) -> str:
     except MlflowException:
         return "1"
     return str(max((int(v.version) for v in versions), default=0) + 1)
+
+
+def promote(root: Path, name: str | None = None, dry_run: bool = False) -> int:
+    """`pedigree promote [--name N] [--dry-run]` (and `pedigree rebase --promote`)."""
+    import sys
+
+    from pedigree.config import load_params
+
+    params = load_params(root / "params.yaml")
+    name = name or params.gate.registered_model
+    experiment = params.tracking.experiment if params.tracking.enabled else None
+    try:
+        plan = plan_promotion(root, name, experiment)
+    except PromotionRefused as err:
+        print(f"pedigree promote: refused: {err}", file=sys.stderr)
+        return 1
+    if dry_run:
+        print("gate passed and the lineage audits clean; `pedigree promote` would:")
+        for line in plan.describe(next_version(root, name)):
+            print(f"  {line}")
+        return 0
+    version = register(root, plan, plan.tags.get("pedigree.eval_run"))
+    for line in plan.describe(version):
+        print(f"done: {line}")
+    return 0

@@ -20,8 +20,6 @@ from typing import Any
 
 from pedigree.errors import PedigreeError
 
-STAGES = ("base", "curate", "split", "sft", "dpo", "merge", "quantize", "eval")
-
 
 def experiment_command(model: str, revision: str | None, extra: list[str]) -> list[str]:
     name = f"rebase-{model}" + (f"-{revision[:8]}" if revision else "")
@@ -84,6 +82,6 @@ def rebase(root: Path, model: str, revision: str | None, promote: bool,
     if not gate["passed"]:
         print("[rebase] not promoted: the gate failed")
         return 1
-    from pedigree.cli import main as cli
+    from pedigree.promote import promote as promote_candidate
 
-    return cli(["promote"])
+    return promote_candidate(root)

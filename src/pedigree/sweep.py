@@ -1,7 +1,7 @@
 """`pedigree sweep`: a Hydra multirun over the pipeline, one DVC experiment per job.
 
     pedigree sweep -m sft.learning_rate=1e-4,3e-4 sft=lora,dora
-    pedigree sweep -m 'sft.learning_rate=interval(1e-4,3e-3)' hydra/sweeper=optuna
+    pedigree sweep -m 'sft.learning_rate=interval(1e-4,3e-3)' hydra/sweeper=tpe
 
 Hydra enumerates the configurations (the basic grid sweeper, or Optuna from conf/hydra/sweeper/)
 and launches the jobs (in turn, or through joblib or submitit from conf/hydra/launcher/). Each
@@ -26,21 +26,22 @@ from typing import Any
 
 from pedigree.errors import PedigreeError
 from pedigree.files import atomic_write_text
+from pedigree.tracking import SWEEP_ENV
 
-SWEEP_ENV = "PEDIGREE_SWEEP_ID"
 ROOT_ENV = "PEDIGREE_SWEEP_ROOT"
 OBJECTIVE_ENV = "PEDIGREE_SWEEP_OBJECTIVE"
+DIRECTION_ENV = "PEDIGREE_SWEEP_DIRECTION"
 DEFAULT_OBJECTIVE = "models/sft/metrics.json:val_loss"
 
 
 def objective_value(shown: list[dict[str, Any]], name: str, objective: str) -> float:
     """The objective (`metrics file:dotted.key`) of experiment `name` in `dvc exp show --json`."""
-    from pedigree.compare import _files, _nodes
+    from pedigree.compare import experiment_nodes, file_contents
 
     path, _, key = objective.partition(":")
-    for node in _nodes(shown):
+    for node in experiment_nodes(shown):
         if node.get("name") == name:
-            value: Any = _files((node.get("data") or {}).get("metrics")).get(path, {})
+            value: Any = file_contents((node.get("data") or {}).get("metrics")).get(path, {})
             for part in key.split("."):
                 value = value.get(part) if isinstance(value, dict) else None
             if not isinstance(value, int | float):
@@ -62,16 +63,18 @@ def run_job(overrides: list[str], job_num: int) -> float:
     if done.returncode:
         raise PedigreeError(f"sweep job {name} ({' '.join(overrides)}) failed:\n"
                             f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=root,
-                           capture_output=True, text=True, check=True).stdout
-    value = objective_value(json.loads(shown), name, objective)
+    from pedigree.compare import show_experiments
+
+    value = objective_value(show_experiments(root), name, objective)
     result = {"job": job_num, "experiment": name, "overrides": overrides,
               "objective": objective, "value": value}
     out = root / "sweeps" / sweep_id
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / f"job-{job_num}.json", json.dumps(result, indent=2) + "\n")
     print(f"[sweep] {name}: {' '.join(overrides)} -> {objective} = {value:.6g}", flush=True)
-    return value
+    # Hydra's optimising sweepers minimise (conf/hydra/sweeper/tpe.yaml): signed, so that
+    # minimising it follows --direction either way.
+    return value if os.environ.get(DIRECTION_ENV, "minimize") == "minimize" else -value
 
 
 def _hydra_job(cfg) -> float:  # cfg unused: DVC composes the config from the overrides
@@ -100,10 +103,9 @@ def main(args: list[str], root: Path, objective: str, direction: str) -> int:
         raise PedigreeError("pedigree sweep runs DVC experiments from a commit: commit first")
     sid = sweep_id(args, head)
     env = {**os.environ, SWEEP_ENV: sid, ROOT_ENV: str(root.resolve()),
-           OBJECTIVE_ENV: objective}
+           OBJECTIVE_ENV: objective, DIRECTION_ENV: direction}
     out = root / "sweeps" / sid
-    multirun = [] if {"-m", "--multirun"} & set(args) else ["--multirun"]
-    cmd = [sys.executable, "-m", "pedigree.sweep", *multirun, "--config-dir",
+    cmd = [sys.executable, "-m", "pedigree.sweep", "--multirun", "--config-dir",
            str((root / "conf").resolve()), "--config-name", "config", *args,
            f"hydra.sweep.dir={out.resolve()}", "hydra.job.chdir=false"]
     print(f"[sweep] {sid}: {' '.join(args)}", flush=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 TAG_PREFIX = "pedigree."
+SWEEP_ENV = "PEDIGREE_SWEEP_ID"  # set by `pedigree sweep` in its jobs: tags their runs
 # MLflow keeps dataset digests in a 36-character column; 32 hex of the sha256 fit (128 bits).
 DIGEST_CHARS = 32
 _PARAM_VALUE_LIMIT = 6000  # characters MLflow accepts per param value
@@ -155,8 +156,8 @@ def _log_stage_run(root, experiment, manifest, output_path, metrics, history, da
         mlflow.set_tags(stage_tags(manifest, output_path))
         if os.environ.get("DVC_EXP_NAME"):  # a DVC experiment (`dvc exp run`, queued or not)
             mlflow.set_tag(f"{TAG_PREFIX}dvc_experiment", os.environ["DVC_EXP_NAME"])
-        if os.environ.get("PEDIGREE_SWEEP_ID"):  # a job of `pedigree sweep`
-            mlflow.set_tag(f"{TAG_PREFIX}sweep", os.environ["PEDIGREE_SWEEP_ID"])
+        if os.environ.get(SWEEP_ENV):  # a job of `pedigree sweep`
+            mlflow.set_tag(f"{TAG_PREFIX}sweep", os.environ[SWEEP_ENV])
         # Link to the runs that made this stage's inputs: the latest run tagged with each
         # upstream output's hash (the UI shows them as tags on this run).
         for up in manifest["upstream"]:
