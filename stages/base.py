@@ -12,13 +12,7 @@ from pathlib import Path
 
 from pedigree.config import load_params
 from pedigree.stage import stage_run
-from pedigree.train.load import (
-    check_model_dir,
-    copy_model_files,
-    fetch_hub_model,
-    load_tokenizer,
-    model_identity,
-)
+from pedigree.train.load import copy_model_files, fetch_hub_model, load_tokenizer, model_identity
 
 params = load_params()
 cfg = params.model
@@ -35,9 +29,7 @@ with stage_run("base", out="models/base", inputs=inputs[cfg.source],
         run.details["pretrain"] = report
     else:
         source = Path(cfg.path) if cfg.source == "local" else fetch_hub_model(cfg.id, cfg.revision)
-        # Checked where the user can find the files: every file is whole, the tokenizer loads,
-        # a chat template (if it ships one) renders.
-        check_model_dir(source)
+        copy_model_files(source, run.dir)  # checks every file is whole, naming it at `source`
+        # ...and the tokenizer loads, its chat template (if it ships one) renders.
         load_tokenizer(source, cfg.trust_remote_code, require_template=False)
-        copy_model_files(source, run.dir)
     run.roots["base_model"] = model_identity(cfg, run.dir)

@@ -5,8 +5,10 @@ planted in the environment."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +75,14 @@ def new_project(root: Path, *overrides: str) -> Path:
     run(["git", "init", "-q"], root)
     commit(root, "micro")
     return root
+
+
+def manifest(project: Path, stage: str) -> dict:
+    return json.loads((project / OUTS[stage] / "lineage.json").read_text())
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the probe's socket closes: reserve nothing)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

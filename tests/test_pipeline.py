@@ -18,14 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from tests import scratch
-from tests.scratch import OUTPUTS, OUTS, SECRETS, STAGES, commit, new_project, run
+from tests.scratch import (
+    OUTPUTS,
+    SECRETS,
+    STAGES,
+    commit,
+    env,
+    free_port,
+    manifest,
+    new_project,
+    run,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def _env() -> dict[str, str]:
-    return scratch.env()
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +38,6 @@ def project(tmp_path_factory) -> Path:
     root = new_project(tmp_path_factory.mktemp("clone"))
     run([sys.executable, "-m", "dvc", "repro"], root)
     return root
-
-
-def manifest(project: Path, stage: str) -> dict:
-    return json.loads((project / OUTS[stage] / "lineage.json").read_text())
 
 
 def test_every_stage_ran_and_wrote_a_manifest(project):
@@ -145,21 +146,21 @@ def test_a_second_repro_at_once_is_refused_and_nothing_is_corrupt(project, tmp_p
     log = tmp_path / "first.log"
     with open(log, "w") as out:  # a file, not a pipe: a full pipe would stall the first run
         first = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-f", "-s", "eval"],
-                                 cwd=project, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+                                 cwd=project, env=env(), stdout=out, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while not (project / ".metrics.tmp").exists() and first.poll() is None \
                 and time.time() < deadline:
             time.sleep(0.05)  # until the eval stage is writing its output
         assert first.poll() is None, "the first repro ended before the second could start"
         second = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project,
-                                env=_env(), capture_output=True, text=True, timeout=300)
+                                env=env(), capture_output=True, text=True, timeout=300)
         assert first.wait(timeout=600) == 0, log.read_text()[-3000:]
     # DVC's lock on the outputs the first run holds refuses the second, in one clear message.
     assert second.returncode != 0, second.stdout
     assert "is busy, it is being blocked by" in second.stderr, second.stderr
     assert "Traceback" not in second.stderr
     audit = subprocess.run([sys.executable, "-m", "pedigree.cli", "audit", "--no-mlflow"],
-                           cwd=project, env=_env(), capture_output=True, text=True, timeout=300)
+                           cwd=project, env=env(), capture_output=True, text=True, timeout=300)
     assert audit.returncode == 0, audit.stderr
 
 
@@ -237,7 +238,7 @@ def test_dvc_exp_run_composes_params_from_conf(project):
 
 def _audit(project: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pedigree.cli", "audit"], cwd=project,
-                          env=_env(), capture_output=True, text=True, timeout=300, check=False)
+                          env=env(), capture_output=True, text=True, timeout=300, check=False)
 
 
 @pytest.fixture
@@ -311,25 +312,17 @@ def test_audit_catches_planted_faults(planted, fault, plant, expected):
     assert first.startswith("audit failed: ") and expected in first, (fault, proc.stderr)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_server_serves_the_runs_and_their_lineage(project):
     """`mlflow server` on the project's store, queried over REST as a team server would be."""
     import signal
     import time
     import urllib.request
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}", "--workers", "1"],
-        cwd=project, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=project, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)  # its own process group: workers die with it
     base = f"http://127.0.0.1:{port}"
 
@@ -405,10 +398,6 @@ def test_report_renders_in_headless_chromium(project, tmp_path):
     assert any(c == (31, 119, 180) for _, c in top) or any(c == (238, 244, 251) for _, c in top)
 
 
-def _commit(project: Path, message: str) -> None:
-    commit(project, message)
-
-
 # --- evals, the gate and promotion ---------------------------------------------------------
 
 def test_eval_writes_gate_summary_and_one_plot_per_metric(project):
@@ -445,7 +434,7 @@ def promotable(project, tmp_path) -> Path:
 
 def _promote(project: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pedigree.cli", "promote", *args], cwd=project,
-                          env=_env(), capture_output=True, text=True, timeout=300, check=False)
+                          env=env(), capture_output=True, text=True, timeout=300, check=False)
 
 
 def _set_gate(project: Path, **values) -> None:
@@ -527,7 +516,7 @@ def test_promote_refuses_when_the_lineage_does_not_audit(promotable):
 def test_queued_2x2_grid_and_report_compare(project):
     """`dvc exp run --queue` with a 2x2 grid (method x learning rate), `dvc queue start`, then the
     method table."""
-    _commit(project, "sweep")
+    commit(project, "sweep")
     run([sys.executable, "-m", "dvc", "exp", "run", "--queue", "-S", "experiment=micro",
          "-S", "sft=lora,full", "-S", "sft.learning_rate=0.0015,0.0025"], project)
     run([sys.executable, "-m", "dvc", "queue", "start"], project)
@@ -564,7 +553,7 @@ def test_queued_2x2_grid_and_report_compare(project):
 def test_pedigree_sweep_2x2_grid_returns_the_best(project):
     """`pedigree sweep -m`: a Hydra multirun, each job a DVC experiment in its own temporary
     workspace, upstream stages reused, the objective returned, the best one printed."""
-    _commit(project, "grid")
+    commit(project, "grid")
     out = run([sys.executable, "-m", "pedigree.cli", "sweep", "-m", "experiment=micro",
                "sft.lora.r=4,8", "sft.learning_rate=0.001,0.003"], project)
     sweep = out.split("[sweep] ")[1].split(":")[0]
@@ -612,13 +601,13 @@ def test_base_check_and_rebase_onto_a_new_revision(project, tmp_path, monkeypatc
     mirror = tmp_path / "hub"
     rev1, rev2 = "1" * 40, "2" * 40
     first = _hub_snapshot(mirror, "pedigree/micro-hub", rev1, pretrain_steps=20)
-    monkeypatch.setenv("HF_HUB_CACHE", str(mirror))  # _env() passes it to every command
+    monkeypatch.setenv("HF_HUB_CACHE", str(mirror))  # env() passes it to every command
     (project / "conf/model/hubmicro.yaml").write_text(
         "name: hubmicro\nsource: hub\nid: pedigree/micro-hub\n"
         f"revision: '{rev1}'\npath: null\ntrust_remote_code: false\nbuild: null\n")
-    _commit(project, "hub")
+    commit(project, "hub")
     cli = [sys.executable, "-m", "pedigree.cli"]
-    check = subprocess.run(cli + ["base", "check", "--format", "json"], cwd=project, env=_env(),
+    check = subprocess.run(cli + ["base", "check", "--format", "json"], cwd=project, env=env(),
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stderr
     assert json.loads(check.stdout)[0]["changed"] is False
@@ -633,7 +622,7 @@ def test_base_check_and_rebase_onto_a_new_revision(project, tmp_path, monkeypatc
     # A second revision appears: more pretraining, the same tokenizer.
     second = _hub_snapshot(mirror, "pedigree/micro-hub", rev2, pretrain_steps=25)
     assert (first / "tokenizer.json").read_bytes() == (second / "tokenizer.json").read_bytes()
-    check = subprocess.run(cli + ["base", "check"], cwd=project, env=_env(),
+    check = subprocess.run(cli + ["base", "check"], cwd=project, env=env(),
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 10, check.stderr
     assert f"hubmicro: pedigree/micro-hub has a newer revision: {rev1[:12]} -> {rev2}" in \

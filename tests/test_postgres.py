@@ -11,14 +11,12 @@ work against the server, and no planted credential reaches the database.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import pwd
 import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +30,7 @@ import pytest
 import yaml
 
 from pedigree.tracking import DIGEST_CHARS, flatten
-from tests.scratch import OUTS, SECRETS, STAGES, new_project, run
+from tests.scratch import OUTS, SECRETS, STAGES, free_port, manifest, new_project, run
 from tests.scratch import env as scratch_env
 
 pytestmark = pytest.mark.slow
@@ -49,12 +47,6 @@ def _postgres_bin() -> Path | None:
         return None
     newest = max(found, key=lambda p: int(re.sub(r"\D", "", Path(p).parents[1].name) or 0))
     return Path(newest).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
@@ -133,10 +125,10 @@ def servers() -> Iterator[Servers]:
     data = home / "data"
     artifacts = base / "artifacts"
     password = secrets.token_hex(16)
-    pg_port = _free_port()
-    mlflow_port = _free_port()
+    pg_port = free_port()
+    mlflow_port = free_port()
     while mlflow_port == pg_port:  # each probe closes its socket: the same port can come back
-        mlflow_port = _free_port()
+        mlflow_port = free_port()
     mlflow = None
 
     def pg(*cmd: str, **kwargs) -> subprocess.CompletedProcess:
@@ -218,10 +210,6 @@ def project(servers, tmp_path_factory) -> Path:
     run([sys.executable, "-m", "dvc", "repro"], root, MLFLOW_TRACKING_URI=servers.tracking_uri)
     print(f"\ndvc repro against mlflow server + PostgreSQL: {time.monotonic() - started:.0f}s")
     return root
-
-
-def manifest(project: Path, stage: str) -> dict:
-    return json.loads((project / OUTS[stage] / "lineage.json").read_text())
 
 
 def experiment_name(project: Path) -> str:

@@ -443,7 +443,8 @@ class ConfigError(PedigreeError, ValueError):
     """A params file that does not match the schema; the message is meant for the user."""
 
 
-# Keys whose values are never echoed (in errors, which reach logs): they may hold credentials.
+# Unknown keys named like this have their values never echoed (errors reach logs): they may
+# hold credentials. No schema field holds one, so known keys (max_new_tokens) always echo.
 SECRET_KEY = re.compile(r"(key|token|secret|password|passwd|credential)", re.IGNORECASE)
 
 
@@ -451,7 +452,8 @@ def _format_errors(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: invalid configuration"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(root)"
-        value = "<redacted>" if SECRET_KEY.search(key) else e.get("input")
+        secret = e["type"] == "extra_forbidden" and SECRET_KEY.search(key)
+        value = "<redacted>" if secret else e.get("input")
         allowed = e.get("ctx", {}).get("expected") or e["msg"]
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (value {value!r}); check its spelling in conf/")
