@@ -100,20 +100,45 @@ def stage_tags(manifest: dict[str, Any], output_path: str) -> dict[str, str]:
 @contextmanager
 def store_lock(root: Path) -> Iterator[None]:
     """Exclusive use of the default SQLite store across processes (parallel DVC experiments,
-    sweep jobs): SQLite allows one writer, and MLflow creating or migrating the schema from two
-    processes at once fails ("duplicate column name"). A server store needs no lock."""
+    sweep jobs), created complete if missing: SQLite allows one writer, and MLflow creating or
+    migrating the schema from two processes at once fails ("duplicate column name"). A server
+    store needs no lock."""
     uri = tracking_uri(root)
     if not uri.startswith("sqlite:///"):
         yield
         return
-    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
+    db = Path(uri.removeprefix("sqlite:///"))
+    lock = db.with_name(db.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # blocks until the other writer is done
         try:
+            _create_store(db)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _create_store(db: Path) -> None:
+    """Create the SQLite store, if missing, beside its path and rename it into place complete.
+
+    MLflow builds its schema in dozens of migrations that pysqlite commits one by one: a process
+    killed among them leaves a store MLflow can never open again ("table guardrails already
+    exists"). Built aside, a killed creation leaves only a stray file, removed here next time.
+    Called under the store lock, so no other process is creating it."""
+    if db.is_file():
+        return
+    from mlflow.store.db.utils import _initialize_tables, create_sqlalchemy_engine
+
+    partial = db.with_name(db.name + ".partial")
+    for stale in db.parent.glob(partial.name + "*"):  # and its -journal, from a killed creation
+        stale.unlink()
+    engine = create_sqlalchemy_engine(f"sqlite:///{partial}")
+    try:
+        _initialize_tables(engine)  # what MLflow's store does on an empty database
+    finally:
+        engine.dispose()
+    os.replace(partial, db)
 
 
 def log_stage_run(
