@@ -47,8 +47,10 @@ with stage_run("eval", out="metrics",
     candidate = read_manifest(Path(candidate_dir(params.gate.candidate)))
     quantized = json.loads(Path("models/quantized/report.json").read_text())
     exported = export_check(params.gate.candidate, quantized)
+    lower_is_better = set().union(*(r.lower_is_better for r in results.values()))
     gate = decide(params.gate, {n: r.items for n, r in results.items()},
-                  read_champion(Path(".")), candidate["outputs_sha256"], exported)
+                  read_champion(Path(".")), candidate["outputs_sha256"], exported,
+                  lower_is_better)
     print(f"[eval] gate: {'PASSED' if gate['passed'] else 'FAILED'} ({params.gate.candidate})")
     for reason in gate["reasons"]:
         print(f"[eval]   {reason}")

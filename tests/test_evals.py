@@ -239,6 +239,25 @@ def test_decide_records_every_reason():
     json.dumps(gate)  # the record is plain JSON
 
 
+def test_a_harness_metric_declared_lower_is_better_is_ranked_so():
+    """An error rate from a harness task: fewer errors is the gain the gate asks for, in the
+    gate and in summary.json, because the harness says so (the name does not)."""
+    metric = "harness.local_add_errors.wrong"
+    cfg = GateConfig(task_metric=metric, min_task_gain=0.25, general_tolerance={},
+                     champion_tolerance={metric: 0.0})
+    items = {"base": _items(**{metric: [1] * 8}), "merged": _items(**{metric: [0] * 4 + [1] * 4})}
+    gate = decide(cfg, items, None, "abc", lower_is_better={metric})
+    assert gate["passed"] and gate["lower_is_better"] == [metric]
+    assert gate["checks"][0]["difference"] == pytest.approx(0.5)
+    assert not decide(cfg, items, None, "abc")["passed"]  # read as a score it got worse
+    champion = {"items": _items(**{metric: [0] * 8})}  # the champion made fewer errors
+    gate = decide(cfg, items, champion, "abc", lower_is_better={metric})
+    assert not gate["passed"] and gate["checks"][-1]["difference"] == pytest.approx(-0.5)
+    metrics = {"base": {metric: 1.0, "task_score": 0.0, "general_loss": 2.0},
+               "merged": {metric: 0.5, "task_score": 0.0, "general_loss": 2.0}}
+    assert summary(metrics, gate)["merged"]["task_gain"] == pytest.approx(0.5)
+
+
 def test_gate_config_rejects_unknown_metrics():
     with pytest.raises(ValueError, match="unknown metric 'task_acc'"):
         GateConfig(task_metric="task_acc")

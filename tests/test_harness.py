@@ -35,6 +35,20 @@ metadata:
   version: 1.0
 """
 
+ERRORS_YAML = TASK_YAML.replace("task: local_add", "task: local_add_errors").replace(
+    """metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true""", """process_results: !function local_errors.process_results
+metric_list:
+  - metric: wrong
+    aggregation: mean
+    higher_is_better: false""")
+ERRORS_PY = """\
+def process_results(doc, results):
+    return {"wrong": float(results[0] != doc["reference"])}
+"""
+
 
 def test_harness_scores_what_our_own_generation_produces(micro_model_dir, tmp_path,
                                                          monkeypatch):
@@ -56,10 +70,18 @@ def test_harness_scores_what_our_own_generation_produces(micro_model_dir, tmp_pa
     tasks.mkdir()
     (tasks / "local_add.yaml").write_text(TASK_YAML.format(data=data))
 
-    metrics, items = run_harness(model, tokenizer,
-                                 HarnessConfig(tasks=["local_add"], include_path=str(tasks)), 4)
-    assert metrics["harness.local_add.exact_match"] == 1.0
-    assert items["harness.local_add.exact_match"] == {f"q{i}": 1.0 for i in range(6)}
+    # The same documents scored as an error rate, a metric of the task's own that the task
+    # declares lower-is-better: pedigree must take the direction from the harness.
+    (tasks / "local_add_errors.yaml").write_text(ERRORS_YAML.format(data=data))
+    (tasks / "local_errors.py").write_text(ERRORS_PY)
+
+    result = run_harness(model, tokenizer, HarnessConfig(tasks=["local_add", "local_add_errors"],
+                                                         include_path=str(tasks)), 4)
+    assert result.metrics["harness.local_add.exact_match"] == 1.0
+    assert result.items["harness.local_add.exact_match"] == {f"q{i}": 1.0 for i in range(6)}
+    assert result.metrics["harness.local_add_errors.wrong"] == 0.0
+    assert result.items["harness.local_add_errors.wrong"] == {f"q{i}": 0.0 for i in range(6)}
+    assert result.lower_is_better == {"harness.local_add_errors.wrong"}
 
     with pytest.raises(PedigreeError, match=r"\['nope'\] not found in .*it defines: local_add"):
         run_harness(model, tokenizer, HarnessConfig(tasks=["nope"], include_path=str(tasks)), 4)

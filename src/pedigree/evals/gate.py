@@ -12,6 +12,7 @@ No torch here: `pedigree promote` reads the result without loading a model.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 from pedigree.config import GateConfig
@@ -19,18 +20,22 @@ from pedigree.config import GateConfig
 Items = dict[str, dict[str, float]]  # metric -> {item id: value}
 
 
-def higher_is_better(metric: str) -> bool:
-    return not metric.split(".")[-1].endswith(("loss", "perplexity"))
+def higher_is_better(metric: str, lower_is_better: Collection[str] = ()) -> bool:
+    """Our own losses and perplexities are lower-is-better by name; `lower_is_better` names the
+    others, as lm-evaluation-harness declares them (bits_per_byte, ter, a task's own metric)."""
+    return metric not in lower_is_better and \
+        not metric.split(".")[-1].endswith(("loss", "perplexity"))
 
 
-def paired_difference(metric: str, candidate: Items, reference: Items) -> dict[str, Any]:
+def paired_difference(metric: str, candidate: Items, reference: Items,
+                      lower_is_better: Collection[str] = ()) -> dict[str, Any]:
     """Mean and standard error of (candidate - reference) over the items both have, signed so
     that positive is better."""
     a, b = candidate.get(metric), reference.get(metric)
     if not a or not b:
         missing = "candidate" if not a else "reference"
         return {"metric": metric, "n": 0, "error": f"the {missing} has no {metric}"}
-    sign = 1.0 if higher_is_better(metric) else -1.0
+    sign = 1.0 if higher_is_better(metric, lower_is_better) else -1.0
     diffs = [sign * (a[i] - b[i]) for i in sorted(set(a) & set(b))
              if not (math.isnan(a[i]) or math.isnan(b[i]))]
     n = len(diffs)
@@ -46,11 +51,12 @@ def _fmt(x: float) -> str:
     return f"{x:+.4g}"
 
 
-def check_base(cfg: GateConfig, candidate: Items, base: Items) -> list[dict[str, Any]]:
+def check_base(cfg: GateConfig, candidate: Items, base: Items,
+               lower_is_better: Collection[str] = ()) -> list[dict[str, Any]]:
     """The task metric must improve by min_task_gain; the general probe must not worsen beyond
     its tolerance."""
     checks = []
-    diff = paired_difference(cfg.task_metric, candidate, base)
+    diff = paired_difference(cfg.task_metric, candidate, base, lower_is_better)
     diff.update(check="task gain over base", required=cfg.min_task_gain)
     if "error" in diff:
         diff.update(passed=False, reason=f"task gain: {diff['error']}")
@@ -60,7 +66,7 @@ def check_base(cfg: GateConfig, candidate: Items, base: Items) -> list[dict[str,
                           f"(needs >= {cfg.min_task_gain:g})")
     checks.append(diff)
     for metric, tolerance in sorted(cfg.general_tolerance.items()):
-        diff = paired_difference(metric, candidate, base)
+        diff = paired_difference(metric, candidate, base, lower_is_better)
         diff.update(check="general probe vs base", allowed=-tolerance)
         if "error" in diff:
             diff.update(passed=False, reason=f"general probe: {diff['error']}")
@@ -72,11 +78,12 @@ def check_base(cfg: GateConfig, candidate: Items, base: Items) -> list[dict[str,
     return checks
 
 
-def check_champion(cfg: GateConfig, candidate: Items, champion: Items) -> list[dict[str, Any]]:
+def check_champion(cfg: GateConfig, candidate: Items, champion: Items,
+                   lower_is_better: Collection[str] = ()) -> list[dict[str, Any]]:
     """No metric may regress by more than max(its absolute tolerance, k standard errors)."""
     checks = []
     for metric, tolerance in sorted(cfg.champion_tolerance.items()):
-        diff = paired_difference(metric, candidate, champion)
+        diff = paired_difference(metric, candidate, champion, lower_is_better)
         diff["check"] = "regression vs champion"
         if "error" in diff:  # a metric neither side measured (e.g. no preference pairs)
             diff.update(passed=True, reason=f"{metric}: not compared ({diff['error']})")
@@ -102,21 +109,23 @@ def export_check(candidate: str, quantize_report: dict[str, Any]) -> list[dict[s
 
 def decide(cfg: GateConfig, items: dict[str, Items], champion: dict[str, Any] | None,
            candidate_sha256: str, preconditions: list[dict[str, Any]] | None = None,
-           ) -> dict[str, Any]:
+           lower_is_better: Collection[str] = ()) -> dict[str, Any]:
     """The gate record: every check with its reason, and `passed` when all pass.
     `preconditions`: checks the caller made ({"check", "passed", "reason"}), e.g. that a
-    quantized candidate passed its export checks."""
+    quantized candidate passed its export checks. `lower_is_better`: metrics whose names do not
+    say so (see higher_is_better); kept in the record for whoever reads it later."""
     candidate = items[cfg.candidate]
-    checks = [*(preconditions or []), *check_base(cfg, candidate, items["base"])]
+    checks = [*(preconditions or []),
+              *check_base(cfg, candidate, items["base"], lower_is_better)]
     against = None
     if champion and champion.get("items"):
         against = {k: champion[k] for k in ("registered_model", "version", "outputs_sha256")
                    if k in champion}
-        checks += check_champion(cfg, candidate, champion["items"])
+        checks += check_champion(cfg, candidate, champion["items"], lower_is_better)
     passed = all(c["passed"] for c in checks)
     reasons = [("pass: " if c["passed"] else "FAIL: ") + c["reason"] for c in checks]
     if against is None:
         reasons.append("no champion yet: compared with the base only")
     return {"passed": passed, "candidate": cfg.candidate, "candidate_sha256": candidate_sha256,
             "champion": against, "task_metric": cfg.task_metric, "checks": checks,
-            "reasons": reasons}
+            "reasons": reasons, "lower_is_better": sorted(lower_is_better)}

@@ -5,7 +5,8 @@ local files; only those tasks are indexed (not the ~14,000 bundled ones, which w
 Hub). Each model is evaluated as already loaded (no re-load from a hub id), through its chat
 template unless `apply_chat_template` is off. Every `<metric>,<filter>` the harness reports becomes
 `harness.<task>.<metric>` (`_<filter>` appended unless it is "none"), with per-document values
-so the gate can compare models item by item.
+so the gate can compare models item by item, and the direction the harness declares for it
+(bits_per_byte, ter, brier_score, perplexities, or a task's own `higher_is_better: false`).
 
 Needs `pip install -e '.[harness]'` (`make install` does it).
 """
@@ -13,6 +14,7 @@ Needs `pip install -e '.[harness]'` (`make install` does it).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,15 @@ def _metric_name(task: str, key: str) -> str | None:
     return f"harness.{task}.{metric}" + ("" if filt == "none" else f"_{filt}")
 
 
-def run_harness(model, tokenizer, cfg: HarnessConfig, batch_size: int
-                ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """(metrics, per-document items) of one loaded model on the configured harness tasks."""
+@dataclass
+class HarnessResult:
+    metrics: dict[str, float]
+    items: dict[str, dict[str, float]]  # metric -> {document id: value}
+    lower_is_better: set[str]  # metrics the harness declares lower-is-better
+
+
+def run_harness(model, tokenizer, cfg: HarnessConfig, batch_size: int) -> HarnessResult:
+    """One loaded model on the configured harness tasks."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local data files only
     try:
         import lm_eval
@@ -54,18 +62,22 @@ def run_harness(model, tokenizer, cfg: HarnessConfig, batch_size: int
     )
     metrics: dict[str, float] = {}
     items: dict[str, dict[str, float]] = {}
+    lower: set[str] = set()
     for task, values in result["results"].items():
+        directions = result.get("higher_is_better", {}).get(task, {})  # {metric: bool}
         for key, value in values.items():
             name = _metric_name(task, key)
             if name and isinstance(value, int | float):
                 metrics[name] = float(value)
+                if directions.get(key.partition(",")[0]) is False:
+                    lower.add(name)
         for sample in result["samples"].get(task, []):
             doc_id = _doc_id(sample)
             for key, value in sample.items():
                 name = _metric_name(task, f"{key},{sample.get('filter', 'none')}")
                 if name in metrics and isinstance(value, int | float | bool):
                     items.setdefault(name, {})[doc_id] = float(value)
-    return metrics, items
+    return HarnessResult(metrics, items, lower)
 
 
 def _doc_id(sample: dict[str, Any]) -> str:

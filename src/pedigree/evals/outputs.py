@@ -25,7 +25,7 @@ def summary(metrics: dict[str, dict[str, float]], gate: dict[str, Any]) -> dict[
     """Gains over the base per model, positive = better, plus the gate's verdict: the figures
     `dvc exp show` and `pedigree report --compare` put side by side."""
     base, task = metrics["base"], gate["task_metric"]
-    sign = 1 if higher_is_better(task) else -1
+    sign = 1 if higher_is_better(task, gate.get("lower_is_better", ())) else -1
     out: dict[str, Any] = {"gate_passed": int(gate["passed"])}
     for name in ("sft", "dpo", "merged", gate["candidate"]):
         if name not in metrics or name in out:

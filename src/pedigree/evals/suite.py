@@ -13,7 +13,7 @@ models item by item and put a standard error on their difference.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,12 +99,14 @@ class ModelEval:
     metrics: dict[str, float]
     items: dict[str, dict[str, float]]  # metric -> {item id: value}
     answers: list[str]  # greedy answers to the task prompts, in order
+    lower_is_better: set[str] = field(default_factory=set)  # beyond our own losses (harness)
 
 
 def evaluate(model, tokenizer, sets: EvalSets, cfg: EvalConfig) -> ModelEval:
     n, bs = cfg.max_length, cfg.batch_size
     metrics: dict[str, float] = {}
     items: dict[str, dict[str, float]] = {}
+    lower_is_better: set[str] = set()
 
     def losses(name: str, ids: list[str], rows: list[tuple[float, int]]) -> None:
         metrics[f"{name}_loss"] = mean_loss(rows)  # token-weighted, nats/token
@@ -142,14 +144,15 @@ def evaluate(model, tokenizer, sets: EvalSets, cfg: EvalConfig) -> ModelEval:
     if cfg.harness.tasks:  # lm-evaluation-harness, optional
         from pedigree.evals.harness import run_harness
 
-        harness_metrics, harness_items = run_harness(model, tokenizer, cfg.harness, bs)
-        metrics.update(harness_metrics)
-        items.update(harness_items)
+        harness = run_harness(model, tokenizer, cfg.harness, bs)
+        metrics.update(harness.metrics)
+        items.update(harness.items)
+        lower_is_better.update(harness.lower_is_better)
 
     for name, values in items.items():
         if name not in metrics:  # scores: the mean of the items
             metrics[name] = sum(values.values()) / len(values)
-    return ModelEval(metrics, items, answers)
+    return ModelEval(metrics, items, answers, lower_is_better)
 
 
 def answers_table(sets: EvalSets, answers: dict[str, list[str]]) -> str:
