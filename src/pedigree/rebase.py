@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from pedigree.errors import PedigreeError
+from pedigree.stream import run_streamed
 
 
 def experiment_command(model: str, revision: str | None, extra: list[str]) -> list[str]:
@@ -67,10 +67,9 @@ def rebase(root: Path, model: str, revision: str | None, promote: bool,
         raise PedigreeError(f"conf/model/{model}.yaml: no such model config")
     cmd = experiment_command(model, revision, extra)
     print("[rebase] " + " ".join(cmd[2:]), flush=True)
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    output = done.stdout + done.stderr
-    if done.returncode:
-        raise PedigreeError(f"the experiment failed:\n{output[-3000:]}")
+    code, output = run_streamed(cmd, root, "[rebase] | ")
+    if code:
+        raise PedigreeError(f"the experiment failed (exit {code}):\n{output[-3000:]}")
     ran, reused = stages_run(output)
     print(f"[rebase] re-ran: {', '.join(ran) or 'nothing'}")
     print(f"[rebase] reused: {', '.join(reused) or 'nothing'}")
