@@ -575,6 +575,16 @@ def test_pedigree_sweep_2x2_grid_returns_the_best(project):
             (sweep,))]
     assert stages.count("sft") == 4 and "base" not in stages and "curate" not in stages
 
+    # The same sweep again resumes: finished jobs are read back; a job whose record is missing
+    # (as when a run is killed after its experiment landed) has its experiment replaced.
+    (project / "sweeps" / sweep / "job-3.json").unlink()
+    again = run([sys.executable, "-m", "pedigree.cli", "sweep", "-m", "experiment=micro",
+                 "sft.lora.r=4,8", "sft.learning_rate=0.001,0.003"], project)
+    assert again.count("(finished in an earlier run of this sweep)") == 3, again
+    rerun = json.loads((project / "sweeps" / sweep / "job-3.json").read_text())
+    assert rerun == jobs[3]  # deterministic training: the same objective
+    assert f"best: {best['experiment']}" in again
+
 
 # --- new base models: base check and rebase, offline against a local "hub" -----------------
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from pedigree.errors import PedigreeError
 from pedigree.files import atomic_write_text
+from pedigree.stream import run_streamed
 from pedigree.tracking import SWEEP_ENV
 
 ROOT_ENV = "PEDIGREE_SWEEP_ROOT"
@@ -50,28 +51,47 @@ def objective_value(shown: list[dict[str, Any]], name: str, objective: str) -> f
     raise PedigreeError(f"experiment {name} not found in `dvc exp show`")
 
 
+def _finished_earlier(root: Path, record: Path, name: str, overrides: list[str]) -> bool:
+    """Whether an earlier run of this sweep finished job `name` with these overrides and its
+    experiment is still there. An experiment of that name without such a record (a run killed
+    mid-job, or a sweeper that suggested differently) is removed so that the job runs anew."""
+    from pedigree.compare import experiment_nodes, show_experiments
+
+    recorded = record.is_file() and json.loads(record.read_text())["overrides"] == overrides
+    present = any(n.get("name") == name for n in experiment_nodes(show_experiments(root)))
+    if present and not recorded:
+        subprocess.run([sys.executable, "-m", "dvc", "exp", "remove", name], cwd=root,
+                       capture_output=True, text=True, check=True)
+    return present and recorded
+
+
 def run_job(overrides: list[str], job_num: int) -> float:
-    """One sweep job: a DVC experiment in a temporary workspace; returns the objective."""
+    """One sweep job: a DVC experiment in a temporary workspace; returns the objective. A job
+    an earlier run of the same sweep finished is read back, not run again."""
     root = Path(os.environ[ROOT_ENV])
     sweep_id = os.environ[SWEEP_ENV]
     objective = os.environ.get(OBJECTIVE_ENV, DEFAULT_OBJECTIVE)
     name = f"{sweep_id}-{job_num}"
-    cmd = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name]
-    for override in overrides:
-        cmd += ["-S", override]
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    if done.returncode:
-        raise PedigreeError(f"sweep job {name} ({' '.join(overrides)}) failed:\n"
-                            f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    out = root / "sweeps" / sweep_id
+    record = out / f"job-{job_num}.json"
+    earlier = _finished_earlier(root, record, name, overrides)
+    if not earlier:
+        cmd = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name]
+        for override in overrides:
+            cmd += ["-S", override]
+        code, output = run_streamed(cmd, root, f"[{name}] | ")
+        if code:
+            raise PedigreeError(f"sweep job {name} ({' '.join(overrides)}) failed (exit "
+                                f"{code}):\n{output[-3000:]}")
     from pedigree.compare import show_experiments
 
     value = objective_value(show_experiments(root), name, objective)
     result = {"job": job_num, "experiment": name, "overrides": overrides,
               "objective": objective, "value": value}
-    out = root / "sweeps" / sweep_id
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"job-{job_num}.json", json.dumps(result, indent=2) + "\n")
-    print(f"[sweep] {name}: {' '.join(overrides)} -> {objective} = {value:.6g}", flush=True)
+    atomic_write_text(record, json.dumps(result, indent=2) + "\n")
+    print(f"[sweep] {name}: {' '.join(overrides)} -> {objective} = {value:.6g}"
+          + (" (finished in an earlier run of this sweep)" if earlier else ""), flush=True)
     # Hydra's optimising sweepers minimise (conf/hydra/sweeper/tpe.yaml): signed, so that
     # minimising it follows --direction either way.
     return value if os.environ.get(DIRECTION_ENV, "minimize") == "minimize" else -value
@@ -85,8 +105,9 @@ def _hydra_job(cfg) -> float:  # cfg unused: DVC composes the config from the ov
 
 
 def sweep_id(args: list[str], commit: str) -> str:
-    """A short id for the sweep: a hash of the arguments and the commit it starts from (so the
-    same sweep twice gets the same experiment names, and DVC refuses to clobber them)."""
+    """A short id for the sweep: a hash of the arguments and the commit it starts from, so that
+    the same sweep run again (after a failed or interrupted job) resumes: jobs it finished are
+    read back, the rest run."""
     return "sweep-" + hashlib.sha256(json.dumps([args, commit]).encode()).hexdigest()[:8]
 
 
