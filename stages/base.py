@@ -30,6 +30,6 @@ with stage_run("base", out="models/base", inputs=inputs[cfg.source],
     else:
         source = Path(cfg.path) if cfg.source == "local" else fetch_hub_model(cfg.id, cfg.revision)
         copy_model_files(source, run.dir)  # checks every file is whole, naming it at `source`
-        # ...and the tokenizer loads, its chat template (if it ships one) renders.
+        # ...and the tokenizer loads (sft checks the chat template it trains with).
         load_tokenizer(source, cfg.trust_remote_code, require_template=False)
     run.roots["base_model"] = model_identity(cfg, run.dir)

@@ -63,11 +63,14 @@ def test_errors_name_the_file(tmp_path, capsys):
         check(conf, tmp_path / "empty")
     (conf / "model" / "bad.yaml").write_text("name: x\nsource: hub\nid: org/x\nrevision: 1234\n")
     assert main(["base", "check", "--conf", str(conf), "--mirror", str(tmp_path)]) == 1
-    assert "bad.yaml: revision: Input should be a valid string" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bad.yaml: invalid configuration\n  revision = 1234: Input should be a valid string" \
+        in err
     (conf / "model" / "bad.yaml").write_text("name: x\nsource: hub\nid: org/x\nrevision: abc\n")
     assert main(["base", "check", "--conf", str(conf), "--mirror", str(tmp_path)]) == 1
-    assert "bad.yaml: Value error, revision='abc': a hub model must be pinned by its full " \
-           "40-character" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bad.yaml: invalid configuration" in err
+    assert "revision='abc': a hub model must be pinned by its full 40-character" in err
 
 
 def test_rebase_command_keeps_the_revision_a_string():

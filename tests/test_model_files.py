@@ -124,6 +124,8 @@ def test_a_chat_template_that_does_not_render_is_named(model_dir, template):
     with pytest.raises(ModelLoadError, match=rf"{model_dir}/chat_template.jinja: the chat "
                                              "template does not render"):
         load_tokenizer(model_dir)
+    # As a base it is accepted: sft.chat_template may replace it, and sft checks what it uses.
+    assert load_tokenizer(model_dir, require_template=False).chat_template == template
 
 
 def test_an_sft_chat_template_override_is_checked(micro_model_dir):

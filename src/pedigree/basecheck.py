@@ -17,10 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from pedigree.config import ModelConfig
+from pedigree.config import ModelConfig, format_errors, read_yaml
 from pedigree.errors import PedigreeError
 from pedigree.lineage import file_hashes
 
@@ -41,15 +40,12 @@ class Pin:
 def hub_pins(conf_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     pins = []
     for path in sorted((conf_dir / "model").glob("*.yaml")):
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        cfg = read_yaml(path) or {}
         if cfg.get("source") == "hub":
             try:  # the schema's own check: a full 40-hex revision, as a string
                 ModelConfig.model_validate(cfg)
             except ValidationError as err:
-                problems = "; ".join(
-                    (".".join(str(p) for p in e["loc"]) + ": " if e["loc"] else "") + e["msg"]
-                    for e in err.errors())
-                raise PedigreeError(f"{path}: {problems}") from None
+                raise PedigreeError(format_errors(path, err)) from None
             pins.append((path.stem, cfg))
     return pins
 

@@ -448,7 +448,8 @@ class ConfigError(PedigreeError, ValueError):
 SECRET_KEY = re.compile(r"(key|token|secret|password|passwd|credential)", re.IGNORECASE)
 
 
-def _format_errors(path: Path, err: ValidationError) -> str:
+def format_errors(path: Path, err: ValidationError) -> str:
+    """One line per problem under a `<path>: invalid configuration` header."""
     lines = [f"{path}: invalid configuration"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(root)"
@@ -502,7 +503,7 @@ def parse_params(raw: dict[str, Any], path: Path = PARAMS_FILE) -> Params:
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:
-        lines = _format_errors(path, err).splitlines()[1:] + lines
+        lines = format_errors(path, err).splitlines()[1:] + lines
     if lines:
         raise ConfigError("\n".join([f"{path}: invalid configuration", *lines]))
     return params
@@ -519,11 +520,16 @@ _ParamsLoader.add_implicit_resolver(
 )
 
 
+def read_yaml(path: Path) -> Any:
+    """A config file as the schema expects it (`1e-3` is a float)."""
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=_ParamsLoader)  # safe: SafeLoader
+
+
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """Read and validate the whole params file."""
     if not path.exists():
         raise ConfigError(f"{path}: not found; run `pedigree compose` to create it from conf/")
-    raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_ParamsLoader)  # safe: a SafeLoader
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return parse_params(raw, path)

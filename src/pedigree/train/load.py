@@ -150,20 +150,26 @@ def training_device() -> dict[str, Any]:
 def load_causal_lm(path: Path, trust_remote_code: bool = False):
     """A model for training or evaluation, in fp32 (training casts via bf16 autocast on GPU)."""
     import torch
+
+    return from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+
+
+def from_pretrained(path: Path, **kwargs):
+    """AutoModelForCausalLM from a checked directory, safetensors only; a refusal (custom code
+    with trust_remote_code off, an unknown architecture) is one named error."""
     from transformers import AutoModelForCausalLM
 
     check_model_dir(path)
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
-        )
-    except (OSError, ValueError) as err:  # e.g. custom code refused: trust_remote_code is off
+        return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, **kwargs)
+    except (OSError, ValueError) as err:
         raise ModelLoadError(f"{path}: cannot load the model ({err})") from None
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False, require_template: bool = True):
-    """The tokenizer, its chat template checked to render. `require_template=False` for a base
-    model, which may ship none when `sft.chat_template` supplies it."""
+    """The tokenizer, its chat template checked to render. `require_template=False` where the
+    template may be missing or replaced (a base model: `sft.chat_template` may supply one, and
+    the sft stage checks the template it trains with)."""
     from transformers import AutoTokenizer
 
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -174,11 +180,10 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False, require_template
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise ModelLoadError(f"{path}: cannot load the tokenizer ({type(err).__name__}: {err}); "
                              "it needs tokenizer.json and tokenizer_config.json") from None
-    if tokenizer.chat_template is None:
-        if require_template:
+    if require_template:
+        if tokenizer.chat_template is None:
             raise ModelLoadError(f"{path}: the tokenizer has no chat template; put one in the "
                                  "model directory or set sft.chat_template")
-    else:
         source = path / "chat_template.jinja"
         check_chat_template(tokenizer,
                             source if source.is_file() else path / "tokenizer_config.json")

@@ -16,7 +16,7 @@ from typing import Any
 
 from pedigree.config import ADAPTER_METHODS, LoraConfig, PartialConfig, QuantConfig, SFTConfig
 from pedigree.errors import PedigreeError
-from pedigree.train.load import ModelLoadError, check_model_dir, check_safetensors, load_causal_lm
+from pedigree.train.load import check_safetensors, from_pretrained, load_causal_lm
 
 TRAINED_WEIGHTS = "trained.safetensors"
 TRAINING_FILE = "training.json"
@@ -49,7 +49,7 @@ def load_4bit(path: Path, quant: QuantConfig, trust_remote_code: bool = False,
     """
     import torch
     from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
     try:
         import bitsandbytes  # noqa: F401
@@ -62,14 +62,8 @@ def load_4bit(path: Path, quant: QuantConfig, trust_remote_code: bool = False,
         bnb_4bit_use_double_quant=quant.double_quant,
         bnb_4bit_compute_dtype=compute,
     )
-    check_model_dir(path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=quant, dtype=compute, use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-        )
-    except (OSError, ValueError) as err:  # e.g. custom code refused: trust_remote_code is off
-        raise ModelLoadError(f"{path}: cannot load the model ({err})") from None
+    model = from_pretrained(path, quantization_config=quant, dtype=compute,
+                            trust_remote_code=trust_remote_code)
     if not for_training:
         return model
     # Gradient checkpointing off: ~25% faster for small models; memory is not the limit here.
