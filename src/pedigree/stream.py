@@ -10,10 +10,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import TextIO
 
 
-def run_streamed(cmd: list[str], cwd: Path, prefix: str) -> tuple[int, str]:
-    """(exit code, stdout and stderr merged) of `cmd`; each line is echoed with `prefix`."""
+def run_streamed(cmd: list[str], cwd: Path, prefix: str,
+                 echo: TextIO | None = None) -> tuple[int, str]:
+    """(exit code, stdout and stderr merged) of `cmd`; each line is echoed with `prefix` to
+    `echo` (standard output by default)."""
+    echo = echo or sys.stdout
     lines: list[str] = []
     with subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, errors="replace",
@@ -21,6 +25,6 @@ def run_streamed(cmd: list[str], cwd: Path, prefix: str) -> tuple[int, str]:
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            sys.stdout.write(prefix + line if line.endswith("\n") else prefix + line + "\n")
-            sys.stdout.flush()
+            echo.write(prefix + line if line.endswith("\n") else prefix + line + "\n")
+            echo.flush()
     return proc.returncode, "".join(lines)
