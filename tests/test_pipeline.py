@@ -650,3 +650,8 @@ def test_base_check_and_rebase_onto_a_new_revision(project, tmp_path, monkeypatc
     gate = json.loads((project / "metrics/gate.json").read_text())
     assert any(c["check"] == "regression vs champion" for c in gate["checks"])
     assert manifest(project, "base")["roots"]["base_model"]["revision"] == rev2
+    # A schedule runs the same rebase again until the pin moves: the experiment of that name
+    # is replaced (DVC refuses a name that exists), and nothing changed, so nothing re-runs.
+    again = run(cli + ["rebase", "hubmicro", "--revision", rev2, *sets], project)
+    assert "[rebase] re-ran: nothing" in again, again[-3000:]
+    assert "| metric | base | champion | candidate | gate |" in again

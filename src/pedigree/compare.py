@@ -113,5 +113,18 @@ def show_experiments(root: Path) -> list[dict[str, Any]]:
     return json.loads(done.stdout)
 
 
+def has_experiment(shown: list[dict[str, Any]], name: str) -> bool:
+    return any(node.get("name") == name for node in experiment_nodes(shown))
+
+
+def remove_experiment(root: Path, name: str) -> None:
+    """Drop an experiment so a run of the same name can take its place (DVC refuses a name that
+    exists on the same commit)."""
+    done = subprocess.run([sys.executable, "-m", "dvc", "exp", "remove", name], cwd=root,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise PedigreeError(f"dvc exp remove {name} failed: {done.stderr.strip()}")
+
+
 def compare(root: Path) -> str:
     return table(experiment_rows(show_experiments(root)))

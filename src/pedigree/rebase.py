@@ -21,9 +21,13 @@ from pedigree.errors import PedigreeError
 from pedigree.stream import run_streamed
 
 
+def experiment_name(model: str, revision: str | None) -> str:
+    return f"rebase-{model}" + (f"-{revision[:8]}" if revision else "")
+
+
 def experiment_command(model: str, revision: str | None, extra: list[str]) -> list[str]:
-    name = f"rebase-{model}" + (f"-{revision[:8]}" if revision else "")
-    cmd = [sys.executable, "-m", "dvc", "exp", "run", "-n", name, "-S", f"model={model}"]
+    cmd = [sys.executable, "-m", "dvc", "exp", "run", "-n", experiment_name(model, revision),
+           "-S", f"model={model}"]
     if revision:  # quoted: a revision of digits (or like 1e5...) must stay a string
         cmd += ["-S", f"model.revision='{revision}'"]
     for override in extra:
@@ -65,6 +69,11 @@ def rebase(root: Path, model: str, revision: str | None, promote: bool,
 
     if not (root / "conf" / "model" / f"{model}.yaml").is_file():
         raise PedigreeError(f"conf/model/{model}.yaml: no such model config")
+    from pedigree.compare import has_experiment, remove_experiment, show_experiments
+
+    name = experiment_name(model, revision)
+    if has_experiment(show_experiments(root), name):  # a schedule re-runs the same rebase
+        remove_experiment(root, name)  # until the pin moves: the new run takes its place
     cmd = experiment_command(model, revision, extra)
     print("[rebase] " + " ".join(cmd[2:]), flush=True)
     code, output = run_streamed(cmd, root, "[rebase] | ")

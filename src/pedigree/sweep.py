@@ -51,31 +51,26 @@ def objective_value(shown: list[dict[str, Any]], name: str, objective: str) -> f
     raise PedigreeError(f"experiment {name} not found in `dvc exp show`")
 
 
-def _finished_earlier(root: Path, record: Path, name: str, overrides: list[str]) -> bool:
-    """Whether an earlier run of this sweep finished job `name` with these overrides and its
-    experiment is still there. An experiment of that name without such a record (a run killed
-    mid-job, or a sweeper that suggested differently) is removed so that the job runs anew."""
-    from pedigree.compare import experiment_nodes, show_experiments
-
-    recorded = record.is_file() and json.loads(record.read_text())["overrides"] == overrides
-    present = any(n.get("name") == name for n in experiment_nodes(show_experiments(root)))
-    if present and not recorded:
-        subprocess.run([sys.executable, "-m", "dvc", "exp", "remove", name], cwd=root,
-                       capture_output=True, text=True, check=True)
-    return present and recorded
-
-
 def run_job(overrides: list[str], job_num: int) -> float:
     """One sweep job: a DVC experiment in a temporary workspace; returns the objective. A job
     an earlier run of the same sweep finished is read back, not run again."""
+    from pedigree.compare import has_experiment, remove_experiment, show_experiments
+
     root = Path(os.environ[ROOT_ENV])
     sweep_id = os.environ[SWEEP_ENV]
     objective = os.environ.get(OBJECTIVE_ENV, DEFAULT_OBJECTIVE)
     name = f"{sweep_id}-{job_num}"
     out = root / "sweeps" / sweep_id
     record = out / f"job-{job_num}.json"
-    earlier = _finished_earlier(root, record, name, overrides)
+    shown = show_experiments(root)
+    # Finished by an earlier run of this sweep: its record has these overrides and its
+    # experiment is still there. An experiment without such a record (a run killed mid-job, or
+    # a sweeper that suggested differently) is replaced.
+    earlier = (record.is_file() and json.loads(record.read_text())["overrides"] == overrides
+               and has_experiment(shown, name))
     if not earlier:
+        if has_experiment(shown, name):
+            remove_experiment(root, name)
         cmd = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name]
         for override in overrides:
             cmd += ["-S", override]
@@ -83,9 +78,8 @@ def run_job(overrides: list[str], job_num: int) -> float:
         if code:
             raise PedigreeError(f"sweep job {name} ({' '.join(overrides)}) failed (exit "
                                 f"{code}):\n{output[-3000:]}")
-    from pedigree.compare import show_experiments
-
-    value = objective_value(show_experiments(root), name, objective)
+        shown = show_experiments(root)
+    value = objective_value(shown, name, objective)
     result = {"job": job_num, "experiment": name, "overrides": overrides,
               "objective": objective, "value": value}
     out.mkdir(parents=True, exist_ok=True)
