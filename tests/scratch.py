@@ -36,6 +36,9 @@ def env(**extra: str) -> dict[str, str]:
     out.pop("MLFLOW_TRACKING_URI", None)  # the scratch project's own ./mlflow.db
     out["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{out['PATH']}"
     out.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    # The scratch pipelines are the CPU ones the tests' figures and byte-identity hold for,
+    # also on a machine with a GPU.
+    out["CUDA_VISIBLE_DEVICES"] = ""
     out.update(extra)
     return out
 

@@ -190,10 +190,10 @@ def test_the_walk_covers_every_section_and_leaf():
         bad_values(leaf)
 
 
-@SETTINGS
+@pytest.mark.parametrize("leaf", LEAVES, ids=lambda leaf: leaf.key)  # every key, each run
+@settings(SETTINGS, max_examples=8)
 @given(data=st.data())
-def test_every_key_rejects_a_bad_value_naming_key_value_and_allowed(data):
-    leaf = data.draw(st.sampled_from(LEAVES), label="key")
+def test_every_key_rejects_a_bad_value_naming_key_value_and_allowed(leaf, data):
     value = data.draw(bad_values(leaf), label="value")
     message = _rejected(_with(RAW, leaf.path, value))
     lines = [line for line in message.splitlines()[1:] if line.strip().startswith(leaf.key)]
