@@ -37,7 +37,7 @@ with stage_run("eval", out="metrics",
     models = pipeline_models(Path("."), trust)
     if params.gate.candidate not in models:
         raise ConfigError(f"gate.candidate={params.gate.candidate!r}: this pipeline evaluated "
-                         f"only {', '.join(models)}")
+                          f"only {', '.join(models)}")
 
     results = {name: evaluate(load(), tokenizer, sets, cfg) for name, load in models.items()}
     for name, result in results.items():

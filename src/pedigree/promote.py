@@ -13,6 +13,7 @@ No torch: only manifests, the gate record and the MLflow client.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,8 +186,6 @@ def next_version(root: Path, registered_model: str) -> str:
 
 def promote(root: Path, name: str | None = None, dry_run: bool = False) -> int:
     """`pedigree promote [--name N] [--dry-run]` (and `pedigree rebase --promote`)."""
-    import sys
-
     from pedigree.config import load_params
 
     params = load_params(root / "params.yaml")
