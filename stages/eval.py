@@ -39,10 +39,12 @@ with stage_run("eval", out="metrics",
         raise ConfigError(f"gate.candidate={params.gate.candidate!r}: this pipeline evaluated "
                           f"only {', '.join(models)}")
 
-    results = {name: evaluate(load(), tokenizer, sets, cfg) for name, load in models.items()}
-    for name, result in results.items():
+    results = {}
+    for number, (name, load) in enumerate(models.items(), start=1):  # a line per model: progress
+        print(f"[eval] {name} ({number}/{len(models)})...", flush=True)
+        results[name] = result = evaluate(load(), tokenizer, sets, cfg)
         print(f"[eval] {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()
-                                             if "." not in k))
+                                             if "." not in k), flush=True)
 
     candidate = read_manifest(Path(candidate_dir(params.gate.candidate)))
     quantized = json.loads(Path("models/quantized/report.json").read_text())

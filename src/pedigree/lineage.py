@@ -214,6 +214,15 @@ def merge_roots(upstream: list[dict[str, Any]], own: dict[str, Any]) -> dict[str
     return roots
 
 
+def gguf_origin(gguf: dict[str, Any]) -> str:
+    """Where a base model dequantized from a GGUF file came from, in one line: the package and
+    version (or the path), the file, its quantization and sha256."""
+    where = (f"{gguf['package']}=={gguf['version']} {gguf.get('file') or gguf.get('assemble')}"
+             if gguf.get("package") else gguf["path"])
+    return (f"from {where}: {gguf['quantization']} GGUF, sha256 {gguf['file_sha256']} "
+            f"(weights dequantized from {gguf['dequantized_from']})")
+
+
 def _short(value: Any) -> str:
     return json.dumps(value, sort_keys=True)[:120]
 

@@ -86,7 +86,7 @@ def lineage_tags(gate: dict[str, Any], manifest: dict[str, Any], eval_run: str |
     if eval_run:
         tags["pedigree.eval_run"] = eval_run
     for name in ("task_score", "task_loss", "general_loss", "general_task_score",
-                 "pref_accuracy"):
+                 "general_chat_score", "pref_accuracy"):
         if name in metrics:
             tags[f"pedigree.eval.{name}"] = f"{metrics[name]:.6g}"
     return tags

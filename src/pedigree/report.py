@@ -213,7 +213,7 @@ def build_report(root: Path, out_dir: Path, final: str = "metrics") -> str:
                             f"({_esc(gate['candidate'])})</h3><ul>" + "".join(
                                 f"<li>{_esc(r)}</li>" for r in gate["reasons"]) + "</ul>")
         for key in ("task_score", "task_loss", "val_loss", "general_loss",
-                    "general_task_score"):
+                    "general_task_score", "general_chat_score"):
             values = {m: r[key] for m, r in results.items() if key in r}
             sections.append(f"<h3>{_esc(key)}</h3>" + bar_chart(f"eval-{key}", values, key))
     sections.append("<h2>Training</h2><h3>SFT loss</h3>" + line_chart(

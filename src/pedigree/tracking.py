@@ -16,6 +16,8 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+from pedigree import lineage
+
 TAG_PREFIX = "pedigree."
 SWEEP_ENV = "PEDIGREE_SWEEP_ID"  # set by `pedigree sweep` in its jobs: tags their runs
 # MLflow keeps dataset digests in a 36-character column; 32 hex of the sha256 fit (128 bits).
@@ -84,6 +86,10 @@ def stage_tags(manifest: dict[str, Any], output_path: str) -> dict[str, str]:
         "base_model.id": base.get("id") or "none",
         "base_model.revision": base.get("revision") or "none",
         "base_model.sha256": base.get("sha256") or "none",
+        **({"base_model.gguf_sha256": base["gguf"]["file_sha256"],
+            "base_model.gguf_quantization": base["gguf"]["quantization"],
+            "base_model.gguf_origin": lineage.gguf_origin(base["gguf"])}
+           if base.get("gguf") else {}),
         "git_commit": manifest["code"]["git_commit"] or "none",
         "code_sha256": manifest["code"]["source_sha256"],
     }

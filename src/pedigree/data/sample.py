@@ -11,7 +11,10 @@ Writes, from one seed:
 - `data/eval/task.jsonl`: held-out task prompts with references and how to match them;
 - `data/eval/general.jsonl`: held-out general text, the forgetting probe;
 - `data/eval/general_tasks.jsonl`: cloze prompts about facts and phrases of the general text,
-  which the pretrained base completes (its "general tasks", the second forgetting probe).
+  which the pretrained base completes (its "general tasks", the second forgetting probe);
+- `data/eval/general_chat.jsonl`: questions (facts, words, a translation) that the instruct base
+  SmolLM2-135M-Instruct answers correctly through its chat template before fine-tuning: the
+  forgetting probe for abilities a real model had.
 
 The generator is part of the library so that the committed files can be re-created and checked
 (a test regenerates them and compares bytes).
@@ -243,6 +246,33 @@ def general_tasks() -> list[dict]:
     return [{**row, "match": "normalised"} for row in rows]
 
 
+# Kept from 40 candidate questions: the 20 that SmolLM2-135M-Instruct (the default base, as the
+# base stage dequantizes it) answers correctly and plainly, greedy, in 32 tokens. The others it
+# got wrong (Rome, Madrid, Jupiter...) or right only by accident ("Kepler-41B ... similar to
+# Earth"); a probe of abilities it never had would measure nothing about forgetting.
+GENERAL_CHAT = [
+    ("What is the capital of France?", "Paris"), ("What is the capital of Japan?", "Tokyo"),
+    ("What is the capital of Germany?", "Berlin"), ("What is the capital of England?", "London"),
+    ("What is the capital of Russia?", "Moscow"), ("What is the capital of Egypt?", "Cairo"),
+    ("What is the capital of China?", "Beijing"), ("What is the capital of Greece?", "Athens"),
+    ("What is the opposite of hot?", "cold"), ("What is the opposite of up?", "down"),
+    ("What is the opposite of day?", "night"),
+    ("What colour is the sky on a clear day?", "blue"),
+    ("What is the largest ocean on Earth?", "Pacific"),
+    ("What language is spoken in Brazil?", "Portuguese"),
+    ("What is the first month of the year?", "January"),
+    ("What is the last month of the year?", "December"),
+    ("What is the plural of mouse?", "mice"), ("Translate 'hello' into Spanish.", "hola"),
+    ("Who painted the Mona Lisa?", "Leonardo"), ("What is the main language of Mexico?", "Spanish"),
+]
+
+
+def general_chat() -> list[dict]:
+    """The general-ability questions, scored by whether the answer contains the reference."""
+    return [{"id": f"chat-{i:03d}", "task": "chat", "prompt": prompt, "reference": reference,
+             "match": "contains"} for i, (prompt, reference) in enumerate(GENERAL_CHAT)]
+
+
 def generate(root: Path, seed: int = SEED) -> dict[str, Path]:
     """Write the whole sample under `root`; returns the files written."""
     rng = random.Random(seed)
@@ -295,6 +325,7 @@ def generate(root: Path, seed: int = SEED) -> dict[str, Path]:
         "task_eval": root / "data/eval/task.jsonl",
         "general_eval": root / "data/eval/general.jsonl",
         "general_tasks": root / "data/eval/general_tasks.jsonl",
+        "general_chat": root / "data/eval/general_chat.jsonl",
     }
     contents = {
         "corpus": corpus,
@@ -304,6 +335,7 @@ def generate(root: Path, seed: int = SEED) -> dict[str, Path]:
         "task_eval": _jsonl(task_eval),
         "general_eval": _jsonl(general),
         "general_tasks": _jsonl(general_tasks()),
+        "general_chat": _jsonl(general_chat()),
     }
     for key, path in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)

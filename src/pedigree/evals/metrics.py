@@ -3,7 +3,11 @@
 Matchers (a task row names its own in `match`):
   exact       the stripped strings are equal
   normalised  equal after NFKC, case folding, dropping punctuation and collapsing whitespace
-  numeric     the first number in the answer equals the reference (within 1e-6, relative)
+  numeric     the last number in the answer equals the reference (within 1e-6, relative): an
+              instruct model restates the question ("99 + 56 = 155"), so the answer comes last,
+              as in GSM8K's flexible extraction
+  contains    the normalised reference appears, as whole words, in the normalised answer (an
+              instruct model answers in a sentence: "The capital of France is Paris.")
   json        the answer parses and its value equals the reference's (key order, spacing ignored)
   json_valid  the answer parses and validates against the row's `schema` (no reference needed)
 
@@ -50,10 +54,14 @@ def normalised_match(answer: str, reference: str) -> bool:
     return normalise(answer) == normalise(reference)
 
 
+def contains_match(answer: str, reference: str) -> bool:
+    return f" {normalise(reference)} " in f" {normalise(answer)} "
+
+
 def numeric_match(answer: str, reference: str) -> bool:
-    found = _NUMBER.search(answer)
-    return found is not None and math.isclose(float(found.group()), float(reference),
-                                              rel_tol=1e-6, abs_tol=1e-9)
+    found = _NUMBER.findall(answer)
+    return bool(found) and math.isclose(float(found[-1]), float(reference),
+                                        rel_tol=1e-6, abs_tol=1e-9)
 
 
 def _parse(answer: str) -> tuple[bool, Any]:
@@ -86,6 +94,7 @@ MATCHERS: dict[str, Callable[[str, str], bool]] = {
     "exact": exact_match,
     "normalised": normalised_match,
     "numeric": numeric_match,
+    "contains": contains_match,
     "json": json_match,
 }
 MATCH_NAMES = (*MATCHERS, "json_valid")

@@ -11,7 +11,7 @@ from pedigree.evals.gate import higher_is_better
 
 # One chart each in `dvc plots show` (metrics/plots/<metric>.json), when the models report it.
 PLOTTED = ("task_score", "task_loss", "task_json_valid", "val_loss", "general_loss",
-           "general_task_score", "pref_accuracy")
+           "general_task_score", "general_chat_score", "pref_accuracy")
 
 
 def plot_tables(metrics: dict[str, dict[str, float]]) -> dict[str, list[dict[str, Any]]]:
@@ -35,9 +35,9 @@ def summary(metrics: dict[str, dict[str, float]], gate: dict[str, Any]) -> dict[
                    "task_score_gain": m["task_score"] - base["task_score"],
                    # forgetting: positive = worse than the base on general text
                    "general_loss_change": m["general_loss"] - base["general_loss"]}
-        if "general_task_score" in m:
-            figures["general_task_score_change"] = (m["general_task_score"]
-                                                    - base["general_task_score"])
+        for probe in ("general_task_score", "general_chat_score"):
+            if probe in m:
+                figures[f"{probe}_change"] = m[probe] - base[probe]
         out[name] = figures
     return out
 

@@ -4,6 +4,8 @@ The sets, all in `data.eval_dir` except the held-out split:
   task.jsonl           task prompts with references, answered greedily through the chat template
   general.jsonl        plain text the base could already model: loss on it is the forgetting probe
   general_tasks.jsonl  cloze prompts the base could already complete (no chat template)
+  general_chat.jsonl   questions an instruct base answers through its chat template (facts,
+                       short instructions): forgetting of what a real model could already do
   data/split/sft_validation.jsonl, preference_validation.jsonl: held-out rows of the training data
 
 Every metric is reported with its per-item values ({item id: value}), so the gate can pair two
@@ -32,6 +34,7 @@ from pedigree.evals.metrics import (
     check_task_row,
     continuation_answer,
     normalised_match,
+    row_score,
     score_task_rows,
 )
 
@@ -43,6 +46,8 @@ class EvalSets:
     general: list[dict[str, Any]]  # {"id", "text"}: plain text the base could already model
     general_tasks: list[dict[str, Any]]  # {"id", "prompt", "reference"}: cloze prompts
     preferences: list[dict[str, Any]]  # canonical preference rows held out by the split
+    # {"id", "task", "prompt", "reference", "match"}: questions an instruct base answers
+    general_chat: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _read(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -77,6 +82,10 @@ def load_eval_sets(eval_dir: Path, split_dir: Path, cfg: EvalConfig) -> EvalSets
     general = _read(eval_dir / "general.jsonl", ("id", "text"))
     cloze_file = eval_dir / "general_tasks.jsonl"
     general_tasks = _read(cloze_file, ("id", "prompt", "reference")) if cloze_file.exists() else []
+    chat_file = eval_dir / "general_chat.jsonl"
+    general_chat = _read(chat_file, ("id", "prompt")) if chat_file.exists() else []
+    for number, row in enumerate(general_chat, start=1):
+        check_task_row({"task": "chat", **row}, f"{chat_file}:{number}")
     validation = _read(split_dir / "sft_validation.jsonl", ("id",))[: cfg.max_loss_rows]
     pref_file = split_dir / "preference_validation.jsonl"
     preferences = _read(pref_file, ("id",))[: cfg.max_loss_rows] if pref_file.exists() else []
@@ -84,7 +93,7 @@ def load_eval_sets(eval_dir: Path, split_dir: Path, cfg: EvalConfig) -> EvalSets
                        (split_dir / "sft_validation.jsonl", validation)):
         if not rows:  # every score and loss is a mean over these
             raise EvalSetError(f"{path}: no rows; the evals need at least one")
-    return EvalSets(tasks, validation, general, general_tasks, preferences)
+    return EvalSets(tasks, validation, general, general_tasks, preferences, general_chat)
 
 
 def _reference_rows(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -132,6 +141,13 @@ def evaluate(model, tokenizer, sets: EvalSets, cfg: EvalConfig) -> ModelEval:
         items["general_task_score"] = {
             r["id"]: float(normalised_match(continuation_answer(a), r["reference"]))
             for r, a in zip(sets.general_tasks, got, strict=True)}
+
+    if sets.general_chat:  # through the chat template, like the tasks: what an instruct base does
+        got = greedy_answers(model, tokenizer,
+                             [[{"role": "user", "content": r["prompt"]}] for r in sets.general_chat],
+                             cfg.max_new_tokens, bs)
+        items["general_chat_score"] = {r["id"]: row_score(r, a)
+                                       for r, a in zip(sets.general_chat, got, strict=True)}
 
     if sets.preferences:  # chosen beats rejected when its summed log-probability is higher
         chosen = completion_nll(model, tokenizer, [{**r, "completion": r["chosen"]}

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from pedigree.lineage import gguf_origin
+
 
 def _tags(policy: dict[str, Any]) -> list[str]:
     tags = ["pedigree", "fine-tuned", f"sft-{policy['sft_method']}"]
@@ -45,6 +47,8 @@ def model_card(
         f"| raw data sha256 | `{roots.get('data_sha256')}` |",
         f"| base model | `{base.get('id')}` revision `{base.get('revision')}` |",
         f"| base model sha256 | `{base.get('sha256')}` |",
+        *([f"| base model weights | {gguf_origin(base['gguf'])}: not the authors' original "
+           "weights |"] if base.get("gguf") else []),
         f"| method | SFT {policy['sft_method']}" + (" + DPO (LoRA)" if policy["dpo"] else "") + " |",
         f"| merged onto | {merge_base} base weights |",
         *(f"| params sha256 ({stage}) | `{digest}` |" for stage, digest in params_sha256.items()),

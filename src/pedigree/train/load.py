@@ -126,16 +126,21 @@ def copy_model_files(src: Path, dst: Path) -> None:
             shutil.copy2(path.resolve(), dst / path.name)
 
 
-def model_identity(cfg: ModelConfig, model_dir: Path) -> dict[str, Any]:
-    """The base model root recorded in every downstream manifest."""
+def model_identity(cfg: ModelConfig, model_dir: Path,
+                   gguf: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The base model root recorded in every downstream manifest; `gguf`: for a model
+    dequantized from a GGUF file, its origin, sha256 and quantization."""
     hashes = file_hashes(model_dir, exclude=(MANIFEST,))
-    return {
+    identity = {
         "id": cfg.id,
         "source": cfg.source,
         "revision": cfg.revision,
         "sha256": hash_of_hashes(hashes),
         "files": hashes,
     }
+    if gguf is not None:
+        identity["gguf"] = gguf
+    return identity
 
 
 def training_device() -> dict[str, Any]:

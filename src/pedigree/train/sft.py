@@ -7,6 +7,7 @@ Checkpoints go to the stage's checkpoint store, so a killed run resumes where it
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ def run_settings(seed: int, save_steps: int | None = None) -> dict[str, Any]:
         "gradient_checkpointing": False,  # ~25% faster for small models; memory is not the limit
         "seed": seed,
         "data_seed": seed,
-        "disable_tqdm": True,
+        # A progress bar for a person at a terminal; logs (a line per logging step) otherwise.
+        "disable_tqdm": not sys.stderr.isatty(),
         # Under DDP: every LoRA/partial parameter gets a gradient; the search costs a pass.
         "ddp_find_unused_parameters": False,
         "dataloader_num_workers": 0,
