@@ -1,8 +1,10 @@
-"""Wall time of the pipeline as a user meets it: a full `dvc repro`, a no-op `dvc repro`, and an
-eval-only re-run, in a scratch copy of the working tree (the repository itself is not touched).
+"""Wall time of the pipeline as a user meets it: a full `dvc repro` (and each stage's share of
+it), a no-op `dvc repro`, and an eval-only re-run, in a scratch copy of the working tree (the
+repository itself is not touched).
 
-    .venv/bin/python bench/pipeline.py            # the default configuration
-    .venv/bin/python bench/pipeline.py --micro    # the end-to-end test's micro configuration
+    .venv/bin/python bench/pipeline.py                       # the default (SmolLM2)
+    .venv/bin/python bench/pipeline.py --experiment tiny     # the embedded model's smoke run
+    .venv/bin/python bench/pipeline.py --experiment micro    # the end-to-end test's configuration
 
 Prints one line per measurement; the figures go in BENCHMARKS.md.
 """
@@ -31,6 +33,28 @@ def sh(cmd: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
+def stage_times(cmd: list[str], cwd: Path) -> dict[str, float]:
+    """Run `dvc repro`, timing each stage from its "Running stage" line to the next one."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    times: dict[str, float] = {}
+    stage, start = "(dvc start-up)", time.perf_counter()
+    tail: list[str] = []
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as proc:
+        for line in proc.stdout:
+            tail = (tail + [line])[-40:]
+            if line.startswith("Running stage '"):
+                now = time.perf_counter()
+                times[stage] = now - start
+                stage, start = line.split("'")[1], now
+    times[stage] = time.perf_counter() - start
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{''.join(tail)}")
+    return times
+
+
 def timed(label: str, cmd: list[str], cwd: Path) -> float:
     start = time.perf_counter()
     sh(cmd, cwd)
@@ -41,7 +65,7 @@ def timed(label: str, cmd: list[str], cwd: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--micro", action="store_true", help="use experiment=micro")
+    parser.add_argument("--experiment", help="a preset of conf/experiment/ (default: none)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pedigree-bench-") as tmp:
         root = Path(tmp)
@@ -51,13 +75,17 @@ def main() -> None:
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(REPO / rel, root / rel)
         sh([sys.executable, "-m", "pedigree.cli", "compose"]
-           + (["experiment=micro"] if args.micro else []), root)
+           + ([f"experiment={args.experiment}"] if args.experiment else []), root)
         sh(["git", "init", "-q"], root)
         sh(["git", "add", "-A"], root)
         sh(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"], root)
         dvc = [sys.executable, "-m", "dvc", "repro"]
-        print(f"configuration: {'micro' if args.micro else 'default'}; cpus: {os.cpu_count()}")
-        full = timed("full dvc repro", dvc, root)
+        print(f"configuration: {args.experiment or 'default'}; cpus: {os.cpu_count()}")
+        stages = stage_times(dvc, root)
+        full = sum(stages.values())
+        for stage, seconds in stages.items():
+            print(f"  {stage:<26} {seconds:7.1f} s  {seconds / full:6.1%}")
+        print(f"{'full dvc repro':<28} {full:7.1f} s", flush=True)
         noop = timed("no-op dvc repro", dvc, root)
         params = root / "params.yaml"
         text = params.read_text()

@@ -34,6 +34,15 @@ _COMMITTED["data"]["sources"] = [{"path": "mine.jsonl", "limit": 10, "format": "
 _COMMITTED["merge"]["combine"] = {"method": "ties", "adapters": ["../other/adapter"],
                                   "weights": [0.5, 0.5], "density": 0.5}
 RAW = parse_params(_COMMITTED).model_dump(mode="json")
+# The default base comes from a GGUF package; the embedded model's `model.build` keys are walked
+# on the same params with conf/model/tiny.yaml as the model.
+_TINY = {**_COMMITTED, "model": yaml.safe_load((REPO / "conf/model/tiny.yaml").read_text())}
+RAW_TINY = parse_params(_TINY).model_dump(mode="json")
+
+
+def _base_of(path: tuple[str, ...]) -> dict:
+    """The valid params a key's bad value goes into: the tiny model's for `model.build.*`."""
+    return RAW_TINY if path[:2] == ("model", "build") else RAW
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
@@ -93,8 +102,10 @@ def sections(model: type[Section], raw: dict, prefix: tuple[str, ...] = ()):
             yield from sections(item, raw[name][0], (*prefix, name, "0"))
 
 
-LEAVES = leaves(Params, RAW)
-SECTIONS = list(sections(Params, RAW))
+LEAVES = leaves(Params, RAW) + [leaf for leaf in leaves(Params, RAW_TINY)
+                                if leaf.path[:2] == ("model", "build")]
+SECTIONS = list(sections(Params, RAW)) + [s for s in sections(Params, RAW_TINY)
+                                          if s[:2] == ("model", "build")]
 NOT_A_NUMBER = st.one_of(st.text(min_size=1).filter(lambda s: not _numeric(s)),
                          st.lists(st.integers(), max_size=2), st.dictionaries(st.text(), st.none()))
 
@@ -182,7 +193,8 @@ def _rejected(raw: dict) -> str:
 
 def test_the_walk_covers_every_section_and_leaf():
     keys = {leaf.key for leaf in LEAVES}
-    assert {"seed", "model.build.hidden_size", "sft.lora.r", "curate.near_dedup.threshold",
+    assert {"seed", "model.build.hidden_size", "model.gguf.sha256", "sft.lora.r",
+            "curate.near_dedup.threshold",
             "gate.general_tolerance", "quantize.formats", "eval.harness.tasks",
             "data.sources.0.weight", "merge.combine.density"} <= keys
     assert len(LEAVES) > 100, len(LEAVES)
@@ -195,7 +207,7 @@ def test_the_walk_covers_every_section_and_leaf():
 @given(data=st.data())
 def test_every_key_rejects_a_bad_value_naming_key_value_and_allowed(leaf, data):
     value = data.draw(bad_values(leaf), label="value")
-    message = _rejected(_with(RAW, leaf.path, value))
+    message = _rejected(_with(_base_of(leaf.path), leaf.path, value))
     lines = [line for line in message.splitlines()[1:] if line.strip().startswith(leaf.key)]
     assert lines, f"{leaf.key} not named in:\n{message}"
     line = lines[0]
@@ -210,13 +222,13 @@ def test_every_key_rejects_a_bad_value_naming_key_value_and_allowed(leaf, data):
 def test_an_unknown_key_anywhere_is_an_error(data):
     section = data.draw(st.sampled_from(SECTIONS), label="section")
     name = data.draw(st.from_regex(r"[a-z][a-z_]{0,15}", fullmatch=True), label="key")
-    node = RAW
+    node = _base_of(section)
     for part in section:
         node = node[int(part)] if isinstance(node, list) else node[part]
     if name in node:  # an existing key: spell it wrong instead
         name += "_typo"
     value = data.draw(st.one_of(st.integers(), st.text(), st.booleans()), label="value")
-    message = _rejected(_with(RAW, (*section, name), value))
+    message = _rejected(_with(_base_of(section), (*section, name), value))
     assert f"{'.'.join((*section, name))}: unknown key" in message, message
 
 
@@ -240,7 +252,8 @@ def test_paths_in_config_cannot_escape_the_repository(key, path):
     if key == "data.sources":
         raw, named = _with(RAW, ("data", "sources"), [{"path": path}]), "data.sources.0.path"
     else:
-        raw, named = _with(RAW, tuple(key.split(".")), _path_value(key, path)), key
+        where = tuple(key.split("."))
+        raw, named = _with(_base_of(where), where, _path_value(key, path)), key
     message = _rejected(raw)
     assert f"{named} = " in message and "must stay inside the repository" in message, message
 
@@ -248,8 +261,10 @@ def test_paths_in_config_cannot_escape_the_repository(key, path):
 @SETTINGS
 @given(key=st.sampled_from(REPO_PATH_KEYS), path=INSIDE)
 def test_paths_inside_the_repository_are_accepted(key, path):
-    parse_params(_with(RAW, tuple(key.split(".")), _path_value(key, path)))
+    where = tuple(key.split("."))
+    parse_params(_with(_base_of(where), where, _path_value(key, path)))
 
 
 def test_the_filled_in_params_are_valid():
     parse_params(RAW)
+    parse_params(RAW_TINY)

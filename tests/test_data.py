@@ -272,7 +272,7 @@ def test_eval_files_cover_the_eval_dir_and_named_files(tmp_path):
     extra = write_jsonl(tmp_path / "bench.jsonl", [{"question": "q " * 20}])
     files = eval_files(REPO / "data/eval", [extra])
     assert {f.name for f in files} == {"task.jsonl", "general.jsonl", "general_tasks.jsonl",
-                                       "bench.jsonl"}
+                                       "general_chat.jsonl", "bench.jsonl"}
     assert eval_files(tmp_path / "missing") == []
 
 

@@ -40,6 +40,10 @@ def test_matchers():
     assert not json_valid('{"name": "Nora", "age": "3"}', SCHEMA)  # wrong type
     assert not json_valid('{"name": "Nora"}', SCHEMA)  # missing required key
     assert json_valid("[1, 2]") and not json_valid("[1, 2")
+    # Code fences an instruct model writes around (or only after) the record are not the answer.
+    fenced = ['```json\n{"a": 1}\n```', '{\n  "a": 1\n}\n```', '```\n{"a": 1}```']
+    assert all(json_match(answer, '{"a": 1}') for answer in fenced)
+    assert not json_match('Here it is: {"a": 1}', '{"a": 1}') and not json_valid("```\n```")
     assert continuation_answer(" Germany. The sum of") == "Germany"
 
 

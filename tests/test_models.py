@@ -37,13 +37,15 @@ def test_tiny_build_is_deterministic_and_in_spec(micro_model_dir, tmp_path):
     assert report["pretrain_loss_final"] < report["pretrain_loss_first"]
 
 
-def test_default_base_size_is_in_spec():
-    """The default config's Llama has 3-6M parameters (counted without building weights)."""
+def test_tiny_base_size_is_in_spec():
+    """conf/model/tiny.yaml's Llama has 3-6M parameters (counted without building weights)."""
+    import yaml
     from transformers import LlamaConfig
 
-    from pedigree.config import load_params
+    from pedigree.config import ModelConfig
 
-    cfg = load_params(Path(__file__).resolve().parents[1] / "params.yaml").model.build
+    conf = Path(__file__).resolve().parents[1] / "conf/model/tiny.yaml"
+    cfg = ModelConfig(**yaml.safe_load(conf.read_text())).build
     llama = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
                         intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
                         num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,

@@ -60,6 +60,7 @@ def _labelled_text(tokenizer, labels: list[int]) -> str:
     return tokenizer.decode([t for t in labels if t != IGNORE_INDEX])
 
 
+@pytest.mark.slow  # dequantizes a real model (~50-90 s on 2 cores)
 def test_smollm2_is_found_pinned_and_recorded(smollm2):
     out, identity = smollm2
     cfg = model_config("smollm2")
@@ -74,6 +75,7 @@ def test_smollm2_is_found_pinned_and_recorded(smollm2):
     assert "<|im_start|>" in tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
 
 
+@pytest.mark.slow  # dequantizes a real model (~50-90 s on 2 cores)
 def test_dequantized_checkpoint_has_the_gguf_files_logits(smollm2):
     from transformers import AutoModelForCausalLM
 
@@ -88,6 +90,7 @@ def test_dequantized_checkpoint_has_the_gguf_files_logits(smollm2):
     assert torch.equal(got, expected)
 
 
+@pytest.mark.slow  # dequantizes a real model (~50-90 s on 2 cores)
 def test_smollm2_still_knows_what_the_instruct_model_knows(smollm2):
     out, _ = smollm2
     tokenizer, model = load_tokenizer(out), load_causal_lm(out)
@@ -98,6 +101,7 @@ def test_smollm2_still_knows_what_the_instruct_model_knows(smollm2):
     assert "Paris" in tokenizer.decode(answer)
 
 
+@pytest.mark.slow  # dequantizes a real model (~50-90 s on 2 cores)
 def test_chatml_labels_cover_exactly_the_assistant_tokens(smollm2):
     """ChatML has no {% generation %} markers: the prompt/completion split must mask it."""
     out, _ = smollm2
@@ -110,6 +114,7 @@ def test_chatml_labels_cover_exactly_the_assistant_tokens(smollm2):
     assert ours.labels == labels
 
 
+@pytest.mark.slow  # dequantizes a real model (~50-90 s on 2 cores)
 def test_gemma3_base_trains_on_the_shipped_turn_format(tmp_path):
     out = tmp_path / "gemma"
     out.mkdir()

@@ -8,7 +8,8 @@ Matchers (a task row names its own in `match`):
               as in GSM8K's flexible extraction
   contains    the normalised reference appears, as whole words, in the normalised answer (an
               instruct model answers in a sentence: "The capital of France is Paris.")
-  json        the answer parses and its value equals the reference's (key order, spacing ignored)
+  json        the answer parses and its value equals the reference's (key order, spacing and a
+              Markdown code fence around it ignored)
   json_valid  the answer parses and validates against the row's `schema` (no reference needed)
 
 Every task row also gets the exact and normalised match, and rows that expect JSON (`json`,
@@ -64,11 +65,19 @@ def numeric_match(answer: str, reference: str) -> bool:
                                         rel_tol=1e-6, abs_tol=1e-9)
 
 
+_FENCE = re.compile(r"^\s*```(?:json)?\s*\n?|\n?\s*```\s*$", re.IGNORECASE)
+
+
 def _parse(answer: str) -> tuple[bool, Any]:
-    try:
-        return True, json.loads(answer)
-    except json.JSONDecodeError:
-        return False, None
+    """The answer as JSON: the whole of it, or the whole of it inside a Markdown code fence (an
+    instruct model fences JSON, or closes a fence it never opened). Text around the JSON still
+    fails: the task asks for the record, not a sentence about it."""
+    for text in (answer, _FENCE.sub("", answer)):
+        try:
+            return True, json.loads(text)
+        except json.JSONDecodeError:
+            continue
+    return False, None
 
 
 def json_match(answer: str, reference: str) -> bool:

@@ -143,9 +143,8 @@ def evaluate(model, tokenizer, sets: EvalSets, cfg: EvalConfig) -> ModelEval:
             for r, a in zip(sets.general_tasks, got, strict=True)}
 
     if sets.general_chat:  # through the chat template, like the tasks: what an instruct base does
-        got = greedy_answers(model, tokenizer,
-                             [[{"role": "user", "content": r["prompt"]}] for r in sets.general_chat],
-                             cfg.max_new_tokens, bs)
+        questions = [[{"role": "user", "content": r["prompt"]}] for r in sets.general_chat]
+        got = greedy_answers(model, tokenizer, questions, cfg.max_new_tokens, bs)
         items["general_chat_score"] = {r["id"]: row_score(r, a)
                                        for r, a in zip(sets.general_chat, got, strict=True)}
 

@@ -48,7 +48,7 @@ def model_card(
         f"| base model | `{base.get('id')}` revision `{base.get('revision')}` |",
         f"| base model sha256 | `{base.get('sha256')}` |",
         *([f"| base model weights | {gguf_origin(base['gguf'])}: not the authors' original "
-           "weights |"] if base.get("gguf") else []),
+           + "weights |"] if base.get("gguf") else []),
         f"| method | SFT {policy['sft_method']}" + (" + DPO (LoRA)" if policy["dpo"] else "") + " |",
         f"| merged onto | {merge_base} base weights |",
         *(f"| params sha256 ({stage}) | `{digest}` |" for stage, digest in params_sha256.items()),

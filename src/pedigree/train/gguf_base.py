@@ -20,9 +20,10 @@ import importlib
 import importlib.metadata
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pedigree.config import GgufPackageConfig, ModelConfig
 from pedigree.errors import PedigreeError
