@@ -313,3 +313,19 @@ def test_a_quantized_candidate_must_have_passed_its_export_checks():
 def test_gate_candidates_are_deployable_models():
     with pytest.raises(ValueError, match="candidate"):
         GateConfig(candidate="sft")  # sft and dpo are folded into merged: promote that
+
+
+def test_answers_stop_at_the_templates_end_of_turn(micro_model_dir):
+    """A model trained under Gemma's format ends its answer with <end_of_turn>, not <eos>: the
+    evals' generation must stop there too, or it talks on into a turn of its own."""
+    from pedigree.train.chat import stop_token_ids
+    from pedigree.train.load import load_tokenizer
+    from pedigree.train.sft import chat_template
+
+    tokenizer = load_tokenizer(micro_model_dir)
+    assert stop_token_ids(tokenizer) == [tokenizer.eos_token_id]  # its template ends with eos
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tokenizer.chat_template = chat_template(str(REPO / "conf/chat/gemma.jinja"))
+    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    assert stop_token_ids(tokenizer) == [tokenizer.eos_token_id, end_of_turn]

@@ -1,14 +1,15 @@
 """Merge and every GGUF type, end to end, for each architecture the exporter supports.
 
-A tiny random Llama, Mistral and Qwen2 (each with a BPE tokenizer trained here and a chat
-template) get a random LoRA adapter, which `merge_policy` folds in; the merged directory goes
-through `export_format` for every GGUF type, and transformers' GGUF reader must give back the
-merged model's tokens and, within each type's tolerance, its logits.
+A tiny random Llama, Mistral, Qwen2, Qwen3 and Gemma 3 (each with a BPE tokenizer trained here
+and a chat template) get a random LoRA adapter, which `merge_policy` folds in; the merged
+directory goes through `export_format` for every GGUF type, and transformers' GGUF reader must
+give back the merged model's tokens and, within each type's tolerance, its logits; so must
+llama.cpp's, where llama-cpp-python is installed (`make kquants`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,30 @@ from gguf.quants import dequantize, quantize
 from tokenizers import Regex, pre_tokenizers
 from transformers import (
     AutoTokenizer,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 from pedigree.evals.measure import chat_inputs, compare_logits, distribution_compare, logits_of
 from pedigree.export.gguf import SUPPORTED_QTYPES
 from pedigree.export.merge import merge_policy
-from pedigree.export.quantize import GGUF_QTYPES, export_format, gguf_path
+from pedigree.export.quantize import (
+    GGUF_QTYPES,
+    ExportCheckError,
+    Reference,
+    check_llama_cpp_tokens,
+    export_format,
+    gguf_path,
+    llama_cpp_available,
+    llama_cpp_logits,
+)
 from pedigree.train.load import load_causal_lm, load_tokenizer
 from tests.test_gguf import (
     LLAMA3_SPLIT,
@@ -106,6 +120,28 @@ ARCHITECTURES = {
         Qwen2ForCausalLM,
         _qwen2_pre_tokenizer,
         False,
+    ),
+    # Q/K norms, heads wider than hidden / heads. transformers 5.23's GGUF reader ignores
+    # attention.key_length for qwen3 and takes Qwen3Config's default head_dim, 128, which every
+    # released Qwen3 has; with any other it would misread the file (load_gguf says so)
+    "qwen3": (
+        lambda: _small_config(Qwen3Config, head_dim=128, tie_word_embeddings=True),
+        Qwen3ForCausalLM,
+        _qwen2_pre_tokenizer,
+        False,
+    ),
+    # (1 + w) norms; 4-token sliding windows in five layers of six, the sixth full, each kind with
+    # its rope base. transformers' GGUF reader assumes what every released Gemma 3 but the 27B
+    # has: five sliding layers in six and queries scaled by 1/sqrt(256), so the heads are 256 wide
+    # (llama.cpp reads the layers' flags, and scales by 1/sqrt(head_dim))
+    "gemma3": (
+        lambda: _small_config(
+            Gemma3TextConfig, num_hidden_layers=6, num_attention_heads=2, num_key_value_heads=1,
+            head_dim=256, query_pre_attn_scalar=256, sliding_window=4, tie_word_embeddings=True,
+        ),
+        Gemma3ForCausalLM,
+        _llama3_pre_tokenizer,
+        True,
     ),
 }
 
@@ -300,3 +336,27 @@ def test_gguf_logits_are_the_quantized_weights_logits(exported, fmt):
     expected = logits_of(_simulated(exported.merged_dir, fmt), exported.ids, exported.mask)
     # measured 0.0 for every architecture and type: the reader returns exactly these weights
     assert compare_logits(expected, logits, exported.mask)["max_abs_logit_diff"] <= 1e-5
+
+
+@pytest.mark.skipif(not llama_cpp_available(), reason="llama-cpp-python is not installed")
+def test_llama_cpp_reads_the_gguf_file_as_the_merged_model(exported):
+    """llama.cpp itself, not only transformers' reader: the same tokens for the same text (the
+    control tokens of a chat template included) and, from the F16 file, the same logits."""
+    from llama_cpp import Llama
+
+    path = gguf_path(exported.out_dir, "gguf-f16")
+    merged = AutoTokenizer.from_pretrained(exported.merged_dir)
+    vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    chat = merged.apply_chat_template(ROWS[0]["prompt"] + ROWS[0]["completion"], tokenize=False)
+    for text in [*TEXTS, chat]:
+        ids = merged(text, add_special_tokens=False).input_ids
+        assert vocab.tokenize(text.encode(), add_bos=False, special=True) == ids, text
+    rendered = tuple(merged.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+                     for row in ROWS)
+    reference = Reference(exported.ids, exported.mask, exported.merged_logits, [], [], rendered)
+    check_llama_cpp_tokens(path, reference)  # what the quantize stage runs on its check rows
+    with pytest.raises(ExportCheckError, match="tokenizes a check row differently"):
+        check_llama_cpp_tokens(path, replace(reference, texts=(rendered[1], *rendered[1:])))
+    logits = llama_cpp_logits(path, reference)
+    figures = distribution_compare(exported.merged_logits, logits, exported.ids, exported.mask)
+    assert figures["top1_agreement"] == 1.0 and figures["kl_divergence"] <= 2e-7, figures

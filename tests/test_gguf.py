@@ -476,3 +476,73 @@ def test_failed_write_leaves_previous_file(llama_dir, tmp_path, monkeypatch):
         write_gguf(llama_dir, path, "Q8_0")
     assert path.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]  # no temp file left behind
+
+
+# ---- SentencePiece vocabularies (Gemma) and Gemma 3's checks ---------------------------------
+
+
+def _sentencepiece_tokenizer_json(**changes) -> dict:
+    """A tokenizer.json laid out as transformers writes Gemma's: BPE over "▁"-for-space text with
+    byte fallback, a normalizer that replaces spaces, a no-op split on spaces."""
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<0x0A>": 4, "▁": 5, "a": 6, "b": 7,
+             "ab": 8, "▁ab": 9, "abab": 10}
+    return {
+        "model": {"type": "BPE", "vocab": vocab, "byte_fallback": True, "unk_token": "<unk>",
+                  "merges": [["a", "b"], ["▁", "ab"], ["ab", "ab"]]},
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+        "pre_tokenizer": {"type": "Split", "pattern": {"String": " "},
+                          "behavior": "MergedWithPrevious", "invert": False},
+        "added_tokens": [{"id": i, "content": t, "special": True}
+                         for t, i in list(vocab.items())[:4]],
+        **changes,
+    }
+
+
+def test_sentencepiece_vocabulary_scores_follow_the_merges(tmp_path):
+    from pedigree.export.gguf import _read_vocab
+
+    (tmp_path / "tokenizer.json").write_text(json.dumps(_sentencepiece_tokenizer_json()))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>",
+         "add_bos_token": True}))
+    vocab = _read_vocab(tmp_path, {"vocab_size": 12})
+    assert (vocab.model, vocab.pre, vocab.merges, vocab.add_space_prefix) == (
+        "llama", "default", [], False)
+    assert vocab.token_types[:5] == [TokenType.CONTROL] * 4 + [TokenType.BYTE]
+    assert vocab.token_types[11] == TokenType.UNUSED  # the padded embedding row
+    # llama.cpp joins the best-scoring pair first: "ab" (merge 0) before "▁ab" (1) before "abab"
+    scores = dict(zip(vocab.tokens, vocab.scores, strict=True))
+    assert scores["ab"] > scores["▁ab"] > scores["abab"] > scores["a"] == scores["<eos>"]
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"normalizer": {"type": "Sequence", "normalizers": [
+        {"type": "NFKC"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}},
+     "SentencePiece normalizer"),
+    ({"pre_tokenizer": {"type": "Metaspace", "replacement": "▁"}}, "SentencePiece pre-tokenizer"),
+])
+def test_sentencepiece_layouts_llama_cpp_would_split_otherwise_are_refused(tmp_path, change,
+                                                                           expected):
+    from pedigree.export.gguf import _read_vocab
+
+    (tmp_path / "tokenizer.json").write_text(json.dumps(_sentencepiece_tokenizer_json(**change)))
+    with pytest.raises(GGUFExportError, match=expected):
+        _read_vocab(tmp_path, {"vocab_size": 12})
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping"),
+    ({"query_pre_attn_scalar": 64}, "query_pre_attn_scalar 64 is not the 32"),
+])
+def test_gemma3_that_llama_cpp_would_compute_differently_is_refused(tmp_path, change, expected):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
+                              intermediate_size=128, vocab_size=416, max_position_embeddings=256)
+    model_dir = _save_checkpoint(tmp_path / "model", config, Gemma3ForCausalLM)
+    raw = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps(raw | change))
+    with pytest.raises(GGUFExportError, match=expected):
+        write_gguf(model_dir, tmp_path / "model.gguf", "F16")
+    assert not (tmp_path / "model.gguf").exists()

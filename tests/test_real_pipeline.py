@@ -52,10 +52,13 @@ def test_merge_and_gguf_export_behave_like_the_trained_model(project):
     parity = manifest(project, "merge")["details"]["parity"]
     assert parity["max_abs_logit_diff"] <= parity["tolerance"] == 1e-3
     q8 = json.loads((project / "models/quantized/report.json").read_text())["gguf-q8_0"]
-    # Q8_0 costs a 135M model ~0.8% perplexity (BENCHMARKS.md), past the 1.005 gate: the check
-    # must say so, and a broken export (wrong tensor layout, tokenizer) would be far worse.
-    assert q8["passed"] == (q8["perplexity_ratio"] <= q8["max_perplexity_ratio"])
-    assert q8["perplexity_ratio"] < 1.05 and q8["top1_agreement"] >= 0.9, q8
+    # Q8_0 costs a 135M model up to ~0.8% perplexity (BENCHMARKS.md; llama.cpp, which also rounds
+    # activations, ~1.7%), near or past the 1.005 gate: the check must say which, and a broken
+    # export (wrong tensor layout, tokenizer) would be far worse.
+    readers = [q8, *([q8["llama_cpp"]] if q8["llama_cpp"] else [])]
+    assert q8["passed"] == all(r["perplexity_ratio"] <= q8["max_perplexity_ratio"] for r in readers)
+    for reader in readers:
+        assert reader["perplexity_ratio"] < 1.05 and reader["top1_agreement"] >= 0.9, q8
     modelfile = (project / "models/quantized/gguf-q8_0/Modelfile").read_text()
     assert "<|im_start|>" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
 

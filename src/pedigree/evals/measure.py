@@ -7,7 +7,14 @@ from typing import Any
 
 import torch
 
-from pedigree.train.chat import IGNORE_INDEX, Encoded, encode_completion, pad_batch, prompt_ids
+from pedigree.train.chat import (
+    IGNORE_INDEX,
+    Encoded,
+    encode_completion,
+    pad_batch,
+    prompt_ids,
+    stop_token_ids,
+)
 
 
 def _batches(items: list, size: int):
@@ -70,13 +77,14 @@ def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     """Greedy completions of token-id prompts, batched with left padding, decoded."""
     model.eval()
     answers: list[str] = []
+    stops = stop_token_ids(tokenizer)
     for batch in _batches(prompts, batch_size):
         ids, mask, _ = pad_batch([Encoded(p, p) for p in batch], tokenizer.pad_token_id, left=True)
         device = next(model.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
         out = model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
         )
         for row in out[:, ids.size(1):]:
             answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())

@@ -1,14 +1,18 @@
-"""Export a Hugging Face Llama-family checkpoint to one GGUF file, for llama.cpp and friends.
+"""Export a Hugging Face checkpoint (Llama, Mistral, Qwen2, Qwen3, Gemma 3) to one GGUF file, for
+llama.cpp and friends.
 
     info = write_gguf(Path("models/sft"), Path("models/gguf/model-Q8_0.gguf"), "Q8_0")
 
 Reads what `save_pretrained` writes (config.json, safetensors, tokenizer.json,
 tokenizer_config.json, the chat template) and writes the file with the `gguf` package. Wherever
-llama.cpp's convert_hf_to_gguf.py makes a choice (tensor names, the Q/K row permutation, which
-tensors stay F32, the F16 fallback, token types) this module makes the same one, so that llama.cpp
-and transformers both read the result. The script itself is not used: it is not installed here, and
-it rejects locally trained tokenizers, because it names the pre-tokenizer by hashing the tokens of a
-fixed string; here the pre-tokenizer is read from tokenizer.json instead.
+llama.cpp's convert_hf_to_gguf.py makes a choice (tensor names, the Q/K row permutation, Gemma's
+norm offset, which tensors stay F32, the F16 fallback, token types) this module makes the same
+one, so that llama.cpp and transformers both read the result. The script itself is not used: it
+is not installed here, and it rejects locally trained tokenizers, because it names the
+pre-tokenizer by hashing the tokens of a fixed string; here the pre-tokenizer is read from
+tokenizer.json instead. Gemma's SentencePiece vocabulary is written as llama.cpp's "llama"
+tokenizer, its scores derived from tokenizer.json's merges, as a checkpoint without
+tokenizer.model has no others.
 
 Only safetensors in F32, F16 or BF16 are read, without torch: tensors are memory-mapped and written
 one at a time, so memory holds one tensor, not the model.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 from math import prod
@@ -42,11 +47,25 @@ class GGUFExportError(PedigreeError, ValueError):
     """The checkpoint cannot be written as a GGUF file that llama.cpp would read correctly."""
 
 
+@dataclass(frozen=True)
+class _Architecture:
+    """How llama.cpp's graph for one Hugging Face architecture differs from transformers'."""
+
+    arch: MODEL_ARCH
+    # llama.cpp's Llama rope rotates adjacent pairs where HF's rotates the two halves of a head, so
+    # Q/K rows are reordered; Qwen and Gemma run llama.cpp's NeoX rope, which is HF's.
+    permute_qk: bool = False
+    # added to every norm weight: Gemma's RMSNorm scales by (1 + w), llama.cpp's by w
+    norm_shift: float = 0.0
+
+
 # Hugging Face architecture -> llama.cpp architecture. Mistral is a Llama to llama.cpp.
 _ARCHITECTURES = {
-    "LlamaForCausalLM": MODEL_ARCH.LLAMA,
-    "MistralForCausalLM": MODEL_ARCH.LLAMA,
-    "Qwen2ForCausalLM": MODEL_ARCH.QWEN2,
+    "LlamaForCausalLM": _Architecture(MODEL_ARCH.LLAMA, permute_qk=True),
+    "MistralForCausalLM": _Architecture(MODEL_ARCH.LLAMA, permute_qk=True),
+    "Qwen2ForCausalLM": _Architecture(MODEL_ARCH.QWEN2),
+    "Qwen3ForCausalLM": _Architecture(MODEL_ARCH.QWEN3),
+    "Gemma3ForCausalLM": _Architecture(MODEL_ARCH.GEMMA3, norm_shift=1.0),
 }
 
 # The split regexes of tokenizer.json pre-tokenizers that llama.cpp implements, under the names it
@@ -62,6 +81,7 @@ _SPLIT_PRE_TOKENIZERS = {_LLAMA3_SPLIT: "llama-bpe", _QWEN2_SPLIT: "qwen2"}
 _GPT2_PRE_TOKENIZER = "gpt-2"
 
 _SPECIAL_TOKENS = ("bos", "eos", "unk", "pad")
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
 # safetensors dtypes this module reads, as numpy dtypes; numpy has no bfloat16, so its bits
 _NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 
@@ -75,13 +95,17 @@ class _Tensor:
     ggml_type: GGMLQuantizationType
     source: LocalTensor | np.ndarray  # in the checkpoint, or computed here
     permute_heads: int | None = None  # Q/K weights: rows reordered per head for llama.cpp's rope
+    shift: float = 0.0  # added to every value (Gemma's norms)
 
 
 @dataclass(frozen=True)
 class _Vocab:
+    model: str  # llama.cpp's tokenizer: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
     tokens: list[str]
     token_types: list[int]
-    merges: list[str]
+    merges: list[str]  # gpt2 only
+    scores: list[float] | None  # llama only: llama.cpp merges the best-scoring pair first
+    add_space_prefix: bool  # llama only: SentencePiece's "▁" before the text
     pre: str
     special_ids: dict[str, int]  # "bos" -> id
     add_bos: bool
@@ -103,8 +127,8 @@ def write_gguf(model_dir: Path, out_path: Path, qtype: str) -> dict:
     arch = _architecture(config)
 
     # Everything is read and checked before the output file is created.
-    writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[arch])
-    _add_model_metadata(writer, config, qtype)
+    writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[arch.arch])
+    _add_model_metadata(writer, config, arch, qtype)
     _add_vocab(writer, _read_vocab(model_dir, config))
     tensors = _plan_tensors(model_dir, config, arch, qtype)
 
@@ -132,7 +156,7 @@ def _read_json(path: Path, required: bool = True) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _architecture(config: dict[str, Any]) -> MODEL_ARCH:
+def _architecture(config: dict[str, Any]) -> _Architecture:
     names = config.get("architectures") or []
     for name in names:
         if name in _ARCHITECTURES:
@@ -150,17 +174,21 @@ def _head_dim(config: dict[str, Any]) -> int:
     return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
 
 
-def _rope(config: dict[str, Any]) -> dict[str, Any]:
+def _rope(config: dict[str, Any], layer_type: str = "full_attention") -> dict[str, Any]:
     """Rope theta and scaling as one dict: transformers 5 writes them together as
-    `rope_parameters`, 4.x wrote `rope_theta` and `rope_scaling` side by side."""
+    `rope_parameters` (one per layer type where sliding and full attention layers differ, as in
+    Gemma 3), 4.x wrote `rope_theta` and `rope_scaling` side by side."""
+    parameters = config.get("rope_parameters") or {}
     rope = dict(config.get("rope_scaling") or {})
-    rope.update(config.get("rope_parameters") or {})
+    rope.update(parameters.get(layer_type, parameters))
     rope.setdefault("rope_theta", config.get("rope_theta", 10000.0))
     rope.setdefault("rope_type", rope.get("type", "default"))
     return rope
 
 
-def _add_model_metadata(writer: gguf.GGUFWriter, config: dict[str, Any], qtype: str) -> None:
+def _add_model_metadata(
+    writer: gguf.GGUFWriter, config: dict[str, Any], arch: _Architecture, qtype: str
+) -> None:
     n_head = config["num_attention_heads"]
     file_type = "ALL_F32" if qtype == "F32" else f"MOSTLY_{qtype}"
     writer.add_file_type(gguf.LlamaFileType[file_type])
@@ -180,6 +208,33 @@ def _add_model_metadata(writer: gguf.GGUFWriter, config: dict[str, Any], qtype: 
     rope = _rope(config)
     writer.add_rope_freq_base(rope["rope_theta"])
     _add_rope_scaling(writer, rope)
+    if arch.arch == MODEL_ARCH.GEMMA3:
+        _add_gemma3_metadata(writer, config)
+
+
+def _add_gemma3_metadata(writer: gguf.GGUFWriter, config: dict[str, Any]) -> None:
+    """Sliding-window attention, its own rope base, and the checks that llama.cpp's Gemma 3 graph
+    computes what transformers' does (convert_hf_to_gguf.py's Gemma3Model)."""
+    if config.get("attn_logit_softcapping") is not None:
+        raise GGUFExportError("Gemma 3 with attn_logit_softcapping: llama.cpp has no such step")
+    # llama.cpp scales queries by 1/sqrt(head_dim), and by 1/sqrt(hidden/heads) for the 62-layer
+    # 27B; a checkpoint that asks for another scale would silently compute something else
+    scale = config["hidden_size"] // config["num_attention_heads"]
+    expected = scale if config["num_hidden_layers"] == 62 else _head_dim(config)
+    if config.get("query_pre_attn_scalar", expected) != expected:
+        raise GGUFExportError(
+            f"query_pre_attn_scalar {config['query_pre_attn_scalar']} is not the {expected} "
+            "llama.cpp uses for this Gemma 3 size"
+        )
+    if config.get("final_logit_softcapping"):
+        writer.add_final_logit_softcapping(config["final_logit_softcapping"])
+    layer_types = config.get("layer_types") or []
+    if config.get("sliding_window") and "sliding_attention" in layer_types:
+        writer.add_sliding_window(config["sliding_window"])
+        # which layers slide, one flag per layer (llama.cpp would otherwise assume every 6th is
+        # full)
+        writer.add_sliding_window_pattern([kind == "sliding_attention" for kind in layer_types])
+        writer.add_rope_freq_base_swa(_rope(config, "sliding_attention")["rope_theta"])
 
 
 def _add_rope_scaling(writer: gguf.GGUFWriter, rope: dict[str, Any]) -> None:
@@ -208,26 +263,75 @@ def _read_vocab(model_dir: Path, config: dict[str, Any]) -> _Vocab:
     model = tokenizer["model"]
     if model.get("type") != "BPE":
         raise GGUFExportError(
-            f"tokenizer model {model.get('type')!r} is not supported; only byte-level BPE is"
+            f"tokenizer model {model.get('type')!r} is not supported; only BPE is"
         )
-    pre = _pre_tokenizer_name(tokenizer.get("pre_tokenizer"))
-    tokens, token_types = _tokens_and_types(tokenizer, config["vocab_size"])
+    space_prefix = _sentencepiece_space_prefix(tokenizer)
+    tokens, token_types = _tokens_and_types(
+        tokenizer, config["vocab_size"], byte_tokens=space_prefix is not None
+    )
     special_ids = _special_token_ids(model_dir, config, tokenizer_config, tokens)
 
     def adds(kind: str) -> bool:
         token = tokens[special_ids[kind]] if kind in special_ids else None
         return _adds_special(tokenizer, tokenizer_config, kind, token)
 
+    merges = _merges(model.get("merges", []))
+    if space_prefix is None:  # byte-level BPE
+        model_name, pre, scores = "gpt2", _pre_tokenizer_name(tokenizer.get("pre_tokenizer")), None
+    else:
+        model_name, pre, scores = "llama", "default", _merge_scores(tokens, token_types, merges)
     return _Vocab(
+        model=model_name,
         tokens=tokens,
         token_types=token_types,
-        merges=_merges(model.get("merges", [])),
+        merges=merges if scores is None else [],
+        scores=scores,
+        add_space_prefix=bool(space_prefix),
         pre=pre,
         special_ids=special_ids,
         add_bos=adds("bos"),
         add_eos=adds("eos"),
         chat_template=_chat_template(model_dir, tokenizer_config),
     )
+
+
+def _sentencepiece_space_prefix(tokenizer: dict[str, Any]) -> bool | None:
+    """For a SentencePiece vocabulary in tokenizer.json (BPE over "▁"-for-space text, unknown bytes
+    as <0xNN> tokens, as Gemma's): whether a "▁" is put before the text. None: not one."""
+    model = tokenizer["model"]
+    normalizer = tokenizer.get("normalizer") or {}
+    steps = normalizer.get("normalizers") or [normalizer]
+    replaces_spaces = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+    if not model.get("byte_fallback") or replaces_spaces not in steps:
+        return None
+    # what the normalizer does besides: nothing, or a "▁" prepended (Llama 2's older files)
+    others = [step for step in steps if step != replaces_spaces]
+    if others not in ([], [{"type": "Prepend", "prepend": "\u2581"}]):
+        raise GGUFExportError(f"SentencePiece normalizer {json.dumps(normalizer)} is not supported")
+    # after the normalizer no space is left, so a split on spaces changes nothing
+    pre_tokenizer = tokenizer.get("pre_tokenizer")
+    if pre_tokenizer not in (None, {"type": "Split", "pattern": {"String": " "},
+                                    "behavior": "MergedWithPrevious", "invert": False}):
+        raise GGUFExportError(
+            f"SentencePiece pre-tokenizer {json.dumps(pre_tokenizer)} is not supported"
+        )
+    return bool(others)
+
+
+def _merge_scores(tokens: list[str], token_types: list[int], merges: list[str]) -> list[float]:
+    """llama.cpp's SentencePiece tokenizer repeatedly joins the adjacent pair whose joined token
+    scores best; BPE applies the earliest merge. A token scores minus the rank of the first merge
+    that makes it, so both join in the same order. Tokens no merge makes (characters, bytes,
+    control tokens) are never the result of a join: they score below every merged token."""
+    rank_of: dict[str, int] = {}
+    for rank, merge in enumerate(merges):
+        left, right = merge.split(" ")
+        rank_of.setdefault(left + right, rank)
+    floor = -float(len(merges) + 1)
+    return [
+        -float(rank_of[token]) if kind == TokenType.NORMAL and token in rank_of else floor
+        for token, kind in zip(tokens, token_types, strict=True)
+    ]
 
 
 def _pre_tokenizer_name(pre_tokenizer: dict[str, Any] | None) -> str:
@@ -258,7 +362,11 @@ def _is_isolating_split(step: dict[str, Any]) -> bool:
     )
 
 
-def _tokens_and_types(tokenizer: dict[str, Any], vocab_size: int) -> tuple[list[str], list[int]]:
+def _tokens_and_types(
+    tokenizer: dict[str, Any], vocab_size: int, byte_tokens: bool = False
+) -> tuple[list[str], list[int]]:
+    """Every id's token and llama.cpp token type; `byte_tokens`: <0xNN> tokens are raw bytes
+    (SentencePiece's byte fallback)."""
     by_id = {index: token for token, index in tokenizer["model"]["vocab"].items()}
     added = {entry["id"]: entry for entry in tokenizer.get("added_tokens", [])}
     by_id.update({index: entry["content"] for index, entry in added.items()})
@@ -274,12 +382,14 @@ def _tokens_and_types(tokenizer: dict[str, Any], vocab_size: int) -> tuple[list[
             token_types.append(TokenType.UNUSED)
         else:
             tokens.append(by_id[index])
-            token_types.append(_token_type(by_id[index], added.get(index)))
+            token_types.append(_token_type(by_id[index], added.get(index), byte_tokens))
     return tokens, token_types
 
 
-def _token_type(token: str, added_entry: dict[str, Any] | None) -> TokenType:
+def _token_type(token: str, added_entry: dict[str, Any] | None, byte_tokens: bool) -> TokenType:
     if added_entry is None:
+        if byte_tokens and _BYTE_TOKEN.fullmatch(token):
+            return TokenType.BYTE
         return TokenType.NORMAL
     # As llama.cpp: special added tokens, and added ones spelled like "<|...|>", are control tokens,
     # matched whole only where the caller asks for special tokens to be parsed. Other added tokens
@@ -351,11 +461,15 @@ def _chat_template(
 
 
 def _add_vocab(writer: gguf.GGUFWriter, vocab: _Vocab) -> None:
-    writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
+    writer.add_tokenizer_model(vocab.model)
     writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.token_types)
-    writer.add_token_merges(vocab.merges)
+    if vocab.scores is None:
+        writer.add_token_merges(vocab.merges)
+    else:
+        writer.add_token_scores(vocab.scores)
+        writer.add_add_space_prefix(vocab.add_space_prefix)
     for kind, token_id in vocab.special_ids.items():
         getattr(writer, f"add_{kind}_token_id")(token_id)
     writer.add_add_bos_token(vocab.add_bos)
@@ -368,18 +482,16 @@ def _add_vocab(writer: gguf.GGUFWriter, vocab: _Vocab) -> None:
 
 
 def _plan_tensors(
-    model_dir: Path, config: dict[str, Any], arch: MODEL_ARCH, qtype: str
+    model_dir: Path, config: dict[str, Any], arch: _Architecture, qtype: str
 ) -> list[_Tensor]:
     stored = _checkpoint_tensors(model_dir)
     tied = config.get("tie_word_embeddings", False) or "lm_head.weight" not in stored
-    # llama.cpp's rope rotates adjacent pairs where HF's Llama rotates the two halves of a head,
-    # so Llama's Q/K rows are reordered; Qwen2 runs with llama.cpp's NeoX rope, which is HF's.
     n_head = config["num_attention_heads"]
     permute_heads = {
         MODEL_TENSOR.ATTN_Q: n_head,
         MODEL_TENSOR.ATTN_K: config.get("num_key_value_heads") or n_head,
     }
-    name_map = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
+    name_map = gguf.get_tensor_name_map(arch.arch, config["num_hidden_layers"])
 
     planned = []
     for hf_name, tensor in sorted(stored.items()):
@@ -391,7 +503,7 @@ def _plan_tensors(
         if found is None:
             raise GGUFExportError(
                 f"tensor {hf_name!r} has no llama.cpp name in architecture "
-                f"{gguf.MODEL_ARCH_NAMES[arch]!r}"
+                f"{gguf.MODEL_ARCH_NAMES[arch.arch]!r}"
             )
         if tensor.dtype not in _NUMPY_DTYPES:
             raise GGUFExportError(
@@ -404,7 +516,8 @@ def _plan_tensors(
                 shape=tensor.shape,
                 ggml_type=_storage_type(name, tensor.shape, qtype),
                 source=tensor,
-                permute_heads=permute_heads.get(kind) if arch == MODEL_ARCH.LLAMA else None,
+                permute_heads=permute_heads.get(kind) if arch.permute_qk else None,
+                shift=arch.norm_shift if hf_name.endswith("norm.weight") else 0.0,
             )
         )
 
@@ -466,6 +579,8 @@ def _values(tensor: _Tensor) -> np.ndarray:
     values = _to_float32(tensor.source)
     if tensor.permute_heads is not None:
         values = _permute_rows(values, tensor.permute_heads)
+    if tensor.shift:
+        values = values + np.float32(tensor.shift)
     return values
 
 

@@ -42,14 +42,18 @@ class Reference:
     logits: Any
     prompts: list[list[dict[str, str]]]
     answers: list[str]
+    texts: tuple[str, ...] = ()  # the rows as the chat template renders them, before tokenizing
 
 
 def reference(merged, tokenizer, rows: list[dict[str, Any]], cfg: QuantizeConfig) -> Reference:
     """`rows`: held-out rows; the first check_rows are scored, the first golden_prompts answered."""
-    ids, mask = chat_inputs(tokenizer, rows[: cfg.check_rows], cfg.max_length)
+    checked = rows[: cfg.check_rows]
+    ids, mask = chat_inputs(tokenizer, checked, cfg.max_length)
+    texts = tuple(tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+                  for row in checked)
     prompts = [row["prompt"] for row in rows[: cfg.golden_prompts]]
     answers = greedy_answers(merged, tokenizer, prompts, cfg.max_new_tokens, len(prompts) or 1)
-    return Reference(ids, mask, logits_of(merged, ids, mask), prompts, answers)
+    return Reference(ids, mask, logits_of(merged, ids, mask), prompts, answers, texts)
 
 
 def gguf_path(out_dir: Path, fmt: str) -> Path:
@@ -61,8 +65,13 @@ def load_gguf(path: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                 dtype=torch.float32)
+    model, loading = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32, output_loading_info=True)
+    # transformers re-initializes, with only a warning, a weight whose shape its GGUF reader got
+    # wrong (as for a Qwen3 head wider than hidden / heads): that would be a random model
+    wrong = {kind: keys for kind, keys in loading.items() if keys and kind != "unexpected_keys"}
+    if wrong:
+        raise ExportCheckError(f"{path}: transformers reads this file wrongly: {wrong}")
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     return model, tokenizer
 
@@ -144,6 +153,24 @@ def llama_cpp_available() -> bool:
     return True
 
 
+def check_llama_cpp_tokens(path: Path, ref: Reference) -> None:
+    """llama.cpp must tokenize the rendered rows as the merged model's tokenizer did (the chat
+    template's control tokens parsed as such), or a deployed model sees other tokens."""
+    from llama_cpp import Llama
+
+    vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    for text, ids, mask in zip(ref.texts, ref.ids, ref.mask, strict=True):
+        ours = ids[mask.bool()].tolist()
+        theirs = vocab.tokenize(text.encode(), add_bos=False, special=True)[: len(ours)]
+        if theirs != ours:
+            at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), len(theirs))
+            raise ExportCheckError(
+                f"{path}: llama.cpp tokenizes a check row differently from token {at} on "
+                f"({theirs[at:at + 5]} vs {ours[at:at + 5]}); the deployed model would see other "
+                "tokens"
+            )
+
+
 def llama_cpp_logits(path: Path, ref: Reference):
     """Logits of a GGUF file as llama.cpp computes them (llama-cpp-python), on the reference
     rows' token ids, row by row; padded positions copy the reference (they are masked anyway)."""
@@ -187,6 +214,7 @@ def check_format(fmt: str, model, tokenizer, ref: Reference, cfg: QuantizeConfig
     gate = cfg.max_perplexity_ratio.get(fmt, DEFAULT_PERPLEXITY_GATES[fmt])
     llama_cpp = None
     if fmt in GGUF_QTYPES and out_dir is not None and llama_cpp_available():
+        check_llama_cpp_tokens(gguf_path(out_dir, fmt), ref)
         theirs = llama_cpp_logits(gguf_path(out_dir, fmt), ref)
         llama_cpp = distribution_compare(ref.logits, theirs, ref.ids, ref.mask)
     answers = greedy_answers(model, tokenizer, ref.prompts, cfg.max_new_tokens,

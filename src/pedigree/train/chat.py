@@ -43,6 +43,27 @@ def encode_completion(tokenizer, row: dict[str, Any], max_length: int) -> Encode
     return Encoded(full[:max_length], labels[:max_length])
 
 
+def stop_token_ids(tokenizer) -> list[int]:
+    """Token ids that end an answer: the tokenizer's eos and the special token the chat template
+    closes an assistant turn with, where that differs (Gemma's <end_of_turn> against <eos>):
+    without it a model trained on the template talks on into a next turn."""
+    stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if tokenizer.chat_template:
+        row = {"prompt": [{"role": "user", "content": "x"}],
+               "completion": [{"role": "assistant", "content": "y"}]}
+        labels = encode_completion(tokenizer, row, max_length=64).labels
+        answer = [t for t in labels if t != IGNORE_INDEX]
+        content = tokenizer("y", add_special_tokens=False).input_ids
+        after = answer[len(content):] if answer[: len(content)] == content else []
+        if after and after[0] in tokenizer.all_special_ids + _added_special_ids(tokenizer):
+            stops.append(after[0])
+    return list(dict.fromkeys(stops))
+
+
+def _added_special_ids(tokenizer) -> list[int]:
+    return [i for i, token in tokenizer.added_tokens_decoder.items() if token.special]
+
+
 def pad_batch(encoded: list[Encoded], pad_id: int, left: bool = False):
     """Tensors (input_ids, attention_mask, labels) for a batch; right padding unless `left`."""
     import torch

@@ -15,7 +15,6 @@ and called with the path to write.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 import tempfile
@@ -27,20 +26,11 @@ from typing import Any
 
 from pedigree.config import GgufPackageConfig, ModelConfig
 from pedigree.errors import PedigreeError
-
-CHUNK = 1 << 20  # bytes read at a time while hashing
+from pedigree.lineage import sha256_file
 
 
 class GgufSourceError(PedigreeError, ValueError):
     """The GGUF base model cannot be found, does not match its pin, or cannot be read."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def installed_version(package: str) -> str:

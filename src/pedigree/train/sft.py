@@ -142,8 +142,10 @@ def train_sft(
     cfg: SFTConfig,
     seed: int,
     store: CheckpointStore | None = None,
+    callbacks: list | None = None,
 ) -> tuple[Any, dict[str, float], list[tuple[int, dict]]]:
-    """Train `model` (wrapped in `peft_config` when given); returns (model, metrics, curve)."""
+    """Train `model` (wrapped in `peft_config` when given); returns (model, metrics, curve).
+    `callbacks`: extra transformers TrainerCallbacks (the benchmarks evaluate mid-training)."""
     from trl import SFTTrainer
 
     columns = ("prompt", "completion")
@@ -160,6 +162,7 @@ def train_sft(
                 *([store.callback()] if store else []),
                 *([EarlyStopping(cfg.early_stopping_patience)]
                   if cfg.early_stopping_patience else []),
+                *(callbacks or []),
             ],
         )
         fit(trainer, store, "sft")
