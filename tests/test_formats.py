@@ -12,20 +12,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pedigree.data import formats
+from pedigree.data import formats, readers
 from pedigree.data.formats import (
     CANONICAL_FIELDS,
     ColumnsError,
-    InputError,
     Normalised,
     RowError,
     check_columns,
     detect_format,
     normalise,
     parse_columns,
-    read_rows,
     row_id,
 )
+from pedigree.data.readers import InputError, read_rows
 
 U, A, S = "user", "assistant", "system"
 
@@ -68,7 +67,7 @@ def test_jsonl_rows_lines_and_per_row_errors(tmp_path):
 
 
 def test_jsonl_is_read_in_blocks_without_splitting_lines(tmp_path, monkeypatch):
-    monkeypatch.setattr(formats, "_BLOCK", 16)  # most lines are longer than a block
+    monkeypatch.setattr(readers, "_BLOCK", 16)  # most lines are longer than a block
     lines = [json.dumps({"output": "x" * n}) for n in (1, 40, 3, 100)]
     lines.insert(2, '{"output": "\xe9t\xe9"}')
     data = "\n".join(lines).encode("utf-8").replace(b"\xc3\xa9t", b"\xe9t")  # one bad line
@@ -112,7 +111,7 @@ def test_unreadable_json_array_names_the_file(tmp_path, data, match):
 
 # ----------------------------------------------------------------------------- Parquet
 def test_parquet_rows_in_batches(tmp_path, monkeypatch):
-    monkeypatch.setattr(formats, "_PARQUET_BATCH", 2)
+    monkeypatch.setattr(readers, "_PARQUET_BATCH", 2)
     path = tmp_path / "f.parquet"
     table = pa.table({
         "instruction": ["Say hi", "Say yo", None],

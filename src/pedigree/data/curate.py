@@ -28,9 +28,10 @@ from typing import IO, Any
 from pedigree.config import CurateConfig
 from pedigree.data import dedup
 from pedigree.data.decontaminate import EvalIndex
-from pedigree.data.formats import LONE_SURROGATE, RawRow, RowError, normalise, read_rows
+from pedigree.data.formats import normalise
 from pedigree.data.jsonl import write_jsonl
 from pedigree.data.lengths import BATCH, TokenCounter
+from pedigree.data.readers import LONE_SURROGATE, RawRow, RowError, read_rows
 from pedigree.data.sources import Source, readable_files
 from pedigree.data.text import match_text, normalise_text, repetition
 from pedigree.errors import PedigreeError

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pedigree.data import dedup
-from pedigree.data.formats import InputError, read_rows
+from pedigree.data.readers import InputError, read_rows
 from pedigree.data.text import match_text
 
 CHUNK = 8192  # training rows per vectorised pass: bounds memory at ~100 words per row

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pedigree.data.formats import LONE_SURROGATE
+from pedigree.data.readers import LONE_SURROGATE
 
 
 def dumps(row: dict[str, Any]) -> str:

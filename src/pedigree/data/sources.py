@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pedigree.config import DataConfig
-from pedigree.data.formats import READABLE_SUFFIXES
+from pedigree.data.readers import READABLE_SUFFIXES
 from pedigree.errors import MissingInputError, PedigreeError
 
 
