@@ -135,16 +135,17 @@ def main() -> None:
                           f"{result[s].get('general_task_score', float('nan')):.2f} gen-loss "
                           f"{result[s].get('general_loss', float('nan')):.3f}"
                           for s in sorted(args.at)), flush=True)
-    # the largest task gain every run reached, and each run's forgetting there
-    matched = min(max(g for g, _ in row["curve"]) for row in table.values())
+    # the largest task gain every run that gained at all reached, and each one's forgetting there
+    gains = {name: max(g for g, _ in row["curve"]) for name, row in table.items()}
+    matched = min((g for g in gains.values() if g > 0), default=0.0)
     if matched <= 0:
-        print("\nno task gain above the base that every run reached: nothing to match")
+        print("\nno run gained on the task: nothing to match")
         return
     print(f"\nat matched task gain +{matched:.3f} (interpolated along each run's curve):")
     for name, row in table.items():
-        f = at_gain(row["curve"], matched)
+        f = at_gain(row["curve"], matched) if gains[name] > 0 else None
         print(f"{name:14s} " + ("  ".join(f"{k} forgot {v:+.3f}" for k, v in f.items())
-                                if f else "not reached"))
+                                if f else "no task gain over the base: left out"))
     print(json.dumps({name: {"curve": row["curve"], "seconds": round(row["seconds"])}
                       for name, row in table.items()}))
 
