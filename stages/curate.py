@@ -9,20 +9,24 @@ report.json reconciles: input_rows == kept_rows + sum(dropped.values()).
 from pathlib import Path
 
 from pedigree.config import load_params
-from pedigree.data.curate import curate, eval_files, summary, write_curation
+from pedigree.data.curate import check_kept, curate, eval_files, summary, write_curation
 from pedigree.data.decontaminate import EvalIndex, eval_items
 from pedigree.data.lengths import TokenCounter
 from pedigree.data.sources import resolve_sources
+from pedigree.data.tools import ToolSupport
 from pedigree.lineage import hash_of_hashes, sha256_file
 from pedigree.stage import stage_run
 
 params = load_params()
 cfg, raw_dir = params.curate, Path(params.data.raw_dir)
 sources = resolve_sources(params.data)
-# Only the tokenizer of the base is read (the length bounds): hash that, not the weights.
+# Only the tokenizer of the base is read (the length bounds, and its chat template for rows
+# with tool calls): hash those, not the weights.
 inputs = [params.data.raw_dir, params.data.eval_dir]
 if cfg.tokenizer:
-    inputs.append(f"{cfg.tokenizer}/tokenizer.json")
+    inputs += [f"{cfg.tokenizer}/{name}" for name in ("tokenizer.json", "tokenizer_config.json",
+                                                      "chat_template.jinja")
+               if Path(cfg.tokenizer, name).is_file()]
 
 with stage_run("curate", out="data/curated", inputs=inputs,
                params=["data", "curate", "tracking"]) as run:
@@ -30,7 +34,10 @@ with stage_run("curate", out="data/curated", inputs=inputs,
     index = (EvalIndex(eval_items(eval_files(Path(params.data.eval_dir))), decon.ngram,
                        decon.min_words) if decon.enabled else None)
     counter = TokenCounter(cfg.tokenizer) if cfg.tokenizer else None
-    result = curate(sources, cfg, index, counter)
+    tools = ToolSupport(cfg.tokenizer) if cfg.tokenizer else None
+    result = curate(sources, cfg, index, counter, tools)
+    print("[curate] " + summary(result.report()))
+    check_kept(result, cfg.min_kept_fraction)  # fails the stage: nothing is published
     report = write_curation(result, run.dir)
 
     # The data root: one hash over every raw file read (equals `pedigree hash data/raw` when
@@ -41,4 +48,3 @@ with stage_run("curate", out="data/curated", inputs=inputs,
     run.metrics = {"input_rows": report["input_rows"], "kept_rows": report["kept_rows"],
                    **{f"dropped.{reason}": n for reason, n in report["dropped"].items()}}
     run.artifacts = ["report.json"]
-    print("[curate] " + summary(report))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
+from pedigree.errors import PedigreeError
 from pedigree.stage import stage_run
 from pedigree.train.launch import relaunch_under_accelerate
 from pedigree.train.policy import describe, policy_chain
@@ -32,14 +33,20 @@ with stage_run("dpo", out="models/dpo", inputs=["models/base", "models/sft", "da
         from pedigree.train.policy import load_sft
         from pedigree.train.sft import curve_csv
 
+        train = read_jsonl(Path("data/split/preference_train.jsonl"))
+        validation = read_jsonl(Path("data/split/preference_validation.jsonl"))
+        if not train or not validation:
+            raise PedigreeError(
+                f"dpo.enabled, but the split has {len(train)} training and {len(validation)} "
+                "validation preference rows (data/split/report.json; curation's reasons are in "
+                "data/curated/report.json): add preference data to data/raw or set "
+                "dpo.enabled=false")
         trust = params.model.trust_remote_code
         tokenizer = load_tokenizer(sft, trust)  # the chat template SFT trained with
         # Fold SFT in: DPO starts from, and is tied to, the SFT policy.
         sft_policy = load_sft(base, sft, trust)
         if hasattr(sft_policy, "merge_and_unload"):
             sft_policy = sft_policy.merge_and_unload()
-        train = read_jsonl(Path("data/split/preference_train.jsonl"))
-        validation = read_jsonl(Path("data/split/preference_validation.jsonl"))
         store = CheckpointStore(Path("checkpoints/dpo"),
                                 fingerprint(run.input_hashes, run.recorded_params))
 

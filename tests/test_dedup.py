@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pedigree.data.dedup import (
     signatures,
     word_hash,
 )
+from pedigree.data.text import match_text
 
 # ---------------------------------------------------------------------------------------------
 # brute force references and a small generator
@@ -307,17 +309,77 @@ def test_recall_and_precision_against_all_pairs(threshold):
     assert len(got & truth) / len(truth) >= 0.95
 
 
-def test_clusters_are_components_with_the_first_doc_kept():
+def chain() -> tuple[str, str, str]:
+    """a ~ b and b ~ c at Jaccard >= 0.8, but a and c below it."""
     a = " ".join(f"t{i}" for i in range(100))
     b = edit(a, {20: "x1", 70: "x2"})  # J(a, b) = 86/106
     c = edit(b, {40: "y1", 90: "y2"})  # J(b, c) = 86/106, J(a, c) = 76/116
     assert exact_jaccard(a, b) >= 0.8 and exact_jaccard(b, c) >= 0.8
     assert exact_jaccard(a, c) < 0.8
+    return a, b, c
+
+
+def test_connected_clusters_are_components_with_the_first_doc_kept():
+    a, b, c = chain()
     other = " ".join(f"o{i}" for i in range(50))
-    found = near_duplicates([other, c, a, b])
+    found = near_duplicates([other, c, a, b], cluster="connected")
     assert found.pairs.tolist() == [[1, 3], [2, 3]]
     assert found.representative.tolist() == [0, 1, 1, 1]  # one cluster, its smallest index
     assert found.similarity[2] == exact_jaccard(c, a)  # with the representative, not a neighbour
+    assert found.similarity[2] < 0.8  # the chain: a is dropped for a doc below the threshold
+
+
+def test_star_drops_a_doc_only_for_a_kept_doc_above_the_threshold():
+    a, b, c = chain()
+    connected = near_duplicates([a, b, c], cluster="connected")
+    assert connected.representative.tolist() == [0, 0, 0]  # b and c dropped
+    star = near_duplicates([a, b, c])  # the default
+    assert star.representative.tolist() == [0, 0, 2]  # only b dropped: c is not near a
+    assert star.similarity.tolist() == [1.0, exact_jaccard(a, b), 1.0]
+    assert np.array_equal(star.pairs, connected.pairs)  # the same pairs, fewer rows dropped
+    # the middle of the chain first: it is kept and stands for both ends
+    assert near_duplicates([b, a, c]).representative.tolist() == [0, 0, 0]
+    # a doc near two kept docs goes with the first of them in order
+    other = " ".join(f"o{i}" for i in range(100))
+    near_both = " ".join(a.split()[:50] + other.split()[:50])
+    texts = [a, other, edit(a, {60: "q"}), near_both]
+    found = near_duplicates(texts, threshold=0.3)
+    assert exact_jaccard(near_both, a) >= 0.3 and exact_jaccard(near_both, other) >= 0.3
+    assert found.representative.tolist() == [0, 1, 0, 0]
+
+
+def star_reference(n: int, pairs: np.ndarray) -> list[int]:
+    """Brute force: docs in order, each dropped for the first kept doc it is paired with."""
+    neighbours: dict[int, set[int]] = {}
+    for i, j in pairs.tolist():
+        neighbours.setdefault(i, set()).add(j)
+        neighbours.setdefault(j, set()).add(i)
+    rep = list(range(n))
+    for j in range(n):
+        kept = [i for i in sorted(neighbours.get(j, ())) if i < j and rep[i] == i]
+        if kept:
+            rep[j] = kept[0]
+    return rep
+
+
+@pytest.mark.parametrize("threshold", [0.8, 0.5])
+def test_star_against_brute_force(threshold):
+    texts = generated_texts(100, seed=11)
+    star = near_duplicates(texts, threshold=threshold)
+    connected = near_duplicates(texts, threshold=threshold, cluster="connected")
+    assert np.array_equal(star.pairs, connected.pairs)
+    rep = star.representative
+    assert rep.tolist() == star_reference(len(texts), star.pairs)
+    dropped = np.flatnonzero(rep != np.arange(len(texts)))
+    assert len(dropped) > 20
+    assert np.all(rep[rep] == rep) and np.all(rep[dropped] < dropped)  # kept, earlier docs
+    assert np.all(star.similarity[dropped] >= threshold)  # never a chain
+    for j in dropped.tolist():
+        assert star.similarity[j] == exact_jaccard(texts[rep[j]], texts[j])
+    kept = set(np.flatnonzero(rep == np.arange(len(texts))).tolist())
+    assert not any(i in kept and j in kept for i, j in star.pairs.tolist())  # none left near
+    # connected drops at least as many, in fewer clusters
+    assert (connected.representative != np.arange(len(texts))).sum() >= len(dropped)
 
 
 def test_deterministic():
@@ -337,7 +399,23 @@ def test_huge_identical_groups_are_bounded(monkeypatch):
     assert len(found.pairs) < 13 * 12 // 2
 
 
+def test_star_with_huge_identical_groups_follows_each_group_leader(monkeypatch):
+    monkeypatch.setattr(dedup, "MAX_GROUP", 5)
+    a, b, c = chain()
+    texts = [a] + [b] * 12 + [c, c]  # the b docs are paired with their set's first doc only
+    with pytest.warns(RuntimeWarning, match="shared by more than 5"):
+        star = near_duplicates(texts)
+    assert star.representative.tolist() == [0] * 13 + [13, 13]
+    assert star.similarity.tolist() == [1.0] + [exact_jaccard(a, b)] * 12 + [1.0, 1.0]
+    with pytest.warns(RuntimeWarning, match="shared by more than 5"):
+        connected = near_duplicates(texts, cluster="connected")
+    assert connected.representative.tolist() == [0] * 15
+    with pytest.warns(RuntimeWarning, match="shared by more than 5"):  # the group first: kept
+        assert near_duplicates([b] * 12 + [a, c]).representative.tolist() == [0] * 14
+
+
 @pytest.mark.parametrize("kwargs, message", [
+    ({"cluster": "chain"}, "cluster"),
     ({"threshold": 0}, "threshold"),
     ({"threshold": 1.5}, "threshold"),
     ({"threshold": -0.2}, "threshold"),
@@ -375,3 +453,123 @@ def test_no_texts():
     found = near_duplicates([])
     assert len(found.representative) == 0 and found.pairs.shape == (0, 2)
     assert found.candidates == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# through curation: what a user sees in rejects.jsonl
+
+
+def curated(files: list[Path], cluster: str = "star", threshold: float = 0.8) -> tuple[
+        list[dict], list[dict], dict]:
+    """(kept rows of both kinds, rejects without their raw text, report) of one source."""
+    from pedigree.config import CurateConfig, NearDedupConfig
+    from pedigree.data.curate import curate
+    from pedigree.data.sources import Source
+
+    cfg = CurateConfig(tokenizer=None, near_dedup=NearDedupConfig(threshold=threshold,
+                                                                  cluster=cluster))
+    result = curate([Source("s", tuple(files))], cfg)
+    kept = [json.loads(line) for line in result.sft + result.preference]
+    rejects = [{k: v for k, v in r.items() if k != "raw"} for r in result.rejects]
+    return kept, rejects, result.report()
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_curation_star_and_connected_on_a_chain(tmp_path):
+    a, b, c = chain()
+    path = write_rows(tmp_path / "chain.jsonl",
+                      [{"instruction": "Summarise.", "output": t} for t in (a, b, c)])
+    texts = {line: match_text("Summarise.\n" + t) for line, t in zip((1, 2, 3), (a, b, c),
+                                                                     strict=True)}
+    assert exact_jaccard(texts[1], texts[3]) < 0.8 <= exact_jaccard(texts[2], texts[3])
+
+    kept, rejects, _ = curated([path], "star")
+    assert [r["meta"]["line"] for r in kept] == [1, 3]  # only b dropped
+    assert [(r["line"], r["reason"]) for r in rejects] == [(2, "near_duplicate")]
+    assert rejects[0]["duplicate_of"] == kept[0]["id"]
+    assert rejects[0]["jaccard"] == round(exact_jaccard(texts[1], texts[2]), 4) >= 0.8
+    assert rejects[0]["detail"].startswith(f"Jaccard {rejects[0]['jaccard']} >= ")
+    assert len(kept[0]["meta"]["cluster"]) == 1 and "cluster" not in kept[1]["meta"]
+
+    kept, rejects, _ = curated([path], "connected")
+    assert [r["meta"]["line"] for r in kept] == [1]  # b and c dropped
+    assert [(r["line"], r["reason"]) for r in rejects] == [(2, "near_duplicate"),
+                                                           (3, "near_duplicate")]
+    assert {r["duplicate_of"] for r in rejects} == {kept[0]["id"]}
+    low = rejects[1]
+    assert low["jaccard"] == round(exact_jaccard(texts[1], texts[3]), 4) < 0.8
+    assert "chain" in low["detail"] and f"{low['jaccard']} < threshold" in low["detail"]
+    assert "chain" in rejects[0]["detail"] and ">= threshold" in rejects[0]["detail"]
+    assert len(kept[0]["meta"]["cluster"]) == 2
+
+
+def test_star_rejects_never_name_a_kept_row_below_the_threshold(tmp_path):
+    texts = generated_texts(60, seed=4)
+    path = write_rows(tmp_path / "gen.jsonl", [{"prompt": "Go.", "completion": t} for t in texts])
+    for threshold in (0.8, 0.5):
+        kept, rejects, _ = curated([path], "star", threshold)
+        near = [r for r in rejects if r["reason"] == "near_duplicate"]
+        assert len(near) > 10
+        assert all(r["jaccard"] >= threshold for r in near)
+        assert {r["duplicate_of"] for r in rejects} <= {r["id"] for r in kept}
+        _, chained, _ = curated([path], "connected", threshold)
+        assert len(chained) >= len(rejects)
+
+
+def test_match_text_is_the_prompt_then_the_answer(tmp_path):
+    """Words moved across the prompt/answer boundary leave the row's match text the same
+    (prompt then answer, in conversation order): a near duplicate at Jaccard 1. In alphabetical
+    order of the fields (completion, prompt; chosen, prompt, rejected) the two rows were 0.65
+    and 0.58 similar, below the threshold."""
+    p = ["please", "summarise", "the", "following", "short", "story", "about"]
+    ans = ["a", "fox", "who", "jumps", "over", "a", "lazy", "dog", "near", "the", "river"]
+    other = [f"r{i}" for i in range(12)]
+    sft = write_rows(tmp_path / "sft.jsonl", [
+        {"prompt": " ".join(p), "completion": " ".join(ans)},
+        {"prompt": " ".join(p[:-3]), "completion": " ".join(p[-3:] + ans)}])
+    _, rejects, _ = curated([sft])
+    assert [(r["line"], r["reason"], r["jaccard"]) for r in rejects] == [
+        (2, "near_duplicate", 1.0)]
+    pref = write_rows(tmp_path / "pref.jsonl", [
+        {"prompt": " ".join(p), "chosen": " ".join(ans), "rejected": " ".join(other)},
+        {"prompt": " ".join(p[:-3]), "chosen": " ".join(p[-3:] + ans),
+         "rejected": " ".join(other)}])
+    _, rejects, _ = curated([pref])
+    assert [(r["line"], r["reason"], r["jaccard"]) for r in rejects] == [
+        (2, "near_duplicate", 1.0)]
+
+
+def reordered(row: dict, order: str) -> dict:
+    keys = sorted(row, reverse=order == "reverse") if order != "as_is" else list(row)
+    return {k: row[k] for k in keys}
+
+
+@pytest.mark.parametrize("cluster", ["star", "connected"])
+def test_curation_does_not_depend_on_the_order_of_a_rows_keys(tmp_path, cluster):
+    a, b, c = chain()
+    texts = generated_texts(30, seed=9)
+    rows = [{"instruction": "Summarise.", "input": "", "output": t} for t in (a, b, c)]
+    rows += [{"instruction": t[:40], "input": t[40:80], "output": t[80:]} for t in texts]
+    rows += [{"prompt": t[:60], "completion": t[60:]} for t in texts[::3]]
+    rows += [{"prompt": t[:50], "chosen": t[50:], "rejected": "no " + t[50:]}
+             for t in texts[::2]]
+    results = []
+    for order in ("as_is", "sorted", "reverse"):  # alpaca order; completion before prompt; ...
+        folder = tmp_path / order
+        folder.mkdir()
+        path = write_rows(folder / "rows.jsonl", [reordered(r, order) for r in rows])
+        if order == "sorted":
+            assert next(iter(json.loads(path.read_text().splitlines()[-1]))) == "chosen"
+        kept, rejects, report = curated([path], cluster, threshold=0.6)
+        for r in kept:
+            r["meta"]["file"] = "rows.jsonl"
+        for r in rejects:
+            r["file"] = "rows.jsonl"
+        report.pop("sources")
+        results.append((kept, rejects, report))
+    assert results[0][1] and any(r["reason"] == "near_duplicate" for r in results[0][1])
+    assert results[0] == results[1] == results[2]

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pedigree.data import formats, readers
+from pedigree.data import formats, messages, readers
 from pedigree.data.formats import (
     CANONICAL_FIELDS,
     ColumnsError,
@@ -239,8 +239,8 @@ def test_sharegpt_items_under_messages_and_the_role_table():
     assert detect_format(row) == "sharegpt"
     assert normalise(row, "messages") == Normalised(
         "sft", "sharegpt", {"prompt": [msg(U, "hi")], "completion": [msg(A, "hello")]})
-    assert formats.SHAREGPT_ROLES["human"] == "user"
-    assert {formats.SHAREGPT_ROLES[r] for r in ("gpt", "assistant", "bot", "model")} == {A}
+    assert messages.SHAREGPT_ROLES["human"] == "user"
+    assert {messages.SHAREGPT_ROLES[r] for r in ("gpt", "assistant", "bot", "model")} == {A}
 
 
 def test_ids_of_existing_rows_do_not_change():
@@ -291,9 +291,9 @@ def test_auto_detects_each_row():
     assert detect_format({"chosen": "x"}) == "preference"
     assert detect_format({"messages": None, "instruction": "x"}) == "alpaca"  # null is absent
     with pytest.raises(RowError) as err:
-        detect_format({"question": "x", "answer": "y"})
+        detect_format({"q": "x", "a": "y"})
     assert err.value.reason == "unknown_format"
-    assert "['answer', 'question']" in err.value.detail and "sharegpt" in err.value.detail
+    assert "['a', 'q']" in err.value.detail and "sharegpt" in err.value.detail
 
 
 # ----------------------------------------------------------------------------- columns
@@ -359,8 +359,8 @@ ROW_ERRORS = [
     ({"prompt": "x", "completion": [msg(U, "y")]}, "auto", "no_final_assistant", "completion[0]"),
     ({"messages": [msg(U, "x"), msg("robot", "y")]}, "auto", "unknown_role",
      "messages[1].role='robot'; allowed: system, user, assistant"),
-    ({"conversations": [{"from": "human", "value": "x"}, {"from": "tool", "value": "y"}]}, "auto",
-     "unknown_role", "conversations[1].from='tool'; allowed: system, human, user, gpt"),
+    ({"conversations": [{"from": "human", "value": "x"}, {"from": "narrator", "value": "y"}]},
+     "auto", "unknown_role", "conversations[1].from='narrator'; allowed: system, human, user, gpt"),
     ({"messages": [msg(U, "x"), {"content": "y"}]}, "auto", "missing_field", "messages[1].role"),
     ({"messages": [msg(U, "x"), {"role": A}]}, "auto", "missing_field", "messages[1].content"),
     ({"messages": [msg(U, "x"), {"role": A, "content": 3}]}, "auto", "wrong_type",
@@ -374,8 +374,8 @@ ROW_ERRORS = [
     ({"instruction": "x"}, "messages", "missing_field", "'messages'"),
     ({"prompt": "x", "chosen": "y", "rejected": "y"}, "auto", "chosen_equals_rejected", "identical"),
     ({"prompt": "x", "chosen": "y"}, "auto", "missing_field", "'rejected'"),
-    ({"prompt": "x", "chosen": "y", "rejected": [msg(U, "z")]}, "auto", "no_final_assistant",
-     "rejected[0]"),
+    ({"prompt": "x", "chosen": "y", "rejected": [msg(U, "z")]}, "auto", "no_prompt",
+     "rejected starts with a user turn that is not the row's prompt"),
     ({"chosen": "y", "rejected": "z"}, "auto", "missing_field", "'prompt' is missing"),
     ({"chosen": [msg(U, "x"), msg(A, "y")], "rejected": [msg(U, "x"), msg(A, "y")]}, "auto",
      "chosen_equals_rejected", "identical"),

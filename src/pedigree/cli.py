@@ -207,11 +207,12 @@ def _hash(args: argparse.Namespace) -> int:
 def _curate(args: argparse.Namespace) -> int:
     # The same library code as stages/curate.py, on any files; no params.yaml, no MLflow.
     from pedigree.config import CurateConfig, DecontaminateConfig, NearDedupConfig
-    from pedigree.data.curate import curate, eval_files, summary, write_curation
+    from pedigree.data.curate import check_kept, curate, eval_files, summary, write_curation
     from pedigree.data.decontaminate import EvalIndex, eval_items
-    from pedigree.data.formats import parse_columns
+    from pedigree.data.formats import check_format, parse_columns
     from pedigree.data.lengths import TokenCounter
     from pedigree.data.sources import sources_from_paths
+    from pedigree.data.tools import ToolSupport
     from pedigree.files import atomic_dir
 
     tokenizer = args.tokenizer
@@ -222,23 +223,29 @@ def _curate(args: argparse.Namespace) -> int:
         dedup_fields=args.dedup_fields,
         near_dedup=NearDedupConfig(enabled=not args.no_near_dedup, threshold=args.threshold),
         decontaminate=DecontaminateConfig(ngram=args.ngram),
+        min_kept_fraction=args.min_kept_fraction,
     )
     try:
         columns = parse_columns(args.columns) if args.columns else {}
     except ValueError as err:
         raise PedigreeError(f"--columns {args.columns}: {err}") from None
+    try:
+        check_format(args.format)
+    except ValueError as err:
+        raise PedigreeError(f"--format: {err}") from None
     sources = sources_from_paths([Path(p) for p in args.inputs], args.format, columns)
     against = eval_files(Path(args.eval_dir), [Path(p) for p in args.against])
     index = EvalIndex(eval_items(against), cfg.decontaminate.ngram,
                       cfg.decontaminate.min_words) if against else None
     counter = TokenCounter(tokenizer) if tokenizer else None
-    result = curate(sources, cfg, index, counter)
+    result = curate(sources, cfg, index, counter, ToolSupport(tokenizer) if tokenizer else None)
     with atomic_dir(Path(args.out)) as tmp:
         report = write_curation(result, tmp)
     print(summary(report))
     print(f"length bounds: {f'tokens of {tokenizer}' if tokenizer else 'off (no --tokenizer)'}; "
           f"decontaminated against {len(against)} file(s)")
     print(f"wrote {args.out}/ (sft.jsonl, preferences.jsonl, rejects.jsonl, report.json)")
+    check_kept(result, cfg.min_kept_fraction)  # after writing: the rejects are there to read
     return 0
 
 
@@ -333,9 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("curate", help="validate, filter, deduplicate and decontaminate files")
     p.add_argument("inputs", nargs="+", help=".jsonl/.json/.parquet/.csv files or directories")
     p.add_argument("--out", required=True, help="output directory (replaced atomically)")
-    p.add_argument("--format", default="auto",
-                   choices=("auto", "alpaca", "prompt_completion", "messages", "sharegpt",
-                            "preference"))
+    p.add_argument("--format", default="auto", help="auto (each row's layout is detected), a "
+                   "format (alpaca, prompt_completion, messages, sharegpt, preference, "
+                   "transcript) or a layout name from the README's table")
     p.add_argument("--columns", help="canonical=yours, e.g. prompt=question,completion=answer")
     p.add_argument("--against", nargs="*", default=[], metavar="FILE",
                    help="more eval files to decontaminate against")
@@ -348,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dedup-fields", choices=("row", "prompt"), default="row")
     p.add_argument("--no-near-dedup", action="store_true")
     p.add_argument("--ngram", type=int, default=13, help="decontamination n-gram, words")
+    p.add_argument("--min-kept-fraction", type=float, default=0.5,
+                   help="fail (exit 1) when a file keeps a smaller fraction of its rows; 0: "
+                   "only when it keeps none")
     p.set_defaults(func=_curate)
 
     p = sub.add_parser("split", help="split a curation output into train and validation")

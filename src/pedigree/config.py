@@ -130,11 +130,18 @@ class ModelConfig(Section):
 
 
 # ----------------------------------------------------------------------------- data
-FormatName = Literal["auto", "alpaca", "prompt_completion", "messages", "sharegpt", "preference"]
+def _valid_format(name: str) -> str:
+    from pedigree.data.layouts import check_format
+
+    return check_format(name)  # a ValueError naming the formats and layouts
+
+
+# "auto", a row format or a public dataset layout (pedigree.data.layouts)
+FormatName = Annotated[str, AfterValidator(_valid_format)]
 
 
 def _valid_columns(columns: dict[str, str]) -> dict[str, str]:
-    from pedigree.data.formats import check_columns
+    from pedigree.data.layouts import check_columns
 
     check_columns(columns)  # a ValueError naming the allowed canonical fields
     return columns
@@ -169,7 +176,8 @@ class DataConfig(Section):
     columns: ColumnMap = Field(default_factory=dict, description="column mapping for all sources")
     sources: list[SourceConfig] = Field(
         default_factory=list,
-        description="the datasets to read; empty: every readable file under raw_dir",
+        description="the datasets to read; empty: every dataset under raw_dir, one source each "
+        "(a file, a save_to_disk directory, or the shards of one file)",
     )
 
 
@@ -184,6 +192,11 @@ class NearDedupConfig(Section):
     bands: int = Field(20, ge=1)
     rows: int = Field(5, ge=1, description="signature rows per band; bands*rows permutations")
     seed: int = Field(0, description="of the MinHash permutations")
+    cluster: Literal["star", "connected"] = Field(
+        "star", description="star: a row is dropped only for a kept row it is at least threshold "
+        "similar to; connected: every row in a chain of similar pairs goes but the first (fewer "
+        "rows kept, and a dropped row may be less similar than threshold to the kept one)",
+    )
 
 
 class DecontaminateConfig(Section):
@@ -219,6 +232,10 @@ class CurateConfig(Section):
     )
     exact_dedup: bool = True
     near_dedup: NearDedupConfig = NearDedupConfig()
+    min_kept_fraction: float = Field(
+        0.5, ge=0, le=1, description="a source keeping a smaller fraction of its rows fails the "
+        "stage, naming the main reject reason (0: only a source keeping nothing fails)",
+    )
     decontaminate: DecontaminateConfig = DecontaminateConfig()
 
     @model_validator(mode="after")
@@ -275,6 +292,10 @@ class SFTConfig(Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(128, ge=16, description="tokens per row; longer rows are truncated")
     completion_only_loss: bool = Field(True, description="mask the prompt tokens in the loss")
+    train_on: Literal["all_assistant_turns", "last_turn"] = Field(
+        "all_assistant_turns", description="which assistant turns of a multi-turn row are "
+        "targets (with completion_only_loss); a message with weight 0 is never one",
+    )
     packing: bool = Field(False, description="pack rows into max_length blocks, no padding")
     chat_template: str | None = Field(
         None, description="a .jinja file or an inline template; None: the base tokenizer's"

@@ -10,7 +10,9 @@ The checks run in this order, so a row's reason is the first problem it has:
   2. length in base-model tokens (batched)
   3. decontamination against the eval sets (n-gram overlap)
   4. exact duplicates on normalised text (the first occurrence is kept)
-  5. near duplicates (MinHash LSH, verified with exact Jaccard; the first of a cluster is kept)
+  5. near duplicates (MinHash LSH, verified with exact Jaccard; with curate.near_dedup.cluster
+     star a row goes only for an earlier kept row at or above the threshold)
+A source that keeps too little fails (`check_kept`), naming the reason and what would read it.
 """
 
 from __future__ import annotations
@@ -33,11 +35,22 @@ from pedigree.data.jsonl import write_jsonl
 from pedigree.data.lengths import BATCH, TokenCounter
 from pedigree.data.readers import LONE_SURROGATE, RawRow, RowError, read_rows
 from pedigree.data.sources import Source, readable_files
+from pedigree.data.suggest import suggest
 from pedigree.data.text import match_text, normalise_text, repetition
+from pedigree.data.tools import ToolSupport
 from pedigree.errors import PedigreeError
 from pedigree.lineage import canonical_json, sha256_bytes
 
 REPETITION_MIN_WORDS = 16  # shorter answers (numbers, names, lists) repeat by nature
+# Reject reasons that say the row's layout was not understood (a column mapping may read it).
+UNREAD_REASONS = frozenset({"missing_field", "unknown_format", "wrong_type", "no_prompt",
+                            "no_final_assistant", "no_speaker_labels", "not_an_object"})
+_UNREAD_SAMPLES = 20  # rows a suggestion is tried on
+_EXAMPLES = 3  # reject lines a failed source shows
+
+
+class CurationError(PedigreeError):
+    """A source kept nothing, or less than curate.min_kept_fraction of its rows."""
 
 
 @dataclass(slots=True)
@@ -71,6 +84,9 @@ class CurationResult:
     rejects: list[dict[str, Any]] = field(default_factory=list)
     counts: list[Counter] = field(default_factory=list)  # per source
     truncated: list[bool] = field(default_factory=list)  # per source: its limit cut rows off
+    file_formats: dict[str, Counter] = field(default_factory=dict)  # file -> layout -> rows
+    # per source: rows read but not understood (their parsed values), for `check_kept`'s hint
+    unread: list[list[Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
@@ -83,6 +99,9 @@ class CurationResult:
                 "format": src.format,
                 "detected_formats": {k[7:]: n for k, n in sorted(counts.items())
                                      if k.startswith("format:")},
+                "detected_formats_by_file": {
+                    p.as_posix(): dict(sorted(self.file_formats.get(p.as_posix(), {}).items()))
+                    for p in src.files},
                 "columns": src.columns,
                 "limit": src.limit,
                 "truncated_by_limit": truncated,
@@ -157,8 +176,9 @@ def _encode_row(content: dict[str, Any], source: str, meta: dict[str, Any]) -> t
 class _RowChecker:
     """Step 1: one raw row -> a candidate, or a reject record."""
 
-    def __init__(self, cfg: CurateConfig):
+    def __init__(self, cfg: CurateConfig, tools: ToolSupport | None):
         self.cfg = cfg
+        self.tools = tools
         self.placeholders = {normalise_text(p) for p in cfg.placeholder_outputs}
 
     def __call__(self, raw: RawRow, src_index: int, src: Source) -> _Candidate | dict:
@@ -169,6 +189,8 @@ class _RowChecker:
         except RowError as err:
             return _reject(raw.file, raw.line, raw.text, err.reason, err.detail)
         kind, content = norm.kind, norm.content
+        if self.tools is not None and (problem := self.tools.problem(content)):
+            return _reject(raw.file, raw.line, raw.text, *problem)
         meta: dict[str, Any] = {"file": raw.file, "line": raw.line, "format": norm.format}
         if isinstance(raw.value.get("task"), str):
             meta["task"] = raw.value["task"]
@@ -190,7 +212,10 @@ class _RowChecker:
                 return _reject(raw.file, raw.line, raw.text, "repetitive",
                                f"{rep:.2f} of the answer's word 3-grams repeat "
                                f"(> curate.max_repetition={self.cfg.max_repetition})")
-        parts = {k: match_text(_joined(content[k])) for k in sorted(content)}
+        # In conversation order, prompt then answer(s): the shingles across a boundary are the
+        # words of the prompt's end and the answer's start, whatever the source's key order.
+        parts = {k: match_text(_joined(content[k]))
+                 for k in ("prompt", "completion", "chosen", "rejected") if k in content}
         prompt_text, row_text = parts["prompt"], " ".join(p for p in parts.values() if p)
         return _Candidate(
             source=src_index, file=raw.file, line=raw.line, raw=raw.text, kind=kind,
@@ -212,15 +237,16 @@ def _read_source(src: Source) -> tuple[itertools.chain[RawRow], Callable[[], boo
 
 
 def curate(sources: list[Source], cfg: CurateConfig, eval_index: EvalIndex | None = None,
-           counter: TokenCounter | None = None) -> CurationResult:
+           counter: TokenCounter | None = None, tools: ToolSupport | None = None
+           ) -> CurationResult:
     """Curate `sources`. `eval_index` None skips decontamination, `counter` None skips the
-    token-length bounds."""
+    token-length bounds, `tools` None keeps tool calls and results unchecked."""
     _check_disjoint(sources)
     result = CurationResult(sources=sources)
     # Canonical rows and raw texts wait on disk, in candidate order: a million of each would
     # take gigabytes of memory, and only the last step needs them.
     with tempfile.TemporaryFile() as spool:
-        candidates = _check_rows(sources, cfg, counter, spool, result)
+        candidates = _check_rows(sources, cfg, counter, tools, spool, result)
         kept = _length_bounds(candidates, cfg, result)
         kept = _decontaminate(kept, eval_index, result)
         kept = _deduplicate(kept, cfg, result)
@@ -249,22 +275,27 @@ def _check_disjoint(sources: list[Source]) -> None:
 
 
 def _check_rows(sources: list[Source], cfg: CurateConfig, counter: TokenCounter | None,
-                spool: IO[bytes], result: CurationResult) -> list[_Candidate]:
+                tools: ToolSupport | None, spool: IO[bytes],
+                result: CurationResult) -> list[_Candidate]:
     """Step 1 (and the token counts of step 2) while the rows stream in."""
-    check = _RowChecker(cfg)
+    check = _RowChecker(cfg, tools)
     candidates: list[_Candidate] = []
     lengths = _Lengths(counter, cfg)
     for i, src in enumerate(sources):
-        counts = Counter()
+        counts, unread = Counter(), []
         result.counts.append(counts)
+        result.unread.append(unread)
         rows, was_truncated = _read_source(src)
         for raw in rows:
             counts["input_rows"] += 1
             outcome = check(raw, i, src)
             if isinstance(outcome, dict):
                 result.rejects.append(outcome)
+                if outcome["reason"] in UNREAD_REASONS and len(unread) < _UNREAD_SAMPLES:
+                    unread.append(raw.value)
                 continue
             counts[f"format:{outcome.format}"] += 1
+            result.file_formats.setdefault(raw.file, Counter())[outcome.format] += 1
             candidates.append(outcome)
             lengths.add(outcome)
             spool.write(f"{outcome.row}\n{json.dumps(outcome.raw)}\n".encode())
@@ -330,7 +361,12 @@ def _decontaminate(candidates: list[_Candidate], eval_index: EvalIndex | None,
 def _deduplicate(candidates: list[_Candidate], cfg: CurateConfig,
                  result: CurationResult) -> list[_Candidate]:
     """Steps 4 and 5. Every dropped row names the kept row it duplicates (`duplicate_of`); every
-    kept row lists the ids it stands for (`meta.cluster`), so the split keeps a cluster together."""
+    kept row lists the ids it stands for (`meta.cluster`), so the split keeps a cluster together.
+
+    curate.near_dedup.cluster (see pedigree.data.dedup): "star" drops a row only for an earlier
+    kept row with Jaccard >= threshold, so every near_duplicate reject's `jaccard` is at least
+    the threshold; "connected" drops every row of a chain of such pairs but the first, so a
+    reject's `jaccard` with the kept row it names may be lower (its detail says so)."""
     rep = list(range(len(candidates)))  # position of the row each candidate is a duplicate of
     why: dict[int, tuple[str, str, dict[str, Any]]] = {}
     if cfg.exact_dedup:
@@ -345,17 +381,24 @@ def _deduplicate(candidates: list[_Candidate], cfg: CurateConfig,
             positions = [p for p, r in enumerate(rep) if r == p and candidates[p].kind == kind]
             found = dedup.near_duplicates(
                 [candidates[p].dedup_text for p in positions], threshold=nd.threshold,
-                ngram=nd.ngram, bands=nd.bands, rows=nd.rows, seed=nd.seed)
+                ngram=nd.ngram, bands=nd.bands, rows=nd.rows, seed=nd.seed, cluster=nd.cluster)
             stats["candidate_pairs"] += found.candidates
             stats["verified_pairs"] += len(found.pairs)
             for local, rep_local in enumerate(found.representative.tolist()):
                 if rep_local != local:
-                    jaccard = round(float(found.similarity[local]), 4)
+                    exact = float(found.similarity[local])
+                    jaccard = round(exact, 4)
+                    if (jaccard >= nd.threshold) != (exact >= nd.threshold):
+                        jaccard = exact  # rounding would cross the threshold: 0.79996 -> 0.8
                     rep[positions[local]] = positions[rep_local]
-                    # Clusters are chains of verified pairs: a row's Jaccard with the kept
-                    # row itself may be lower than the threshold.
-                    detail = (f"in a cluster of pairs with Jaccard >= curate.near_dedup."
-                              f"threshold={nd.threshold}; Jaccard {jaccard} with the kept row")
+                    if nd.cluster == "star":  # always >= threshold: star drops for kept rows
+                        detail = (f"Jaccard {jaccard} >= curate.near_dedup.threshold="
+                                  f"{nd.threshold} with the kept row (the first such kept row)")
+                    else:  # a chain of verified pairs: the kept row itself may be below
+                        relation = ">=" if exact >= nd.threshold else "<"
+                        detail = (f"in a chain of pairs with Jaccard >= curate.near_dedup."
+                                  f"threshold={nd.threshold} (cluster=connected); Jaccard "
+                                  f"{jaccard} {relation} threshold with the kept row itself")
                     why[positions[local]] = ("near_duplicate", detail, {"jaccard": jaccard})
         # An exact duplicate of a near duplicate belongs to the near duplicate's kept row.
         for pos in why:
@@ -376,6 +419,40 @@ def _deduplicate(candidates: list[_Candidate], cfg: CurateConfig,
         c.dedup_text = c.row_text = c.prompt_text = ""
     result.details.setdefault("near_dedup", {})["clusters"] = len(members)
     return [c for pos, c in enumerate(candidates) if rep[pos] == pos]
+
+
+def check_kept(result: CurationResult, min_fraction: float) -> None:
+    """CurationError unless every source kept rows, and at least `min_fraction` of them: a run
+    that keeps nothing must not pass as an empty success. The message names, per failing
+    source, the main reject reason, three example lines and, when one is found, the format or
+    column mapping that reads the rows."""
+    report = result.report()
+    failures = []
+    for i, (name, src) in enumerate(report["sources"].items()):
+        n_in, kept = src["input_rows"], src["kept_rows"]
+        if n_in and kept and kept >= min_fraction * n_in:
+            continue
+        if not n_in:
+            failures.append(f"source {name!r}: no rows in {', '.join(src['files'])}")
+            continue
+        reason, dropped = max(src["dropped"].items(), key=lambda kv: (kv[1], kv[0]))
+        lines = [(f"source {name!r}: kept {kept} of {n_in} rows (curate.min_kept_fraction="
+                  f"{min_fraction}); main reason {reason} ({dropped} rows), e.g.")]
+        files = set(src["files"])
+        examples = [r for r in result.rejects if r["reason"] == reason and r["file"] in files]
+        for r in examples[:_EXAMPLES]:
+            raw = r["raw"] if isinstance(r["raw"], str) else json.dumps(r["raw"])
+            lines.append(f"  {r['file']}:{r['line']}: {r['detail']}")
+            lines.append(f"    {raw[:160]}{'...' if len(raw) > 160 else ''}")
+        src_obj = result.sources[i]
+        hint = suggest(result.unread[i], src_obj.format, src_obj.columns) \
+            if reason in UNREAD_REASONS else None
+        if hint:
+            lines.append(f"  hint: {hint}")
+        failures.append("\n".join(lines))
+    if failures:
+        raise CurationError("curation kept too little\n"
+                            + "\n".join(failures))
 
 
 def eval_files(eval_dir: Path, more: list[Path] | None = None) -> list[Path]:

@@ -2,7 +2,15 @@
 with its exact Jaccard similarity.
 
     found = near_duplicates(texts, threshold=0.8)   # texts already normalised by the caller
-    found.representative[i]                         # the doc kept for doc i's cluster
+    found.representative[i]                         # the kept doc that doc i duplicates
+
+Which docs are dropped (`cluster`):
+  star       docs in order; a doc is dropped when its Jaccard with an already KEPT doc is at
+             least the threshold, and its representative is the first such kept doc. So every
+             dropped doc is >= threshold similar to the doc it is dropped for. The default.
+  connected  the connected components of the verified pairs; each keeps its first doc. A chain
+             a~b, b~c drops c even when J(a, c) is far below the threshold: fewer docs are
+             kept, and a dropped doc's similarity with its representative is not bounded.
 
 The steps are public so that benchmarks and tests can run them one by one:
 
@@ -38,8 +46,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["NearDuplicates", "Shingles", "candidate_pairs", "jaccard", "near_duplicates",
-           "shingle", "signatures", "word_hash"]
+__all__ = ["CLUSTERS", "NearDuplicates", "Shingles", "candidate_pairs", "jaccard",
+           "near_duplicates", "shingle", "signatures", "word_hash"]
 
 _U64 = np.uint64
 _MASK64 = (1 << 64) - 1
@@ -69,8 +77,9 @@ class Shingles:
 
 @dataclass(frozen=True)
 class NearDuplicates:
-    representative: np.ndarray  # int64 per doc: the doc kept for its cluster (itself if kept)
-    similarity: np.ndarray  # float64 per doc: exact Jaccard with its representative (1.0: kept)
+    representative: np.ndarray  # int64 per doc: the kept doc it is dropped for (itself: kept)
+    similarity: np.ndarray  # float64 per doc: exact Jaccard with its representative (1.0: kept);
+    # with cluster="star" >= threshold for every dropped doc, with "connected" possibly lower
     pairs: np.ndarray  # (k, 2) int64 verified pairs i < j with Jaccard >= threshold, sorted
     pair_jaccard: np.ndarray  # (k,) float64: their exact Jaccard
     candidates: int  # LSH candidate pairs that were verified
@@ -589,10 +598,22 @@ def _components(n: int, pairs: np.ndarray) -> np.ndarray:
             return label
 
 
+CLUSTERS = ("star", "connected")
+
+
 def near_duplicates(texts: Sequence[str], *, threshold: float = 0.8, ngram: int = 5,
-                    bands: int = 20, rows: int = 5, seed: int = 0) -> NearDuplicates:
-    """Clusters of near-duplicate texts: pairs with exact word-n-gram Jaccard >= threshold,
-    joined transitively; each cluster keeps its first doc (the smallest index).
+                    bands: int = 20, rows: int = 5, seed: int = 0,
+                    cluster: str = "star") -> NearDuplicates:
+    """Near-duplicate texts: pairs with exact word-n-gram Jaccard >= threshold, and the doc
+    each doc is dropped for (`representative`; itself when it is kept).
+
+    cluster="star": the docs in index order; a doc is dropped when it is in a pair with an
+    already kept doc, and its representative is the first (smallest index) such kept doc, so
+    `similarity` of a dropped doc is always >= threshold. A doc similar only to dropped docs
+    is kept: in a chain a~b, b~c with J(a, c) < threshold, b is dropped and c kept.
+    cluster="connected": the pairs joined transitively; each connected component keeps its
+    first doc (the smallest index) and drops the rest, however far down the chain (in the
+    example, b and c), so a dropped doc's similarity may be below the threshold.
 
     Candidates come from MinHash LSH with `bands` x `rows` permutations, pinned by the caller
     rather than derived from the threshold: a pair at Jaccard s shares a band with probability
@@ -605,6 +626,8 @@ def near_duplicates(texts: Sequence[str], *, threshold: float = 0.8, ngram: int 
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) \
             or not 0 < threshold <= 1:
         raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")
+    if cluster not in CLUSTERS:
+        raise ValueError(f"cluster must be one of {', '.join(CLUSTERS)}, got {cluster!r}")
     _check_positive(ngram=ngram, bands=bands, rows=rows)
     n = len(texts)
     sh = shingle(texts, ngram)
@@ -637,12 +660,39 @@ def near_duplicates(texts: Sequence[str], *, threshold: float = 0.8, ngram: int 
     verified_sim = sim[keep]
 
     all_pairs, all_sim = _expand(verified, verified_sim, ident_pairs, n)
-    representative = _components(n, all_pairs)
+    if cluster == "connected":
+        representative = _components(n, all_pairs)
+    else:
+        representative = _star(n, verified, ident_pairs)
     similarity = np.ones(n, dtype=np.float64)
     moved = np.flatnonzero(representative != np.arange(n))
     if len(moved):
         similarity[moved] = jaccard(sh, np.stack([representative[moved], moved], axis=1))
     return NearDuplicates(representative, similarity, all_pairs, all_sim, len(cand))
+
+
+def _star(n: int, pairs: np.ndarray, ident_pairs: np.ndarray) -> np.ndarray:
+    """Each doc's representative under cluster="star", from the verified pairs of distinct
+    shingle sets (i < j, one doc per set) and the pairs (first doc of a set, another doc of it).
+
+    Only the first doc of each set of identical docs is decided in order: the others are never
+    kept (each is identical to an earlier doc), and a kept doc's neighbours are exactly its set
+    leader's, so each follows its leader: the leader itself when the leader is kept, else the
+    leader's representative (the first kept doc similar to the leader is the first similar to
+    it). The loop runs in Python over the pairs only; docs without an earlier neighbour are kept
+    without a step."""
+    representative = np.arange(n, dtype=np.int64)
+    if len(pairs):
+        order = np.lexsort((pairs[:, 0], pairs[:, 1]))  # by later doc, then earlier doc
+        # When doc j's pairs come up, every earlier doc is decided: its own pairs (as the later
+        # doc) sort before j's. The first kept earlier doc wins: the smallest index.
+        for i, j in pairs[order].tolist():
+            if representative[j] == j and representative[i] == i:
+                representative[j] = i
+    if len(ident_pairs):
+        leader, follower = ident_pairs[:, 0], ident_pairs[:, 1]
+        representative[follower] = representative[leader]
+    return representative
 
 
 def _signature_band_keys(sh: Shingles, bands: int, rows: int, seed: int) -> np.ndarray:

@@ -27,64 +27,32 @@ import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from pedigree.data import layouts
+from pedigree.data.layouts import (  # noqa: F401 - also this module's interface
+    CANONICAL_FIELDS,
+    FORMATS,
+    ColumnsError,
+    check_columns,
+    check_format,
+    parse_columns,
+)
+from pedigree.data.messages import (
+    is_sharegpt,
+    looks_like_transcript,
+    parse_messages,
+    parse_transcript,
+)
 from pedigree.data.readers import RowError
-from pedigree.errors import PedigreeError
 from pedigree.lineage import canonical_json, sha256_bytes
-
-ROLES = ("system", "user", "assistant")
-FORMATS = ("alpaca", "prompt_completion", "messages", "sharegpt", "preference")
-# The field names `columns` may map to (canonical name -> the source's field name).
-CANONICAL_FIELDS = ("instruction", "input", "output", "system", "prompt", "completion",
-                    "messages", "chosen", "rejected")
-# ShareGPT `from` values. Only these: a tool or function turn has no place in the canonical
-# schema, and guessing the role of an unknown speaker would train on mislabelled turns.
-SHAREGPT_ROLES = {
-    "system": "system",
-    "human": "user", "user": "user",
-    "gpt": "assistant", "assistant": "assistant", "bot": "assistant", "model": "assistant",
-}
-OPENAI_ROLES = {role: role for role in ROLES}
-_FORMAT_FIELDS = ("alpaca (instruction, output), prompt_completion (prompt, completion), "
-                  "messages (messages), sharegpt (conversations), preference (chosen, rejected)")
-
-
-class ColumnsError(PedigreeError, ValueError):
-    """A column mapping that cannot be right (a config or command line error, not a row's)."""
 
 
 class Normalised(NamedTuple):
     kind: str  # "sft" or "preference"
-    format: str  # the format the row was read as, one of FORMATS
+    format: str  # the layout the row was read as (layouts.LAYOUTS), or its format (FORMATS)
     content: dict[str, Any]  # prompt/completion or prompt/chosen/rejected, as lists of messages
 
 
 # ----------------------------------------------------------------------------- columns
-def parse_columns(spec: str) -> dict[str, str]:
-    """The command line's column mapping, "prompt=question,completion=answer" (canonical=source),
-    as a dict; ColumnsError (a ValueError) for bad syntax or an unknown canonical name."""
-    columns: dict[str, str] = {}
-    for item in spec.split(","):
-        canonical, sep, source = (part.strip() for part in item.partition("="))
-        if not sep or not canonical or not source:
-            raise ColumnsError(f"{item.strip()!r} is not canonical=source; "
-                               "example: prompt=question,completion=answer")
-        if canonical in columns:
-            raise ColumnsError(f"{canonical!r} is mapped twice")
-        columns[canonical] = source
-    check_columns(columns)
-    return columns
-
-
-def check_columns(columns: Mapping[str, str]) -> None:
-    """ColumnsError unless every key of `columns` is a canonical field name."""
-    for canonical, source in columns.items():
-        if canonical not in CANONICAL_FIELDS:
-            hint = (f" (the canonical name comes first: {source}={canonical}?)"
-                    if source in CANONICAL_FIELDS else "")
-            raise ColumnsError(f"{canonical!r} is not a canonical field{hint}; "
-                               f"allowed: {', '.join(CANONICAL_FIELDS)}")
-
-
 def _apply_columns(row: dict[str, Any], columns: Mapping[str, str]) -> dict[str, Any]:
     """The row with each source field renamed to its canonical name. The source fields are
     removed, so that they cannot decide the detected format (e.g. `instruction` mapped to
@@ -105,26 +73,20 @@ def _apply_columns(row: dict[str, Any], columns: Mapping[str, str]) -> dict[str,
 
 # ----------------------------------------------------------------------------- formats
 def detect_format(row: dict[str, Any]) -> str:
-    """The format of a row, one of FORMATS, from the fields it has (null fields do not count)."""
-    get = row.get
-    if get("messages") is not None:
-        return "sharegpt" if _is_sharegpt(_maybe_json(get("messages"))) else "messages"
-    if get("conversations") is not None:
+    """The layout `format: auto` reads a row as (its name), from the fields it has."""
+    layout = layouts.detect(row)
+    if layout is None:
+        raise RowError("unknown_format", f"fields {sorted(row)} match no supported layout "
+                       f"({', '.join(layouts.BY_NAME)}; their fields are in the README's table)")
+    if layout.name == "messages" and is_sharegpt(_maybe_json(row["messages"])):
         return "sharegpt"
-    if get("chosen") is not None or get("rejected") is not None:
-        return "preference"
-    if get("instruction") is not None:
-        return "alpaca"
-    if get("prompt") is not None and get("completion") is not None:
-        return "prompt_completion"
-    raise RowError("unknown_format",
-                   f"fields {sorted(row)} match no supported format; supported: {_FORMAT_FIELDS}")
+    return layout.name
 
 
 def normalise(row: Any, fmt: str, columns: Mapping[str, str] | None = None) -> Normalised:
-    """The canonical content of one row read as `fmt` (a name in FORMATS, or "auto" to detect it
-    per row), after renaming its fields by `columns` (canonical name -> source field name).
-    Raises RowError for a row that cannot be used."""
+    """The canonical content of one row read as `fmt` ("auto" to detect its layout per row, a
+    layout's name, or a format of FORMATS), after renaming its fields by `columns` (canonical
+    name -> source field name). Raises RowError for a row that cannot be used."""
     if not isinstance(row, dict):
         raise RowError("not_an_object", f"expected a JSON object, got {type(row).__name__}")
     if not columns:
@@ -140,17 +102,19 @@ def normalise(row: Any, fmt: str, columns: Mapping[str, str] | None = None) -> N
 
 
 def _normalise(row: dict[str, Any], fmt: str) -> Normalised:
+    name = fmt
     if fmt == "auto":
-        fmt = detect_format(row)
-    if fmt == "alpaca":
-        return _alpaca(row)
-    if fmt == "prompt_completion":
-        return _prompt_completion(row)
-    if fmt in ("messages", "sharegpt"):  # either style under either name; the result says which
-        return _conversation(row)
-    if fmt == "preference":
-        return _preference(row)
-    raise RowError("unknown_format", f"format {fmt!r}; supported: {FORMATS}")
+        name = detect_format(row)
+    if name in layouts.BY_NAME:
+        layout = layouts.BY_NAME[name]
+        row, fmt = layouts.apply(row, layout), layout.format
+    reader = _READERS.get(fmt)
+    if reader is None:
+        raise RowError("unknown_format", f"format {fmt!r}; supported: {FORMATS}")
+    result = reader(row)
+    # A layout that is a format by another name (dolly) is reported by its name; the format
+    # readers say themselves which style they found (messages or sharegpt).
+    return result if name == fmt else result._replace(format=name)
 
 
 def _alpaca(row: dict[str, Any]) -> Normalised:
@@ -158,54 +122,82 @@ def _alpaca(row: dict[str, Any]) -> Normalised:
     instruction = _text(row, "instruction")
     input_text = _text(row, "input", required=False)
     output = _text(row, "output")
-    system = _text(row, "system", required=False)
     user = f"{instruction}\n\n{input_text}" if input_text and not input_text.isspace() else instruction
-    prompt = [{"role": "user", "content": user}]
-    if system and not system.isspace():  # an empty system cell (CSV) means none
-        prompt.insert(0, {"role": "system", "content": system})
     return Normalised("sft", "alpaca", {
-        "prompt": prompt,
+        "prompt": _with_system(row, [{"role": "user", "content": user}]),
         "completion": [{"role": "assistant", "content": output}],
     })
 
 
 def _prompt_completion(row: dict[str, Any]) -> Normalised:
-    prompt = _as_messages(row.get("prompt"), "prompt", "user")
+    prompt = _with_system(row, _as_messages(row.get("prompt"), "prompt", "user"))
     completion = _as_messages(row.get("completion"), "completion", "assistant")
     _ends_with_answer(completion, "completion")
     return Normalised("sft", "prompt_completion", {"prompt": prompt, "completion": completion})
 
 
 def _conversation(row: dict[str, Any]) -> Normalised:
-    """OpenAI `messages` or ShareGPT `conversations`/`messages`: the last turn is the completion,
-    the turns before it the prompt."""
+    """OpenAI `messages` or ShareGPT `conversations`/`messages`."""
     field = "messages" if row.get("messages") is not None else "conversations"
     value = row.get(field)
     if value is None:
         raise RowError("missing_field", "field 'messages' (or 'conversations') is missing")
     value = _json_list(value, field)
-    messages = _messages(value, field)
-    last = len(messages) - 1
-    if messages[last]["role"] != "assistant":
-        raise RowError("no_final_assistant", f"{field}[{last}] is a {messages[last]['role']} "
-                       "turn: the conversation must end with an assistant turn")
+    fmt = "sharegpt" if field == "conversations" or is_sharegpt(value) else "messages"
+    return _split_conversation(parse_messages(value, field), field, fmt)
+
+
+def _transcript(row: dict[str, Any]) -> Normalised:
+    """`text`: a whole conversation as one string with speaker labels."""
+    text = _text(row, "text")
+    return _split_conversation(parse_transcript(text, "text"), "text", "transcript")
+
+
+def _split_conversation(messages: list[dict[str, Any]], field: str, fmt: str) -> Normalised:
+    """The last assistant turn that is a target (weight not 0) is the completion, the turns
+    before it the prompt. Turns after it (weight-0 assistant turns and what they answer) are
+    neither targets nor context for one, so they are left out; a row with no target is an
+    error."""
+    if messages[-1]["role"] != "assistant":
+        raise RowError("no_final_assistant", f"{field}[{len(messages) - 1}] is a "
+                       f"{messages[-1]['role']} turn: the conversation must end with an "
+                       "assistant turn")
+    targets = [i for i, m in enumerate(messages) if m["role"] == "assistant" and "weight" not in m]
+    if not targets:
+        raise RowError("no_target", f"{field}: every assistant turn has weight 0: nothing to learn")
+    last = targets[-1]
     _has_user_turn(messages[:last], f"{field}[:{last}]")
-    fmt = "sharegpt" if field == "conversations" or _is_sharegpt(value) else "messages"
-    return Normalised("sft", fmt, {"prompt": messages[:last], "completion": messages[last:]})
+    return Normalised("sft", fmt, {"prompt": messages[:last], "completion": messages[last:last + 1]})
 
 
 def _preference(row: dict[str, Any]) -> Normalised:
     if row.get("prompt") is None:
         return _implicit_preference(row)
-    prompt = _as_messages(row.get("prompt"), "prompt", "user")
-    chosen = _as_messages(row.get("chosen"), "chosen", "assistant")
-    rejected = _as_messages(row.get("rejected"), "rejected", "assistant")
-    _ends_with_answer(chosen, "chosen")
-    _ends_with_answer(rejected, "rejected")
+    prompt = _with_system(row, _as_messages(row.get("prompt"), "prompt", "user"))
+    chosen = _answer(row, "chosen", prompt)
+    rejected = _answer(row, "rejected", prompt)
     if chosen == rejected:
         raise RowError("chosen_equals_rejected", "chosen and rejected are identical")
     return Normalised("preference", "preference",
                       {"prompt": prompt, "chosen": chosen, "rejected": rejected})
+
+
+def _answer(row: dict[str, Any], field: str, prompt: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A preference answer given beside a prompt. A list that starts with the prompt's turns
+    (UltraFeedback's chosen/rejected are whole conversations) is the rest of it."""
+    messages = _as_messages(row.get(field), field, "assistant")
+    if messages[0]["role"] != "assistant":
+        user_turns = [m for m in prompt if m["role"] != "system"]
+        for head in (prompt, user_turns):
+            if messages[:len(head)] == head and len(messages) > len(head):
+                messages = messages[len(head):]
+                break
+        else:
+            raise RowError("no_prompt", f"{field} starts with a {messages[0]['role']} turn that "
+                           "is not the row's prompt: an answer must be assistant turns, or the "
+                           "prompt's turns followed by them")
+    _ends_with_answer(messages, field)
+    return messages
 
 
 def _implicit_preference(row: dict[str, Any]) -> Normalised:
@@ -230,18 +222,27 @@ def _implicit_preference(row: dict[str, Any]) -> Normalised:
                            "with an assistant turn")
         _ends_with_answer(messages[shared:], name)
     _has_user_turn(chosen[:shared], f"chosen[:{shared}]")
+    prompt = _with_system(row, chosen[:shared])
     return Normalised("preference", "preference", {
-        "prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]})
+        "prompt": prompt, "chosen": chosen[shared:], "rejected": rejected[shared:]})
 
 
-def _full_conversation(row: dict[str, Any], field: str) -> list[dict[str, str]]:
+def _full_conversation(row: dict[str, Any], field: str) -> list[dict[str, Any]]:
     value = row.get(field)
     if value is None:
         raise RowError("missing_field", f"field {field!r} is missing")
     if isinstance(value, str) and not value.lstrip().startswith("["):
+        if looks_like_transcript(value):  # Anthropic HH: "\n\nHuman: ...\n\nAssistant: ..."
+            return parse_transcript(value, field)
         raise RowError("missing_field", "field 'prompt' is missing; without it, chosen and "
-                       "rejected must be whole conversations (lists of messages)")
-    return _messages(_json_list(value, field), field)
+                       "rejected must be whole conversations (lists of messages, or transcripts "
+                       "with speaker labels)")
+    return parse_messages(_json_list(value, field), field)
+
+
+_READERS = {"alpaca": _alpaca, "prompt_completion": _prompt_completion,
+            "messages": _conversation, "sharegpt": _conversation,  # either style, either name
+            "preference": _preference, "transcript": _transcript}
 
 
 # ----------------------------------------------------------------------------- fields
@@ -258,7 +259,16 @@ def _text(row: dict[str, Any], field: str, *, required: bool = True) -> str:
     return value
 
 
-def _as_messages(value: Any, field: str, role: str) -> list[dict[str, str]]:
+def _with_system(row: dict[str, Any], prompt: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The prompt with the row's `system` field as its first turn, unless it has one already
+    or the field is empty (an empty CSV cell means none)."""
+    system = _text(row, "system", required=False)
+    if not system or system.isspace() or prompt[0]["role"] == "system":
+        return prompt
+    return [{"role": "system", "content": system}, *prompt]
+
+
+def _as_messages(value: Any, field: str, role: str) -> list[dict[str, Any]]:
     """A string is one message of `role`; a list must be valid messages."""
     if isinstance(value, str):
         if not value or value.isspace():
@@ -266,49 +276,7 @@ def _as_messages(value: Any, field: str, role: str) -> list[dict[str, str]]:
         return [{"role": role, "content": value}]
     if value is None:
         raise RowError("missing_field", f"field {field!r} is missing")
-    return _messages(value, field)
-
-
-def _messages(value: Any, field: str) -> list[dict[str, str]]:
-    """Messages in either style, as [{"role", "content"}]: OpenAI (role/content) or ShareGPT
-    (from/value, roles by SHAREGPT_ROLES); the first message decides the style."""
-    if not isinstance(value, list):
-        raise RowError("wrong_type", f"field {field!r} must be a list of messages, "
-                       f"not {type(value).__name__}")
-    if not value:
-        raise RowError("empty_content", f"field {field!r} is an empty list")
-    if _is_sharegpt(value):
-        role_key, content_key, table = "from", "value", SHAREGPT_ROLES
-    else:
-        role_key, content_key, table = "role", "content", OPENAI_ROLES
-    out = []
-    for i, msg in enumerate(value):
-        if not isinstance(msg, dict):
-            raise RowError("wrong_type", f"{field}[{i}] must be an object with {role_key!r} and "
-                           f"{content_key!r}, not {type(msg).__name__}")
-        name = msg.get(role_key)
-        role = table.get(name) if isinstance(name, str) else None
-        if role is None:
-            if name is None:
-                raise RowError("missing_field", f"{field}[{i}].{role_key} is missing")
-            raise RowError("unknown_role", f"{field}[{i}].{role_key}={name!r}; "
-                           f"allowed: {', '.join(table)}")
-        content = msg.get(content_key)
-        if not isinstance(content, str):
-            raise RowError("missing_field" if content is None else "wrong_type",
-                           f"{field}[{i}].{content_key} must be a string"
-                           + ("" if content is None else f", not {type(content).__name__}"))
-        if not content or content.isspace():
-            raise RowError("empty_content", f"{field}[{i}].{content_key} is empty")
-        out.append({"role": role, "content": content})
-    return out
-
-
-def _is_sharegpt(value: Any) -> bool:
-    """ShareGPT items name the speaker in `from` (a Parquet struct may have a null `role`)."""
-    if not isinstance(value, list) or not value or not isinstance(value[0], dict):
-        return False
-    return value[0].get("role") is None and value[0].get("from") is not None
+    return parse_messages(value, field)
 
 
 def _maybe_json(value: Any) -> Any:
@@ -336,14 +304,14 @@ def _json_list(value: Any, field: str) -> Any:
     return parsed
 
 
-def _ends_with_answer(messages: list[dict[str, str]], field: str) -> None:
+def _ends_with_answer(messages: list[dict[str, Any]], field: str) -> None:
     last = len(messages) - 1
     if messages[last]["role"] != "assistant":
         raise RowError("no_final_assistant", f"{field}[{last}] is a {messages[last]['role']} "
                        "turn: an answer must end with an assistant turn")
 
 
-def _has_user_turn(prompt: list[dict[str, str]], where: str) -> None:
+def _has_user_turn(prompt: list[dict[str, Any]], where: str) -> None:
     # A prompt of system turns alone (or none) asks nothing: the answer would be learnt as what
     # to say unprompted.
     if not any(m["role"] == "user" for m in prompt):

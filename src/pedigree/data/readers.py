@@ -1,25 +1,40 @@
 """Reading the rows of a raw dataset file, one at a time and in file order.
 
-Readers (`read_rows`): JSONL, JSON array, Parquet and CSV. A bad row becomes a `RawRow` with an
-`error` (counted and quarantined by curation); only a file that cannot be read at all raises
-`InputError`. What a row means is `formats`' business, not this module's.
+Readers (`read_rows`): JSONL, JSON array, Parquet, CSV and Arrow IPC (the `.arrow` files of
+`datasets`' `save_to_disk`, stream or file format). JSONL, JSON and CSV may come compressed as
+they are published, `.gz` or `.zst` (`train.jsonl.gz`): the file is decompressed as it is read,
+and the suffix inside (`.jsonl`) picks the reader. A bad row becomes a `RawRow` with an `error`
+(counted and quarantined by curation); only a file that cannot be read at all raises
+`InputError`, and so does compressed data that turns out corrupt or truncated part way (the
+message says how far reading got; the rows before it are not a partial result to trust).
+What a row means is `formats`' business, not this module's.
+
+Memory stays bounded by the block or batch size, compressed or not, with one exception: a JSON
+array is parsed whole by nature, so a `.json` (or `.json.gz`) file is held in memory whole,
+decompressed. Use JSONL for large data.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from pedigree.errors import PedigreeError
 
-READABLE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+_TEXT_SUFFIXES = (".jsonl", ".json", ".csv")  # the formats that are published compressed
+_COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
+READABLE_SUFFIXES = (*_TEXT_SUFFIXES, ".parquet", ".arrow",
+                     *(s + c for c in _COMPRESSIONS for s in _TEXT_SUFFIXES))
 _BLOCK = 1 << 23  # JSONL is decoded 8 MiB at a time: one decode call instead of one per line
-_PARQUET_BATCH = 8192
+_ZSTD_CHUNK = 1 << 16  # compressed bytes decompressed at once: the output is ~10x that
+_PARQUET_BATCH = 8192  # rows converted to Python at once (Parquet and Arrow)
 _CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's default (128 KiB a field) is short for answers
 _SURROGATE = re.compile("[\udc80-\udcff]")  # undecodable bytes, under errors="surrogateescape"
 # A UTF-16 surrogate alone (JSON's "\ud800"): not text, and it cannot be encoded as UTF-8.
@@ -51,26 +66,134 @@ class RawRow(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- readers
+def readable_suffix(path: Path) -> str | None:
+    """The whole suffix that makes `path` readable (`.jsonl.gz`, not `.gz`), lower case; None
+    for a file no reader takes. `Path.suffix` alone would see `.gz`."""
+    name = path.name.lower()
+    # Longest first: `.jsonl.gz` before `.gz` could ever match, `.jsonl` is not `.json`.
+    for suffix in sorted(READABLE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return suffix
+    return None
+
+
 def read_rows(path: Path, rel: str) -> Iterator[RawRow]:
     """The rows of one file, in file order, one at a time (`rel` names the file in rows and
-    errors). Blank lines are not rows."""
-    suffix = path.suffix.lower()
+    errors). Blank lines are not rows. A file of no readable suffix is read as JSONL."""
+    name = path.name.lower()
+    compression = next((c for c in _COMPRESSIONS if name.endswith(c)), None)
+    suffix = Path(name.removesuffix(compression)).suffix if compression else path.suffix.lower()
+    if compression and suffix in (".parquet", ".arrow"):
+        # Both compress inside the file; an outer layer would have to be undone whole first.
+        raise InputError(f"{rel}: a compressed {suffix} file; decompress it first")
     if suffix == ".json":
-        return _read_json_array(path, rel)
-    if suffix == ".parquet":
+        rows = _read_json_array(path, rel, compression)
+    elif suffix == ".parquet":
         return _read_parquet(path, rel)
-    if suffix == ".csv":
-        return _read_csv(path, rel)
-    return _read_jsonl(path, rel)
+    elif suffix == ".arrow":
+        return _read_arrow(path, rel)
+    elif suffix == ".csv":
+        rows = _read_csv(path, rel, compression)
+    else:
+        rows = _read_jsonl(path, rel, compression)
+    return _decompressed(rows, rel, compression) if compression else rows
 
 
-def _read_jsonl(path: Path, rel: str) -> Iterator[RawRow]:
+def _open_binary(path: Path, compression: str | None) -> io.BufferedIOBase:
+    """The file's bytes, decompressed as they are read (never the whole file at once)."""
+    if compression == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if compression == ".zst":
+        return io.BufferedReader(_ZstdReader(path), buffer_size=_ZSTD_CHUNK)
+    return path.open("rb")
+
+
+class _ZstdReader(io.RawIOBase):
+    """A zstd file, decompressed as it is read, frame after frame (`zstd -T`, `pzstd` and
+    concatenated files hold several). Not zstandard's `stream_reader`: where the file ends
+    inside a frame (a download cut short) it ends silently, as if the data were whole; here
+    that is a `ZstdError`. Memory: the output of one `_ZSTD_CHUNK` of input at a time (data
+    compressed 10x: 640 KiB)."""
+
+    def __init__(self, path: Path):
+        import zstandard  # imported here: most runs read no zstd
+
+        self._error = zstandard.ZstdError
+        self._dctx = zstandard.ZstdDecompressor()
+        self._file = path.open("rb")
+        self._frame: Any = None  # the decompressor of the frame under way, if one is
+        self._out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._out:
+            if not self._decompress_more():
+                return 0
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _decompress_more(self) -> bool:
+        data = self._file.read(_ZSTD_CHUNK)
+        if not data:
+            if self._frame is not None:
+                raise self._error("the file ends inside a frame")
+            return False
+        out = []
+        while data:
+            if self._frame is None:
+                self._frame = self._dctx.decompressobj()
+            out.append(self._frame.decompress(data))
+            data = b""
+            if self._frame.eof:  # the frame is whole; what follows it begins the next
+                data, self._frame = self._frame.unused_data, None
+        self._out = memoryview(b"".join(out))
+        return True
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _decompression_errors() -> tuple[type[BaseException], ...]:
+    # gzip: BadGzipFile (an OSError) for a bad header or CRC, EOFError for a truncated file,
+    # zlib.error for a corrupt deflate stream.
+    errors: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error)
+    try:
+        import zstandard
+    except ImportError:  # pragma: no cover - a dependency; only .zst files need it
+        return errors
+    return (*errors, zstandard.ZstdError)
+
+
+def _decompressed(rows: Iterator[RawRow], rel: str, compression: str) -> Iterator[RawRow]:
+    """`rows`, with a decompression failure part way as an `InputError` that names the file and
+    the last line read. Nothing past the damage can be read, so the file fails whole, as one
+    unreadable from its start does; the line only tells how much of the download is good."""
+    caught = _decompression_errors()
+    last = 0
+    try:
+        for row in rows:
+            last = row.line
+            yield row
+    except FileNotFoundError:
+        raise  # not a question of the data
+    except caught as err:
+        where = f"after line {last}" if last else "before its first row"
+        raise InputError(f"{rel}: {_COMPRESSIONS[compression]} data corrupt or truncated {where} "
+                         f"({type(err).__name__}: {err})") from None
+
+
+def _read_jsonl(path: Path, rel: str, compression: str | None = None) -> Iterator[RawRow]:
     """The hot path (a million rows must take seconds): a block of whole lines is decoded at
     once and split; only a block with bytes that are not UTF-8 is decoded line by line."""
     loads = json.loads
     scan = json.JSONDecoder().scan_once
     number = 0
-    with path.open("rb") as f:
+    with _open_binary(path, compression) as f:
         for block in _line_blocks(f):
             if number == 0:
                 block = block.removeprefix(b"\xef\xbb\xbf")  # a byte order mark (Windows tools)
@@ -118,7 +241,7 @@ def _json_error(err: ValueError | RecursionError) -> RowError:
     return RowError("invalid_json", str(err))
 
 
-def _line_blocks(f: io.BufferedReader) -> Iterator[bytes]:
+def _line_blocks(f: io.BufferedIOBase) -> Iterator[bytes]:
     """The file in blocks that end at a newline (the last one may not), so no line is split.
     Windows line ends become "\\n" (a raw CR cannot be inside a JSON string, so it is safe)."""
     tail = b""
@@ -134,12 +257,19 @@ def _line_blocks(f: io.BufferedReader) -> Iterator[bytes]:
         yield tail.replace(b"\r\n", b"\n")
 
 
-def _read_json_array(path: Path, rel: str) -> Iterator[RawRow]:
-    # A JSON array is parsed whole by nature: an error anywhere makes the whole file unreadable.
+def _read_json_array(path: Path, rel: str, compression: str | None = None
+                     ) -> Iterator[RawRow]:
+    # A JSON array is parsed whole by nature: the file is held in memory whole (decompressed),
+    # and an error anywhere makes the whole file unreadable.
+    with _open_binary(path, compression) as f:
+        data = f.read()
     try:
-        items = json.loads(path.read_bytes().decode("utf-8-sig"))
+        items = json.loads(data.decode("utf-8-sig"))
     except (ValueError, RecursionError) as err:  # also too long integers, too deep nesting
         why = _TOO_DEEP if isinstance(err, RecursionError) else err
+        if getattr(err, "msg", None) == "Extra data" and data.lstrip()[:1] == b"{":
+            # Published `.json` files are often JSON Lines (one object a line).
+            why = f"{why}; it looks like JSON Lines: name it .jsonl"
         raise InputError(f"{rel}: not a readable JSON array ({why}); use JSONL for partial data"
                          ) from None
     if not isinstance(items, list):
@@ -164,28 +294,64 @@ def _read_parquet(path: Path, rel: str) -> Iterator[RawRow]:
         batches = pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_BATCH)
     except (pa.ArrowException, OSError, ValueError) as err:
         raise InputError(f"{rel}: not a readable Parquet file ({err})") from None
+    yield from _batch_rows(batches, rel, "Parquet")
+
+
+def _read_arrow(path: Path, rel: str) -> Iterator[RawRow]:
+    """An Arrow IPC file, batch by batch, as Parquet: `datasets`' `save_to_disk` writes the
+    stream format; Feather v2 (the file format, which begins with ARROW1) is read too. The file
+    is memory-mapped, so a batch costs address space, not memory, until it is converted."""
+    import pyarrow as pa
+    from pyarrow import ipc
+
+    try:
+        source = pa.memory_map(str(path), "r")
+        if source.read(6) == b"ARROW1":
+            reader = ipc.open_file(source)
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        else:
+            source.seek(0)
+            batches = iter(ipc.open_stream(source))
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise InputError(f"{rel}: not a readable Arrow IPC file ({err})") from None
+    with source:
+        yield from _batch_rows(batches, rel, "Arrow")
+
+
+def _batch_rows(batches: Iterator[Any], rel: str, kind: str) -> Iterator[RawRow]:
+    """The rows of record batches; `line` is the 1-based row number and `text` the row as JSON.
+    A writer's batch may be large (a whole file): it is converted `_PARQUET_BATCH` rows at a
+    time, so memory holds that many Python rows at most."""
+    import pyarrow as pa
+
     number = 0
     while True:
         try:
             batch = next(batches, None)
-            values = [] if batch is None else batch.to_pylist()
         except (pa.ArrowException, OSError, ValueError) as err:
-            raise InputError(f"{rel}: Parquet data unreadable after row {number} ({err})") from None
+            raise InputError(f"{rel}: {kind} data unreadable after row {number} ({err})") from None
         if batch is None:
             return
-        for value in values:
-            number += 1
-            text = json.dumps(value, ensure_ascii=False, default=str)
-            yield RawRow(rel, number, text, value)
+        for start in range(0, batch.num_rows, _PARQUET_BATCH):
+            try:
+                values = batch.slice(start, _PARQUET_BATCH).to_pylist()
+            except (pa.ArrowException, ValueError) as err:
+                raise InputError(f"{rel}: {kind} data unreadable after row {number} ({err})"
+                                 ) from None
+            for value in values:
+                number += 1
+                text = json.dumps(value, ensure_ascii=False, default=str)
+                yield RawRow(rel, number, text, value)
 
 
-def _read_csv(path: Path, rel: str) -> Iterator[RawRow]:
+def _read_csv(path: Path, rel: str, compression: str | None = None) -> Iterator[RawRow]:
     """Rows of a CSV file with a header row; every value is a string (an empty cell is "").
     `line` is the physical line where the record starts (a quoted field may span lines);
     `text` is the record's lines as they are in the file."""
     csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
     # surrogateescape: bytes that are not UTF-8 reject their row, not the whole file.
-    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+    with io.TextIOWrapper(_open_binary(path, compression), encoding="utf-8-sig",
+                          errors="surrogateescape", newline="") as f:
         taken: list[str] = []  # the physical lines of the record being read, for `text`
 
         def lines() -> Iterator[str]:

@@ -1,7 +1,9 @@
 """Supervised fine-tuning with TRL on canonical prompt/completion rows.
 
-Completion-only loss by default: the prompt tokens are masked, so the model learns to answer, not
-to echo questions. The base model's chat template (or `sft.chat_template`) renders both sides.
+Completion-only loss by default: only assistant turns are targets, so the model learns to answer,
+not to echo questions; every assistant turn of a multi-turn row by default (`sft.train_on`), not
+only the last. Rows reach TRL tokenized, with their target mask, by `pedigree.train.chat` under
+the base model's chat template (or `sft.chat_template`): the tokens the evals score.
 Checkpoints go to the stage's checkpoint store, so a killed run resumes where it stopped.
 """
 
@@ -14,6 +16,7 @@ from typing import Any
 
 from pedigree.config import SFTConfig
 from pedigree.errors import PedigreeError
+from pedigree.train.chat import encode_turns, rendered
 from pedigree.train.checkpoints import CheckpointStore, EarlyStopping, stopped_at
 from pedigree.train.load import training_device
 from pedigree.train.methods import parameter_counts
@@ -40,10 +43,13 @@ def run_settings(seed: int, save_steps: int | None = None) -> dict[str, Any]:
 
 
 def conversational_dataset(rows: list[dict[str, Any]], columns: tuple[str, ...]):
-    """Only the columns TRL reads: ids, sources and meta differ in shape from row to row."""
+    """Only the columns TRL reads (ids, sources and meta differ in shape from row to row), as
+    the template sees them: a message's `weight` is dropped (a preference loss scores whole
+    answers)."""
     from datasets import Dataset
 
-    return Dataset.from_list([{c: row[c] for c in columns} for row in rows])
+    return Dataset.from_list([{c: [rendered(m) for m in row[c]] for c in columns}
+                              for row in rows])
 
 
 def trainer_log(log_history: list[dict[str, Any]], keys: tuple[str, ...]) -> list[tuple[int, dict]]:
@@ -133,6 +139,39 @@ def curve_csv(curve: list[tuple[int, dict]], key: str, column: str = "loss") -> 
     return "\n".join(lines) + "\n"
 
 
+def sft_dataset(tokenizer, rows: list[dict[str, Any]], cfg: SFTConfig):
+    """Rows as TRL's tokenized prompt/completion data: `input_ids` and `completion_mask` (1 on
+    target turns; TRL builds the labels from it, truncates to max_length or packs). Rows without a
+    target turn (all weight 0) add no loss and are left out when only targets count."""
+    from datasets import Dataset
+
+    encoded = [encode_turns(tokenizer, row, None, cfg.train_on) for row in rows]
+    if cfg.completion_only_loss:
+        encoded = [e for e in encoded if any(e.target_mask)]
+        if rows and not encoded:
+            raise PedigreeError("sft: no row has an assistant turn to train on "
+                                "(every one is marked weight 0)")
+    return Dataset.from_dict({"input_ids": [e.input_ids for e in encoded],
+                              "completion_mask": [e.target_mask for e in encoded]})
+
+
+def sft_trainer(model, tokenizer, peft_config, train_rows: list[dict[str, Any]],
+                val_rows: list[dict[str, Any]], cfg: SFTConfig, seed: int, output_dir: str,
+                callbacks: list | None = None):
+    """TRL's SFTTrainer on the rows, tokenized here (`sft_dataset`)."""
+    from trl import SFTTrainer
+
+    return SFTTrainer(
+        model=model,
+        args=sft_args(cfg, seed, output_dir),
+        train_dataset=sft_dataset(tokenizer, train_rows, cfg),
+        eval_dataset=sft_dataset(tokenizer, val_rows, cfg),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+
+
 def train_sft(
     model,
     tokenizer,
@@ -146,18 +185,10 @@ def train_sft(
 ) -> tuple[Any, dict[str, float], list[tuple[int, dict]]]:
     """Train `model` (wrapped in `peft_config` when given); returns (model, metrics, curve).
     `callbacks`: extra transformers TrainerCallbacks (the benchmarks evaluate mid-training)."""
-    from trl import SFTTrainer
-
-    columns = ("prompt", "completion")
     with tempfile.TemporaryDirectory(prefix="pedigree-sft-") as scratch:
         output_dir = str(store.dir) if store else scratch
-        trainer = SFTTrainer(
-            model=model,
-            args=sft_args(cfg, seed, output_dir),
-            train_dataset=conversational_dataset(train_rows, columns),
-            eval_dataset=conversational_dataset(val_rows, columns),
-            processing_class=tokenizer,
-            peft_config=peft_config,
+        trainer = sft_trainer(
+            model, tokenizer, peft_config, train_rows, val_rows, cfg, seed, output_dir,
             callbacks=[
                 *([store.callback()] if store else []),
                 *([EarlyStopping(cfg.early_stopping_patience)]

@@ -1,0 +1,57 @@
+"""Whether the base model's chat template renders tool calls and tool results.
+
+A row whose tool calls the template drops would train the model on answers to calls it never
+sees, so such rows are rejected with the reason. Found by rendering probe conversations that
+carry marker strings and looking for the markers; probed once, and only when a row has tools
+(it needs transformers' template renderer, slow to import).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+_CALL, _RESULT = "pedigree_probe_call", "pedigree_probe_result"
+
+
+class ToolSupport:
+    def __init__(self, tokenizer_dir: str | Path):
+        self.dir = Path(tokenizer_dir)
+
+    def problem(self, content: dict[str, Any]) -> tuple[str, str] | None:
+        """(reason, detail) when a message of `content` holds what the template cannot
+        render; None otherwise (and for rows without tools, without probing)."""
+        messages = [m for turns in content.values() for m in turns]
+        if any("tool_calls" in m for m in messages) and not self.renders["tool_calls"]:
+            return ("tool_calls_not_rendered", (f"the chat template of {self.dir} does not "
+                    "render assistant tool_calls: the model would not see its own calls"))
+        if any(m["role"] == "tool" for m in messages) and not self.renders["tool"]:
+            return ("tool_role_not_rendered", (f"the chat template of {self.dir} does not "
+                    "render tool turns (tool results)"))
+        return None
+
+    @cached_property
+    def renders(self) -> dict[str, bool]:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.dir)
+        call = {"type": "function", "function": {"name": _CALL, "arguments": {"x": 1}}}
+        probes = {
+            "tool_calls": ([{"role": "user", "content": "q"},
+                            {"role": "assistant", "content": "", "tool_calls": [call]},
+                            {"role": "tool", "content": "r"},
+                            {"role": "assistant", "content": "a"}], _CALL),
+            "tool": ([{"role": "user", "content": "q"},
+                      {"role": "assistant", "content": "", "tool_calls": [call]},
+                      {"role": "tool", "content": _RESULT},
+                      {"role": "assistant", "content": "a"}], _RESULT),
+        }
+        out = {}
+        for name, (messages, marker) in probes.items():
+            try:
+                text = tokenizer.apply_chat_template(messages, tokenize=False)
+            except Exception:  # noqa: BLE001 - a template may raise on any role it does not know
+                text = ""
+            out[name] = marker in text
+        return out
