@@ -82,7 +82,7 @@ def test_an_empty_file_fails(tmp_path):
 def test_cli_writes_the_outputs_then_exits_1(tmp_path):
     write_jsonl(tmp_path / "qa.jsonl", [{"q": words(i), "a": words(i + 9)} for i in range(5)])
     done = subprocess.run([sys.executable, "-m", "pedigree.cli", "curate", "qa.jsonl", "--out",
-                           "cur"], cwd=tmp_path, capture_output=True, text=True)
+                           "cur"], cwd=tmp_path, capture_output=True, text=True, check=False)
     assert done.returncode == 1 and "kept 0 of 5 rows" in done.stderr
     assert "Traceback" not in done.stderr
     rejects = (tmp_path / "cur/rejects.jsonl").read_text().splitlines()
@@ -154,8 +154,23 @@ def test_dpo_on_without_preference_rows_fails_before_loading_a_model(tmp_path):
     (tmp_path / "data/split/preference_train.jsonl").write_text("")
     (tmp_path / "data/split/preference_validation.jsonl").write_text("")
     done = subprocess.run([sys.executable, str(repo / "stages/dpo.py")], cwd=tmp_path,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert done.returncode == 1, done.stderr
     assert "dpo.enabled, but the split has 0 training and 0 validation preference rows" \
         in done.stderr
     assert not (tmp_path / "models/dpo").exists()
+
+
+def test_answer_filters_look_at_every_target_turn(tmp_path):
+    loop = " ".join(["the answer is yes"] * 10)
+    rows = [{"messages": [{"role": "user", "content": words(1)},
+                          {"role": "assistant", "content": loop},
+                          {"role": "user", "content": words(2)},
+                          {"role": "assistant", "content": words(3)}]},
+            {"messages": [{"role": "user", "content": words(4)},  # context only: kept
+                          {"role": "assistant", "content": loop, "weight": 0},
+                          {"role": "user", "content": words(5)},
+                          {"role": "assistant", "content": words(6)}]}]
+    result = curate([Source("t", (write_jsonl(tmp_path / "t.jsonl", rows),))], NO_LENGTHS)
+    assert len(result.sft) == 1 and [r["reason"] for r in result.rejects] == ["repetitive"]
+    assert "an earlier assistant turn (1 before the last)" in result.rejects[0]["detail"]

@@ -172,3 +172,37 @@ def test_weight_zero_marks_an_assistant_turn_as_context():
         with pytest.raises(RowError) as err:
             normalise({"messages": [msg(U, "a"), {**msg(A, "b"), "weight": bad}]}, "auto")
         assert err.value.reason == reason
+
+
+def test_a_transcript_splits_only_on_labels_of_its_own_style():
+    # An HH answer quoting a dialogue on single-newline lines stays one answer.
+    hh = "\n\nHuman: Show a chat.\n\nAssistant: Sure:\nUser: hi\nAssistant: hello"
+    rows = normalise({"chosen": hh, "rejected": "\n\nHuman: Show a chat.\n\nAssistant: No."},
+                     "auto").content
+    assert rows["chosen"] == [msg(A, "Sure:\nUser: hi\nAssistant: hello")]
+    # Upper-case Vicuna labels inside an HH answer are text.
+    text = "\n\nHuman: Set a variable.\n\nAssistant: Run export USER: bob"
+    assert normalise({"text": text}, "auto").content["completion"] == [
+        msg(A, "Run export USER: bob")]
+    # Labels of the transcript's own style that break user/assistant turn-taking: rejected.
+    with pytest.raises(RowError) as err:
+        normalise({"text": "User: a\nAssistant: b\nAssistant: c"}, "auto")
+    assert err.value.reason == "ambiguous_transcript"
+
+
+def test_empty_system_turns_and_empty_tool_call_lists_are_nothing():
+    row = {"conversations": [{"from": "system", "value": ""}, {"from": "human", "value": "q"},
+                             {"from": "gpt", "value": "a"}]}
+    assert normalise(row, "auto").content == sft([msg(U, "q")], "a")
+    row = {"messages": [{"role": S, "content": None}, {"role": U, "content": "q",
+                                                        "tool_calls": []},
+                        {"role": A, "content": "a", "tool_calls": []}]}
+    assert normalise(row, "auto").content == sft([msg(U, "q")], "a")
+
+
+def test_a_null_field_does_not_block_a_layout():
+    # Parquet and merged `datasets` give every row every column, null where it has none.
+    row = {"prompt": None, "question": "Is 7 prime?", "chosen": "Yes.", "rejected": "No."}
+    assert detect_format(row) == "question_preference"
+    row = {"instruction": "x", "context": None, "response": "y", "output": None}
+    assert normalise(row, "auto").content == sft([msg(U, "x")], "y")

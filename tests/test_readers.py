@@ -77,11 +77,18 @@ def test_gzip_and_zstd_json_array_and_csv(tmp_path):
     assert [r.line for r in rows] == [2, 3, 4, 5, 6] and rows[0].text == 'Say hi,"hi"'
 
 
-def test_json_lines_named_json_says_so(tmp_path):
+def test_json_lines_named_json_are_read_as_json_lines(tmp_path):
     path = tmp_path / "c4-train.00000-of-01024.json.gz"  # C4 publishes JSON Lines as .json.gz
     path.write_bytes(gzip.compress(jsonl(ROWS)))
-    with pytest.raises(InputError, match="not a readable JSON array .*looks like JSON Lines"):
-        values(path)
+    assert values(path) == ROWS
+    plain = tmp_path / "to_json.json"  # what `datasets`' Dataset.to_json writes by default
+    plain.write_bytes(jsonl(ROWS) + b"not json\n")
+    rows = list(read_rows(plain, "p"))
+    assert [r.value for r in rows[:-1]] == ROWS and rows[-1].error.reason == "invalid_json"
+    broken = tmp_path / "broken.json"  # an array cut short is still an unreadable array
+    broken.write_text('[{"instruction": "x", "output": "y"},')
+    with pytest.raises(InputError, match="not a readable JSON array"):
+        values(broken)
 
 
 def truncated(data: bytes) -> bytes:

@@ -146,8 +146,15 @@ def _unspool(spool: IO[bytes], candidates: list[_Candidate], result: CurationRes
         (result.sft if c.kind == "sft" else result.preference).append(row)
 
 
-def _final_answer(kind: str, content: dict[str, Any]) -> str:
-    return (content["completion"] if kind == "sft" else content["chosen"])[-1]["content"]
+def _answers(kind: str, content: dict[str, Any]) -> list[str]:
+    """The texts a filter on answers looks at: the chosen answer of a preference row; every
+    target turn (an assistant turn not marked weight 0) of an SFT row, the last one first,
+    since training may learn each."""
+    if kind != "sft":
+        return [content["chosen"][-1]["content"]]
+    turns = [*content["prompt"], *content["completion"]][::-1]
+    return [m["content"] for m in turns
+            if m["role"] == "assistant" and "weight" not in m and m["content"]]
 
 
 def _joined(messages: list[dict[str, str]]) -> str:
@@ -200,18 +207,19 @@ class _RowChecker:
             return _reject(raw.file, raw.line, raw.text, "invalid_utf8",
                            f"a string holds {lone.group()!r}, half of a UTF-16 surrogate pair, "
                            "which is not a character and cannot be written as UTF-8")
-        answer = _final_answer(kind, content)
-        if normalise_text(answer) in self.placeholders:
-            return _reject(raw.file, raw.line, raw.text, "placeholder_output",
-                           f"the answer is {answer!r}")
-        # Words with their punctuation: "a-z0-9" in a regex is one word, not four.
-        answer_words = normalise_text(answer)
-        if len(answer_words.split()) >= REPETITION_MIN_WORDS:
-            rep = repetition(answer_words, above=self.cfg.max_repetition)
-            if rep > self.cfg.max_repetition:
-                return _reject(raw.file, raw.line, raw.text, "repetitive",
-                               f"{rep:.2f} of the answer's word 3-grams repeat "
-                               f"(> curate.max_repetition={self.cfg.max_repetition})")
+        for n, answer in enumerate(_answers(kind, content)):
+            which = "the answer" if n == 0 else f"an earlier assistant turn ({n} before the last)"
+            if normalise_text(answer) in self.placeholders:
+                return _reject(raw.file, raw.line, raw.text, "placeholder_output",
+                               f"{which} is {answer!r}")
+            # Words with their punctuation: "a-z0-9" in a regex is one word, not four.
+            answer_words = normalise_text(answer)
+            if len(answer_words.split()) >= REPETITION_MIN_WORDS:
+                rep = repetition(answer_words, above=self.cfg.max_repetition)
+                if rep > self.cfg.max_repetition:
+                    return _reject(raw.file, raw.line, raw.text, "repetitive",
+                                   f"{rep:.2f} of {which}'s word 3-grams repeat "
+                                   f"(> curate.max_repetition={self.cfg.max_repetition})")
         # In conversation order, prompt then answer(s): the shingles across a boundary are the
         # words of the prompt's end and the answer's start, whatever the source's key order.
         parts = {k: match_text(_joined(content[k]))
@@ -451,6 +459,8 @@ def check_kept(result: CurationResult, min_fraction: float) -> None:
             lines.append(f"  hint: {hint}")
         failures.append("\n".join(lines))
     if failures:
+        failures.append("(a source that rightly loses most rows, to duplicates or length bounds, "
+                        "passes with a lower curate.min_kept_fraction)")
         raise CurationError("curation kept too little\n"
                             + "\n".join(failures))
 

@@ -34,7 +34,7 @@ class Layout(NamedTuple):
     # canonical field -> the layout's field, applied where the row has that field
     columns: dict[str, str]
     examples: str  # public datasets published in this layout
-    absent: tuple[str, ...] = ()  # keys the row must not have at all (not even as null)
+    absent: tuple[str, ...] = ()  # fields the row must not have (null counts as absent)
 
 
 LAYOUTS: tuple[Layout, ...] = (
@@ -120,7 +120,7 @@ def detect(row: dict[str, Any]) -> Layout | None:
     for layout in LAYOUTS:
         if all((any(row.get(f) is not None for f in need) if isinstance(need, tuple)
                 else row.get(need) is not None) for need in layout.fields) and \
-                not any(key in row for key in layout.absent):
+                not any(row.get(key) is not None for key in layout.absent):
             return layout
     return None
 

@@ -51,9 +51,10 @@ def parse_messages(value: Any, field: str) -> list[dict[str, Any]]:
                        f"not {type(value).__name__}")
     if not value:
         raise RowError("empty_content", f"field {field!r} is an empty list")
-    sharegpt = is_sharegpt(value)
-    return [(_sharegpt_message if sharegpt else _openai_message)(msg, f"{field}[{i}]")
-            for i, msg in enumerate(value)]
+    read = _sharegpt_message if is_sharegpt(value) else _openai_message
+    messages = [read(msg, f"{field}[{i}]") for i, msg in enumerate(value)]
+    # An empty system turn (ShareGPT and Orca exports write one) says nothing: left out.
+    return [m for m in messages if m["role"] != "system" or m["content"].strip()]
 
 
 def is_sharegpt(value: Any) -> bool:
@@ -79,13 +80,14 @@ def _role(msg: Any, where: str, key: str, table: dict[str, str]) -> str:
 def _openai_message(msg: Any, where: str) -> dict[str, Any]:
     role = _role(msg, where, "role", OPENAI_ROLES)
     out: dict[str, Any] = {"role": role}
-    calls = msg.get("tool_calls")
+    calls = msg.get("tool_calls") or None  # exports write [] for "no calls"
     if calls is not None:
         if role != "assistant":
             raise RowError("wrong_type", f"{where}.tool_calls on a {role} turn: only an "
                            "assistant turn calls tools")
         out["tool_calls"] = _tool_calls(calls, f"{where}.tool_calls")
-    out["content"] = _content(msg.get("content"), f"{where}.content", optional="tool_calls" in out)
+    out["content"] = _content(msg.get("content"), f"{where}.content",
+                              optional="tool_calls" in out or role == "system")
     if role == "tool":
         for key in ("tool_call_id", "name"):
             if isinstance(msg.get(key), str) and msg[key]:
@@ -108,7 +110,8 @@ def _sharegpt_message(msg: Any, where: str) -> dict[str, Any]:
                "tool_calls": _tool_calls([{"type": "function", "function": c} for c in calls],
                                          f"{where}.value")}
     else:
-        out = {"role": role, "content": _content(value, f"{where}.value")}
+        out = {"role": role, "content": _content(value, f"{where}.value",
+                                                 optional=role == "system")}
     _weight(msg, out, where)
     return out
 
@@ -177,10 +180,17 @@ def _weight(msg: dict[str, Any], out: dict[str, Any], where: str) -> None:
 
 def parse_transcript(text: str, field: str) -> list[dict[str, Any]]:
     """A conversation written as one string with speaker labels, as canonical messages. Text
-    before the first label is a system turn (Vicuna's "A chat between ..."). RowError
-    `no_speaker_labels` unless there is a user and an assistant label."""
-    labels = list(_LABEL.finditer(text))
-    roles = [_SPEAKERS[(m["line"] or m["hash"] or m["inline"]).lower()] for m in labels]
+    before the first label is a system turn (Vicuna's "A chat between ...").
+
+    The first label fixes the transcript's style, and only labels of that style split it: the
+    kind (at a line start, after "###", or Vicuna's upper case), the word for the user (Human
+    or User), and, when the first label follows a blank line (Anthropic HH), a blank line
+    before every label. So an answer that quotes "User: ..." on a line of its own stays one
+    answer. The turns must then alternate user/assistant (after a system turn): anything else
+    is rejected as `ambiguous_transcript` rather than guessed. RowError `no_speaker_labels`
+    unless there is a user and an assistant label."""
+    labels = _style_labels(text)
+    roles = [_SPEAKERS[_word(m).lower()] for m in labels]
     if "user" not in roles or "assistant" not in roles:
         raise RowError("no_speaker_labels", f"field {field!r} is a string without the speaker "
                        "labels of a transcript (Human:/Assistant:, USER:/ASSISTANT:)")
@@ -197,7 +207,36 @@ def parse_transcript(text: str, field: str) -> list[dict[str, Any]]:
             raise RowError("empty_content", f"field {field!r}: an empty {role} turn at "
                            f"character {label.start()}")
         messages.append({"role": role, "content": content})
+    turns = [m["role"] for m in messages[1 if messages[0]["role"] == "system" else 0:]]
+    if turns != (["user", "assistant"] * len(turns))[:len(turns)]:
+        raise RowError("ambiguous_transcript", f"field {field!r}: its speaker labels do not "
+                       f"alternate user/assistant ({' '.join(turns[:8])}...): a label inside a "
+                       "turn's text cannot be told from a new turn")
     return messages
+
+
+def _word(label: re.Match) -> str:
+    return label["line"] or label["hash"] or label["inline"]
+
+
+def _style_labels(text: str) -> list[re.Match]:
+    """The labels of `text` in the style of its first label (see parse_transcript)."""
+    found = list(_LABEL.finditer(text))
+    if not found:
+        return []
+    first = found[0]
+    kind = next(k for k in ("line", "hash", "inline") if first[k])
+    blank = kind == "line" and text[:first.start() + 1].endswith("\n\n")
+    user_word = next((_word(m) for m in found if m[kind] and _SPEAKERS[_word(m).lower()] == "user"),
+                     None)
+
+    def same_style(m: re.Match) -> bool:
+        word = m[kind]
+        if not word or (_SPEAKERS[word.lower()] == "user" and word != user_word):
+            return False
+        return not blank or text[:m.start() + 1].endswith("\n\n")
+
+    return [m for m in found if same_style(m)]
 
 
 def looks_like_transcript(value: Any) -> bool:

@@ -266,12 +266,18 @@ def _read_json_array(path: Path, rel: str, compression: str | None = None
     try:
         items = json.loads(data.decode("utf-8-sig"))
     except (ValueError, RecursionError) as err:  # also too long integers, too deep nesting
-        why = _TOO_DEEP if isinstance(err, RecursionError) else err
         if getattr(err, "msg", None) == "Extra data" and data.lstrip()[:1] == b"{":
-            # Published `.json` files are often JSON Lines (one object a line).
-            why = f"{why}; it looks like JSON Lines: name it .jsonl"
-        raise InputError(f"{rel}: not a readable JSON array ({why}); use JSONL for partial data"
-                         ) from None
+            # Published `.json` files are often JSON Lines (one object a line: `datasets`'
+            # to_json writes them so): read as what they are, a bad line a bad row.
+            items = None
+        else:
+            why = _TOO_DEEP if isinstance(err, RecursionError) else err
+            raise InputError(f"{rel}: not a readable JSON array ({why}); use JSONL for partial "
+                             "data") from None
+    if items is None:
+        del data
+        yield from _read_jsonl(path, rel, compression)
+        return
     if not isinstance(items, list):
         raise InputError(f"{rel}: a .json file must hold an array of rows")
     for number, item in enumerate(items, start=1):

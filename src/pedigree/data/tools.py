@@ -18,6 +18,7 @@ _CALL, _RESULT = "pedigree_probe_call", "pedigree_probe_result"
 class ToolSupport:
     def __init__(self, tokenizer_dir: str | Path):
         self.dir = Path(tokenizer_dir)
+        self.why: dict[str, str] = {}  # the template's own error, where a probe raised one
 
     def problem(self, content: dict[str, Any]) -> tuple[str, str] | None:
         """(reason, detail) when a message of `content` holds what the template cannot
@@ -25,33 +26,39 @@ class ToolSupport:
         messages = [m for turns in content.values() for m in turns]
         if any("tool_calls" in m for m in messages) and not self.renders["tool_calls"]:
             return ("tool_calls_not_rendered", (f"the chat template of {self.dir} does not "
-                    "render assistant tool_calls: the model would not see its own calls"))
+                    "render assistant tool_calls: the model would not see its own calls"
+                    + self._why("tool_calls")))
         if any(m["role"] == "tool" for m in messages) and not self.renders["tool"]:
             return ("tool_role_not_rendered", (f"the chat template of {self.dir} does not "
-                    "render tool turns (tool results)"))
+                    "render tool turns (tool results)" + self._why("tool")))
         return None
+
+    def _why(self, name: str) -> str:
+        return f" (it raised: {self.why[name]})" if name in self.why else ""
 
     @cached_property
     def renders(self) -> dict[str, bool]:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(self.dir)
-        call = {"type": "function", "function": {"name": _CALL, "arguments": {"x": 1}}}
+        # Ids as Mistral's templates demand them (9 letters and digits); others ignore them.
+        call = {"id": "abcDEF123", "type": "function",
+                "function": {"name": _CALL, "arguments": {"x": 1}}}
         probes = {
             "tool_calls": ([{"role": "user", "content": "q"},
                             {"role": "assistant", "content": "", "tool_calls": [call]},
-                            {"role": "tool", "content": "r"},
+                            {"role": "tool", "content": "r", "tool_call_id": "abcDEF123"},
                             {"role": "assistant", "content": "a"}], _CALL),
             "tool": ([{"role": "user", "content": "q"},
                       {"role": "assistant", "content": "", "tool_calls": [call]},
-                      {"role": "tool", "content": _RESULT},
+                      {"role": "tool", "content": _RESULT, "tool_call_id": "abcDEF123"},
                       {"role": "assistant", "content": "a"}], _RESULT),
         }
         out = {}
         for name, (messages, marker) in probes.items():
             try:
                 text = tokenizer.apply_chat_template(messages, tokenize=False)
-            except Exception:  # noqa: BLE001 - a template may raise on any role it does not know
-                text = ""
+            except Exception as err:  # noqa: BLE001 - a template may raise on anything it refuses
+                text, self.why[name] = "", str(err)[:200]
             out[name] = marker in text
         return out
