@@ -26,6 +26,7 @@ with stage_run("dpo", out="models/dpo", inputs=["models/base", "models/sft", "da
                params=["seed", "model", "dpo", "accelerate", "tracking"]) as run:
     policy = policy_chain(sft, None)
     if params.dpo.enabled:
+        from pedigree.lineage import code_identity
         from pedigree.train.checkpoints import CheckpointStore, fingerprint
         from pedigree.train.dpo import train_dpo
         from pedigree.train.load import load_tokenizer
@@ -48,7 +49,8 @@ with stage_run("dpo", out="models/dpo", inputs=["models/base", "models/sft", "da
         if hasattr(sft_policy, "merge_and_unload"):
             sft_policy = sft_policy.merge_and_unload()
         store = CheckpointStore(Path("checkpoints/dpo"),
-                                fingerprint(run.input_hashes, run.recorded_params))
+                                fingerprint(run.input_hashes, run.recorded_params,
+                                            code_identity(run.name)["source_sha256"]))
 
         adapter, metrics, curve = train_dpo(sft_policy, tokenizer, train, validation,
                                             params.dpo, params.seed, store)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
+from pedigree.lineage import code_identity
 from pedigree.perf import measured, write_perf
 from pedigree.stage import stage_run
 from pedigree.train.checkpoints import CheckpointStore, fingerprint
@@ -37,7 +38,8 @@ with stage_run("sft", out="models/sft", inputs=["models/base", "data/split", *te
     train = read_jsonl(Path("data/split/sft_train.jsonl"))
     validation = read_jsonl(Path("data/split/sft_validation.jsonl"))
     store = CheckpointStore(Path("checkpoints/sft"),
-                            fingerprint(run.input_hashes, run.recorded_params))
+                            fingerprint(run.input_hashes, run.recorded_params,
+                                        code_identity(run.name)["source_sha256"]))
 
     with measured() as perf:  # time and peak memory: to perf/sft.json and MLflow, not the output
         trained, metrics, curve = train_sft(model, tokenizer, peft_config, train, validation, cfg,

@@ -176,6 +176,10 @@ def test_checkpoints_resume_only_with_the_same_fingerprint(tmp_path, capsys):
     assert not list((tmp_path / "ck").glob("checkpoint-*"))
     assert json.loads((tmp_path / "ck" / "fingerprint.json").read_text())["params_sha256"] == \
         other.current["params_sha256"]
+    # The same inputs and params under other code: its checkpoints are not this code's weights.
+    edited = CheckpointStore(tmp_path / "ck", fingerprint(changed, {"sft": {"lr": 2}}, "c" * 64))
+    assert edited.resume_point("sft") is None
+    assert "not resuming: code changed" in capsys.readouterr().out
 
 
 def test_curve_csv_for_dvc_plots():

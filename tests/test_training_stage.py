@@ -100,15 +100,21 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, micro_model_dir, unint
     assert diff <= 1e-6
 
 
-def test_resume_refused_when_params_change(tmp_path, micro_model_dir):
+@pytest.mark.parametrize("change", ["params", "code"])
+def test_resume_refused_when_params_or_code_change(tmp_path, micro_model_dir, change):
     root = _project(tmp_path / "p", micro_model_dir)
     _sft_killed_after(root, 10)
-    _params(root, learning_rate=1e-3)
+    if change == "params":
+        _params(root, learning_rate=1e-3)
+    else:  # an edit to the training code: the old checkpoints are not this code's weights
+        code = root / "src/pedigree/train/sft.py"
+        code.write_text(code.read_text() + "\n# edited after the kill\n")
     out = _sft(root)
-    assert "not resuming: params changed" in out
+    assert f"not resuming: {change} changed" in out
     assert "resuming from" not in out.replace("not resuming", "")
     manifest = json.loads((root / "models/sft/lineage.json").read_text())
-    assert manifest["params"]["sft"]["learning_rate"] == 1e-3
+    if change == "params":
+        assert manifest["params"]["sft"]["learning_rate"] == 1e-3
 
 
 def test_two_cpu_processes_train_one_model(tmp_path, micro_model_dir):

@@ -2,9 +2,10 @@
 
 A stage's checkpoints live in `checkpoints/<stage>/` (ignored by git, never a DVC output), next to
 `fingerprint.json`: the content hashes of the stage's inputs (data, base model, upstream
-adapters) and of its params. A later run resumes from the last complete checkpoint only when its
-fingerprint is the same; otherwise it says what changed and starts fresh, because resuming onto
-other data or params would give weights that no single run could have produced.
+adapters), of its params and of its code (the files dvc.yaml lists for it). A later run resumes
+from the last complete checkpoint only when its fingerprint is the same; otherwise it says what
+changed and starts fresh, because resuming onto other data, params or code would give weights
+that no single run could have produced, published under the new code's hash.
 
 The trainer writes a checkpoint directory in place, so a kill can leave a partial one behind;
 a checkpoint counts only once the `on_save` callback has marked it complete.
@@ -27,11 +28,14 @@ FINGERPRINT = "fingerprint.json"
 COMPLETE = "pedigree-complete"  # marker file inside a checkpoint-N directory
 
 
-def fingerprint(input_hashes: dict[str, dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
-    """What a checkpoint was trained from: one hash per input path, one for the params."""
+def fingerprint(input_hashes: dict[str, dict[str, str]], params: dict[str, Any],
+                code_sha256: str | None = None) -> dict[str, Any]:
+    """What a checkpoint was trained from: one hash per input path, one for the params, and the
+    stage's code (`lineage.code_identity(stage)["source_sha256"]`)."""
     return {
         "inputs": {path: hash_of_hashes(files) for path, files in sorted(input_hashes.items())},
         "params_sha256": sha256_json(params),
+        "code_sha256": code_sha256,
     }
 
 
@@ -47,6 +51,8 @@ class CheckpointStore:
                    if saved["inputs"].get(path) != self.current["inputs"].get(path)]
         if saved["params_sha256"] != self.current["params_sha256"]:
             changed.append("params")
+        if saved.get("code_sha256") != self.current.get("code_sha256"):
+            changed.append("code")
         return changed
 
     def last_complete(self) -> Path | None:
