@@ -45,3 +45,31 @@ def test_stage_deps_cover_its_imports(stage):
     script = spec["cmd"].split()[-1]
     missing = imported_modules(REPO / script) - set(spec["deps"])
     assert not missing, f"dvc.yaml stage {stage}: add {sorted(missing)} to deps"
+
+
+def test_editing_the_csv_reader_reruns_curation_only(tmp_path):
+    """What a user sees: after an edit to a function of the file readers, `dvc status` names the
+    edited file for curate alone, not for any training stage (and when curate's output comes out
+    the same, DVC re-runs nothing downstream)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.scratch import clone_working_tree
+
+    clone_working_tree(tmp_path)
+    shutil.copy2(REPO / "dvc.lock", tmp_path / "dvc.lock")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    readers = tmp_path / "src/pedigree/data/readers.py"
+    text = readers.read_text()
+    assert "def _read_csv(" in text
+    readers.write_text(text.replace("def _read_csv(", "def _read_csv(  # edited\n", 1))
+    dvc = Path(sys.executable).with_name("dvc")
+    done = subprocess.run([str(dvc), "status", "--json"], cwd=tmp_path, capture_output=True,
+                          text=True, check=True)
+    status = json.loads(done.stdout)
+    edited = "src/pedigree/data/readers.py"
+    stages = {name for name, changes in status.items() for change in changes
+              if isinstance(change, dict) and edited in change.get("changed deps", {})}
+    assert stages == {"curate"}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from pedigree.data.readers import LONE_SURROGATE
+# A UTF-16 surrogate alone (JSON's "\ud800"): not text, and it cannot be encoded as UTF-8.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def dumps(row: dict[str, Any]) -> str:

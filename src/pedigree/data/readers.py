@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pedigree.data.jsonl import LONE_SURROGATE
 from pedigree.errors import PedigreeError
 
 _TEXT_SUFFIXES = (".jsonl", ".json", ".csv")  # the formats that are published compressed
@@ -37,8 +38,6 @@ _ZSTD_CHUNK = 1 << 16  # compressed bytes decompressed at once: the output is ~1
 _PARQUET_BATCH = 8192  # rows converted to Python at once (Parquet and Arrow)
 _CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's default (128 KiB a field) is short for answers
 _SURROGATE = re.compile("[\udc80-\udcff]")  # undecodable bytes, under errors="surrogateescape"
-# A UTF-16 surrogate alone (JSON's "\ud800"): not text, and it cannot be encoded as UTF-8.
-LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _TOO_DEEP = "arrays or objects nested too deep to read"
 
 
