@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from pedigree import lineage
+from pedigree.errors import PedigreeError
 from pedigree.stage import stage_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,8 +34,9 @@ def test_dir_hash_depends_on_names_and_bytes_only(tmp_path):
 def test_conflicting_roots_are_refused():
     up = [{"stage": "sft", "roots": {"data_sha256": "a" * 64}},
           {"stage": "split", "roots": {"data_sha256": "b" * 64}}]
-    with pytest.raises(ValueError, match="lineage conflict"):
+    with pytest.raises(lineage.LineageConflictError, match="lineage conflict"):
         lineage.merge_roots(up, {})
+    assert issubclass(lineage.LineageConflictError, PedigreeError)  # a user error: no traceback
 
 
 def _write_params(root: Path) -> None:

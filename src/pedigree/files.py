@@ -8,6 +8,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+# Weight files in Python's pickle format: loading one can run code, so they are never read or
+# written (safetensors only).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
 
 def replace_dir(src: Path, dst: Path) -> None:
     """Put `src` at `dst`; the old `dst`, if any, is moved aside first and removed after."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from pedigree.errors import PedigreeError
+from pedigree.errors import MissingInputError, PedigreeError
 
 SCHEMA_VERSION = 1
 MANIFEST = "lineage.json"
@@ -168,7 +168,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path}: no lineage manifest; was {directory} produced by `dvc repro`?"
         ) from None
     except json.JSONDecodeError as err:
@@ -182,6 +182,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 class ManifestError(PedigreeError, ValueError):
     """A manifest that cannot be read as one: broken JSON or missing fields."""
+
+
+class LineageConflictError(PedigreeError, ValueError):
+    """Inputs that trace back to different data or base models."""
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
@@ -202,7 +206,7 @@ def merge_roots(upstream: list[dict[str, Any]], own: dict[str, Any]) -> dict[str
             if value is None:
                 continue
             if roots.get(key) not in (None, value):
-                raise ValueError(
+                raise LineageConflictError(
                     f"lineage conflict: upstream {manifest['stage']!r} has roots.{key}="
                     f"{_short(value)} but another input has {_short(roots[key])}; "
                     "re-run the pipeline so every input comes from the same data and base model"
@@ -233,7 +237,7 @@ def find_manifest_dir(path: Path) -> Path:
     for candidate in [path, *path.parents]:
         if (candidate / MANIFEST).is_file():
             return candidate
-    raise FileNotFoundError(f"{path}: no {MANIFEST} in it or any parent; not a pipeline artifact")
+    raise MissingInputError(f"{path}: no {MANIFEST} in it or any parent; not a pipeline artifact")
 
 
 def lineage_chain(path: Path, root: Path = Path(".")) -> list[dict[str, Any]]:

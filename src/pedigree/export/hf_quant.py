@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pedigree.errors import MissingInputError, PedigreeError
+from pedigree.files import PICKLE_SUFFIXES
 
 FORMATS = ("bnb-nf4", "bnb-int8", "torchao-int8")
 
@@ -43,8 +44,6 @@ TOKENIZER_FILES = (
     "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
 )
 
-# Pickle-based weight files: never written, and their presence fails the export.
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 # bitsandbytes logs this once per int8 matmul (7 per decoder layer per forward) whenever the
 # activations are not fp16: the int8 kernel always quantizes activations from fp16, so the cast is
@@ -143,7 +142,7 @@ def _copy_tokenizer(merged_dir: Path, out_dir: Path) -> None:
 
 
 def _check_no_pickle(out_dir: Path) -> None:
-    pickled = sorted(p.name for p in out_dir.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    pickled = sorted(p.name for p in out_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)  # fail the export
     if pickled or not _weight_files(out_dir):
         raise HFQuantError(
             f"{out_dir}: save_pretrained wrote {pickled or 'no safetensors'} instead of "

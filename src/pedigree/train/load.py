@@ -13,9 +13,9 @@ from typing import Any
 
 from pedigree.config import ModelConfig
 from pedigree.errors import PedigreeError
+from pedigree.files import PICKLE_SUFFIXES
 from pedigree.lineage import MANIFEST, file_hashes, hash_of_hashes
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # What a model directory needs: weights, config, tokenizer, chat template, generation settings.
 MODEL_FILE_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja",
                        "tokenizer.model", "*.txt"]

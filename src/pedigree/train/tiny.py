@@ -16,6 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from pedigree.config import TinyModelConfig
+from pedigree.errors import PedigreeError
 
 PAD, EOS = "<|pad|>", "<|end|>"
 SPECIAL_TOKENS = [PAD, EOS, "<|system|>", "<|user|>", "<|assistant|>"]
@@ -38,7 +39,8 @@ def corpus_documents(path: Path) -> list[str]:
     docs = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     docs = [d for d in docs if d]
     if not docs:
-        raise ValueError(f"{path}: the pretraining corpus is empty")
+        raise PedigreeError(f"{path}: the pretraining corpus is empty; put one document a line "
+                            "in it")
     return docs
 
 
