@@ -13,8 +13,8 @@ from pathlib import Path
 from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
 from pedigree.errors import PedigreeError
+from pedigree.launch import relaunch_under_accelerate
 from pedigree.stage import stage_run
-from pedigree.train.launch import relaunch_under_accelerate
 from pedigree.train.policy import describe, policy_chain
 
 params = load_params()

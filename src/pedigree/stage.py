@@ -25,7 +25,7 @@ from pedigree import lineage
 from pedigree.config import Params, load_params, section_dict
 from pedigree.errors import MissingInputError, install_excepthook
 from pedigree.files import replace_dir
-from pedigree.train.launch import is_main_process
+from pedigree.launch import is_main_process
 
 # Stage scripts import this module first: user errors print as one message, no traceback.
 install_excepthook()

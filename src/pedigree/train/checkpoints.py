@@ -21,8 +21,8 @@ from typing import Any
 from transformers import TrainerCallback
 
 from pedigree.files import atomic_write_text
+from pedigree.launch import is_main_process
 from pedigree.lineage import hash_of_hashes, sha256_json
-from pedigree.train.launch import is_main_process
 
 FINGERPRINT = "fingerprint.json"
 COMPLETE = "pedigree-complete"  # marker file inside a checkpoint-N directory
