@@ -18,6 +18,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from pedigree.export.modelfile import ModelfileError, modelfile, template_family
 from pedigree.train.tiny import CHAT_TEMPLATE
+from tests.chat_templates import GEMMA3_TEMPLATE
 
 # ---- a Go text/template evaluator for the constructs the Modelfile uses --------------------------
 
@@ -218,47 +219,6 @@ GEMMA2 = (  # gemma-2-it: no system role
     "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
 )
-GEMMA3 = r"""{{ bos_token }}
-{%- if messages[0]['role'] == 'system' -%}
-    {%- if messages[0]['content'] is string -%}
-        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
-    {%- else -%}
-        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
-    {%- endif -%}
-    {%- set loop_messages = messages[1:] -%}
-{%- else -%}
-    {%- set first_user_prefix = "" -%}
-    {%- set loop_messages = messages -%}
-{%- endif -%}
-{%- for message in loop_messages -%}
-    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
-        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
-    {%- endif -%}
-    {%- if (message['role'] == 'assistant') -%}
-        {%- set role = "model" -%}
-    {%- else -%}
-        {%- set role = message['role'] -%}
-    {%- endif -%}
-    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
-    {%- if message['content'] is string -%}
-        {{ message['content'] | trim }}
-    {%- elif message['content'] is iterable -%}
-        {%- for item in message['content'] -%}
-            {%- if item['type'] == 'image' -%}
-                {{ '<start_of_image>' }}
-            {%- elif item['type'] == 'text' -%}
-                {{ item['text'] | trim }}
-            {%- endif -%}
-        {%- endfor -%}
-    {%- else -%}
-        {{ raise_exception("Invalid content type") }}
-    {%- endif -%}
-    {{ '<end_of_turn>\n' }}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-    {{'<start_of_turn>model\n'}}
-{%- endif -%}
-"""
 
 # (chat template, family, bos_token, eos_token, whether it takes a system message)
 CASES = {
@@ -266,7 +226,7 @@ CASES = {
     "llama3": (LLAMA3, "llama3", "<|begin_of_text|>", "<|eot_id|>", True),
     "mistral-v0.3": (MISTRAL_V3, "mistral", "<s>", "</s>", True),
     "gemma2": (GEMMA2, "gemma", "<bos>", "<eos>", False),
-    "gemma3": (GEMMA3, "gemma", "<bos>", "<eos>", True),
+    "gemma3": (GEMMA3_TEMPLATE, "gemma", "<bos>", "<eos>", True),
     "pedigree": (CHAT_TEMPLATE, "pedigree", None, "<|end|>", True),
 }
 
