@@ -1,8 +1,8 @@
 """Whether the base model's chat template renders tool calls and tool results.
 
 A row whose tool calls the template drops would train the model on answers to calls it never
-sees, so such rows are rejected with the reason. Found by rendering probe conversations that
-carry marker strings and looking for the markers; probed once, and only when a row has tools
+sees, so such rows are rejected with the reason. Found by rendering one probe conversation that
+carries marker strings and looking for the markers; probed once, and only when a row has tools
 (it needs transformers' template renderer, slow to import).
 """
 
@@ -44,21 +44,13 @@ class ToolSupport:
         # Ids as Mistral's templates demand them (9 letters and digits); others ignore them.
         call = {"id": "abcDEF123", "type": "function",
                 "function": {"name": _CALL, "arguments": {"x": 1}}}
-        probes = {
-            "tool_calls": ([{"role": "user", "content": "q"},
-                            {"role": "assistant", "content": "", "tool_calls": [call]},
-                            {"role": "tool", "content": "r", "tool_call_id": "abcDEF123"},
-                            {"role": "assistant", "content": "a"}], _CALL),
-            "tool": ([{"role": "user", "content": "q"},
-                      {"role": "assistant", "content": "", "tool_calls": [call]},
-                      {"role": "tool", "content": _RESULT, "tool_call_id": "abcDEF123"},
-                      {"role": "assistant", "content": "a"}], _RESULT),
-        }
-        out = {}
-        for name, (messages, marker) in probes.items():
-            try:
-                text = tokenizer.apply_chat_template(messages, tokenize=False)
-            except Exception as err:  # noqa: BLE001 - a template may raise on anything it refuses
-                text, self.why[name] = "", str(err)[:200]
-            out[name] = marker in text
-        return out
+        probe = [{"role": "user", "content": "q"},
+                 {"role": "assistant", "content": "", "tool_calls": [call]},
+                 {"role": "tool", "content": _RESULT, "tool_call_id": "abcDEF123"},
+                 {"role": "assistant", "content": "a"}]
+        try:
+            text = tokenizer.apply_chat_template(probe, tokenize=False)
+        except Exception as err:  # noqa: BLE001 - a template may raise on anything it refuses
+            text = ""
+            self.why = dict.fromkeys(("tool_calls", "tool"), str(err)[:200])
+        return {"tool_calls": _CALL in text, "tool": _RESULT in text}
