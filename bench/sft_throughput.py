@@ -48,7 +48,8 @@ def run(variant: str, steps: int, queue: mp.Queue) -> None:
     from pedigree.data.jsonl import read_jsonl
     from pedigree.train.load import load_causal_lm, load_tokenizer
     from pedigree.train.methods import peft_lora
-    from pedigree.train.sft import conversational_dataset, sft_args
+    from pedigree.train.sft import sft_args
+    from pedigree.train.trainer import conversational_dataset
 
     torch.manual_seed(0)
     rows = read_jsonl(TRAIN)

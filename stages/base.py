@@ -18,12 +18,12 @@ from pedigree.train.load import copy_model_files, fetch_hub_model, load_tokenize
 
 params = load_params()
 cfg = params.model
-# A GGUF file inside a package lies outside the project: its sha256 is in the identity instead.
-inputs = {"build": [cfg.build.corpus] if cfg.build else [], "local": [cfg.path], "hub": [],
-          "gguf": [cfg.path] if cfg.path else []}
+# The files a param points at (dvc.yaml lists data/corpus only). A GGUF file inside a package lies
+# outside the project: its sha256 is in the identity instead.
+named = {"build": [cfg.build.corpus] if cfg.build else [], "local": [cfg.path], "hub": [],
+         "gguf": [cfg.path] if cfg.path else []}
 
-with stage_run("base", out="models/base", inputs=inputs[cfg.source],
-               params=["seed", "model", "tracking"]) as run:
+with stage_run("base", extra_inputs=named[cfg.source]) as run:
     gguf = None  # a GGUF base's origin, hash and quantization, for its identity
     if cfg.source == "build":
         from pedigree.train.tiny import build_tiny

@@ -21,15 +21,13 @@ params = load_params()
 cfg, raw_dir = params.curate, Path(params.data.raw_dir)
 sources = resolve_sources(params.data)
 # Only the tokenizer of the base is read (the length bounds, and its chat template for rows
-# with tool calls): hash those, not the weights.
-inputs = [params.data.raw_dir, params.data.eval_dir]
-if cfg.tokenizer:
-    inputs += [f"{cfg.tokenizer}/{name}" for name in ("tokenizer.json", "tokenizer_config.json",
-                                                      "chat_template.jinja")
-               if Path(cfg.tokenizer, name).is_file()]
+# with tool calls): hash those, not the weights. dvc.yaml lists the two files every tokenizer
+# has; a separate chat template file only some models have.
+tokenizer_files = [f"{cfg.tokenizer}/{name}" for name in ("tokenizer.json", "tokenizer_config.json",
+                                                         "chat_template.jinja")
+                   if cfg.tokenizer and Path(cfg.tokenizer, name).is_file()]
 
-with stage_run("curate", out="data/curated", inputs=inputs,
-               params=["data", "curate", "tracking"]) as run:
+with stage_run("curate", extra_inputs=tokenizer_files) as run:
     decon = cfg.decontaminate
     index = (EvalIndex(eval_items(eval_files(Path(params.data.eval_dir))), decon.ngram,
                        decon.min_words) if decon.enabled else None)

@@ -14,6 +14,7 @@ from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
 from pedigree.errors import PedigreeError
 from pedigree.launch import relaunch_under_accelerate
+from pedigree.records import write_policy
 from pedigree.stage import stage_run
 from pedigree.train.policy import describe, policy_chain
 
@@ -22,17 +23,15 @@ if params.dpo.enabled:
     relaunch_under_accelerate(params.accelerate)
 base, sft = Path("models/base"), Path("models/sft")
 
-with stage_run("dpo", out="models/dpo", inputs=["models/base", "models/sft", "data/split"],
-               params=["seed", "model", "dpo", "accelerate", "tracking"]) as run:
+with stage_run("dpo") as run:
     policy = policy_chain(sft, None)
     if params.dpo.enabled:
-        from pedigree.lineage import code_identity
         from pedigree.train.checkpoints import CheckpointStore, fingerprint
         from pedigree.train.dpo import train_dpo
         from pedigree.train.load import load_tokenizer
         from pedigree.train.methods import save_trained
         from pedigree.train.policy import load_sft
-        from pedigree.train.sft import curve_csv
+        from pedigree.train.trainer import curve_csv
 
         train = read_jsonl(Path("data/split/preference_train.jsonl"))
         validation = read_jsonl(Path("data/split/preference_validation.jsonl"))
@@ -50,7 +49,7 @@ with stage_run("dpo", out="models/dpo", inputs=["models/base", "models/sft", "da
             sft_policy = sft_policy.merge_and_unload()
         store = CheckpointStore(Path("checkpoints/dpo"),
                                 fingerprint(run.input_hashes, run.recorded_params,
-                                            code_identity(run.name)["source_sha256"]))
+                                            run.code["source_sha256"]))
 
         adapter, metrics, curve = train_dpo(sft_policy, tokenizer, train, validation,
                                             params.dpo, params.seed, store)
@@ -60,7 +59,7 @@ with stage_run("dpo", out="models/dpo", inputs=["models/base", "models/sft", "da
         run.metrics, run.history = metrics, curve
         run.artifacts = ["metrics.json", "train_loss.csv"]
         policy = policy_chain(sft, Path("models/dpo"))
-    (run.dir / "policy.json").write_text(json.dumps(policy, indent=2) + "\n")
+    write_policy(policy, run.dir)
     run.details["policy"] = policy
     print(f"[dpo] policy = {describe(policy)}")
 if params.dpo.enabled:

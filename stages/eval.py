@@ -28,10 +28,7 @@ from pedigree.train.load import load_tokenizer
 params = load_params()
 cfg, trust = params.eval, params.model.trust_remote_code
 
-with stage_run("eval", out="metrics",
-               inputs=["models/base", "models/sft", "models/dpo", "models/merged",
-                       "models/quantized", "data/split", params.data.eval_dir, "champion.json"],
-               params=["model", "data", "eval", "gate", "tracking"]) as run:
+with stage_run("eval") as run:
     sets = load_eval_sets(Path(params.data.eval_dir), Path("data/split"), cfg)
     tokenizer = load_tokenizer(Path("models/sft"), trust)  # the template the policy trained with
     models = pipeline_models(Path("."), trust)

@@ -17,6 +17,7 @@ from pedigree.data.jsonl import read_jsonl
 from pedigree.export.card import model_card
 from pedigree.export.merge import merge_policy
 from pedigree.lineage import merge_roots
+from pedigree.records import read_policy
 from pedigree.stage import stage_run
 from pedigree.train.load import load_tokenizer
 from pedigree.train.policy import base_kind, policy_base
@@ -26,10 +27,8 @@ cfg, base, trust = params.merge, Path("models/base"), params.model.trust_remote_
 
 # Adapters named in merge.combine are inputs too: their hashes go into the manifest.
 extra = cfg.combine.adapters if cfg.combine else []
-with stage_run("merge", out="models/merged",
-               inputs=["models/base", "models/sft", "models/dpo", "data/split", *extra],
-               params=["model", "merge", "tracking"]) as run:
-    policy = json.loads(Path("models/dpo/policy.json").read_text())
+with stage_run("merge", extra_inputs=extra) as run:
+    policy = read_policy(Path("models/dpo"))
     tokenizer = load_tokenizer(Path("models/sft"), trust)  # the template the policy trained with
     rows = read_jsonl(Path("data/split/sft_validation.jsonl"))[: cfg.parity_rows]
 

@@ -20,8 +20,7 @@ from pedigree.train.load import load_causal_lm, load_tokenizer
 params = load_params()
 cfg, merged_dir = params.quantize, Path("models/merged")
 
-with stage_run("quantize", out="models/quantized", inputs=["models/merged", "data/split"],
-               params=["model", "quantize", "tracking"]) as run:
+with stage_run("quantize") as run:
     merged = load_causal_lm(merged_dir, params.model.trust_remote_code)
     tokenizer = load_tokenizer(merged_dir, params.model.trust_remote_code)
     held_out = read_jsonl(Path("data/split/sft_validation.jsonl"))

@@ -14,13 +14,13 @@ from pathlib import Path
 from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
 from pedigree.launch import gather, is_main_process, relaunch_under_accelerate
-from pedigree.lineage import code_identity
 from pedigree.perf import measured, write_perf
 from pedigree.stage import stage_run
 from pedigree.train.checkpoints import CheckpointStore, fingerprint
 from pedigree.train.load import check_chat_template, load_tokenizer
 from pedigree.train.methods import prepare_model, save_trained, state_digest, trained_state
-from pedigree.train.sft import chat_template, curve_csv, train_sft
+from pedigree.train.sft import chat_template, train_sft
+from pedigree.train.trainer import curve_csv
 
 params = load_params()
 relaunch_under_accelerate(params.accelerate)
@@ -28,8 +28,7 @@ cfg, base, trust = params.sft, Path("models/base"), params.model.trust_remote_co
 
 # A chat template file is an input: its hash goes into the manifest and the resume fingerprint.
 template_file = [cfg.chat_template] if (cfg.chat_template or "").endswith(".jinja") else []
-with stage_run("sft", out="models/sft", inputs=["models/base", "data/split", *template_file],
-               params=["seed", "model", "sft", "accelerate", "tracking"]) as run:
+with stage_run("sft", extra_inputs=template_file) as run:
     tokenizer = load_tokenizer(base, trust, require_template=not cfg.chat_template)
     if cfg.chat_template:
         tokenizer.chat_template = chat_template(cfg.chat_template)
@@ -39,7 +38,7 @@ with stage_run("sft", out="models/sft", inputs=["models/base", "data/split", *te
     validation = read_jsonl(Path("data/split/sft_validation.jsonl"))
     store = CheckpointStore(Path("checkpoints/sft"),
                             fingerprint(run.input_hashes, run.recorded_params,
-                                        code_identity(run.name)["source_sha256"]))
+                                        run.code["source_sha256"]))
 
     with measured() as perf:  # time and peak memory: to perf/sft.json and MLflow, not the output
         trained, metrics, curve = train_sft(model, tokenizer, peft_config, train, validation, cfg,

@@ -18,8 +18,7 @@ params = load_params()
 table_path = Path("data/split") / ASSIGNMENTS
 previous = read_assignments(table_path)
 
-with stage_run("split", out="data/split", inputs=["data/curated"],
-               params=["split", "tracking"]) as run:
+with stage_run("split") as run:
     report = split_curated(Path("data/curated"), run.dir, params.split, previous)
     (run.dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     # The table read back is an input DVC does not see: record which one it was.

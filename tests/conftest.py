@@ -19,7 +19,8 @@ def micro_build_config(**overrides):
 
     values = dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
                   intermediate_size=128, max_position_embeddings=128, pretrain_steps=20,
-                  batch_size=8, seq_len=64, corpus=str(REPO / "data/corpus/general.txt"))
+                  batch_size=8, seq_len=64, corpus=str(REPO / "data/corpus/general.txt"),
+                  learning_rate=3e-3)
     values.update(overrides)
     return TinyModelConfig(**values)
 

@@ -309,7 +309,8 @@ def test_one_turn_rows_train_as_trl_tokenizes_them(micro_model_dir, tmp_path, ov
     from trl import SFTTrainer
 
     from pedigree.train.load import load_causal_lm, load_tokenizer
-    from pedigree.train.sft import conversational_dataset, sft_args, sft_trainer
+    from pedigree.train.sft import sft_args, sft_trainer
+    from pedigree.train.trainer import conversational_dataset
 
     cfg = _cfg(**overrides)
     tokenizer, model = load_tokenizer(micro_model_dir), load_causal_lm(micro_model_dir)

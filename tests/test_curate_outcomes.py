@@ -148,6 +148,7 @@ def test_dpo_on_without_preference_rows_fails_before_loading_a_model(tmp_path):
     assert "dpo:\n  enabled: true" in params  # the default this test relies on
     (tmp_path / "params.yaml").write_text(params.replace("tracking:\n  enabled: true",
                                                          "tracking:\n  enabled: false"))
+    (tmp_path / "dvc.yaml").write_text((repo / "dvc.yaml").read_text())  # the stage's contract
     for d in ("models/base", "models/sft", "data/split"):
         (tmp_path / d).mkdir(parents=True)
         (tmp_path / d / "x").write_text("x")

@@ -32,7 +32,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from pedigree.config import CurateConfig, NearDedupConfig
 from pedigree.data.curate import curate, write_curation
 from pedigree.data.decontaminate import EvalIndex, EvalItem
-from pedigree.data.formats import FORMATS, RowError, normalise
+from pedigree.data.formats import FORMATS, RowError, normalise_row
 from pedigree.data.messages import ROLES
 from pedigree.data.lengths import TokenCounter
 from pedigree.data.sources import Source, sources_from_paths
@@ -513,7 +513,7 @@ def test_corrupted_files_give_rows_or_one_clear_error(inp):
 @given(row=any_row, fmt=st.sampled_from(("auto",) + FORMATS))
 def test_a_row_is_canonical_or_a_row_error_with_a_reason(row, fmt):
     try:
-        norm = normalise(row, fmt)
+        norm = normalise_row(row, fmt)
     except RowError as err:
         assert REASON.fullmatch(err.reason) and err.detail.strip()
         return

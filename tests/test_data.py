@@ -419,7 +419,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     assert "Traceback" not in done.stderr
     write_jsonl(tmp_path / "a.jsonl", [alpaca(1)])
     done = pedigree("curate", "a.jsonl", "--out", "x", "--columns", "bogus", cwd=tmp_path)
-    assert done.returncode == 1 and "--columns" in done.stderr
+    assert done.returncode == 2 and "--columns" in done.stderr  # a bad option value: usage
     assert "Traceback" not in done.stderr and not (tmp_path / "x").exists()
 
 

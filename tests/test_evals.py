@@ -10,7 +10,8 @@ import pytest
 
 from pedigree.config import EvalConfig, GateConfig
 from pedigree.evals.gate import check_base, check_champion, decide, paired_difference
-from pedigree.evals.metrics import (
+from pedigree.evals.outputs import plot_tables, summary
+from pedigree.evals.scorers import (
     check_task_row,
     continuation_answer,
     json_match,
@@ -20,7 +21,6 @@ from pedigree.evals.metrics import (
     row_score,
     score_task_rows,
 )
-from pedigree.evals.outputs import plot_tables, summary
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = {"type": "object", "required": ["name", "age"],

@@ -45,14 +45,14 @@ from pedigree.export.quantize import (
     llama_cpp_logits,
 )
 from pedigree.train.load import load_causal_lm, load_tokenizer
-from tests.test_gguf import (
+from tests.tiny_checkpoints import (
     LLAMA3_SPLIT,
     SAMPLES,
-    _gpt2_pre_tokenizer,
-    _llama3_pre_tokenizer,
-    _llama_config,
-    _random_model,
-    _save_tokenizer,
+    gpt2_pre_tokenizer,
+    llama3_pre_tokenizer,
+    llama_config,
+    random_model,
+    save_tokenizer,
 )
 
 MAX_LENGTH = 128
@@ -104,15 +104,15 @@ def _small_config(config_class, **overrides):
 # name: (config, model class, pre-tokenizer, whether encoding adds the bos token)
 ARCHITECTURES = {
     "llama": (  # untied output layer, Llama-3 pre-tokenizer, bos added
-        lambda: _llama_config(**SIZES, tie_word_embeddings=False),
+        lambda: llama_config(**SIZES, tie_word_embeddings=False),
         LlamaForCausalLM,
-        _llama3_pre_tokenizer,
+        llama3_pre_tokenizer,
         True,
     ),
     "mistral": (
         lambda: _small_config(MistralConfig, sliding_window=None, tie_word_embeddings=True),
         MistralForCausalLM,
-        _gpt2_pre_tokenizer,
+        gpt2_pre_tokenizer,
         False,
     ),
     "qwen2": (  # Q/K/V biases; the Qwen2 pre-tokenizer
@@ -140,7 +140,7 @@ ARCHITECTURES = {
             head_dim=256, query_pre_attn_scalar=256, sliding_window=4, tie_word_embeddings=True,
         ),
         Gemma3ForCausalLM,
-        _llama3_pre_tokenizer,
+        llama3_pre_tokenizer,
         True,
     ),
 }
@@ -184,8 +184,8 @@ class Exported:
 
 def _build_base(directory: Path, arch: str) -> Path:
     make_config, model_class, pre_tokenizer, add_bos = ARCHITECTURES[arch]
-    _save_tokenizer(directory, pre_tokenizer(), add_bos=add_bos)
-    model = _random_model(make_config(), model_class)
+    save_tokenizer(directory, pre_tokenizer(), add_bos=add_bos)
+    model = random_model(make_config(), model_class)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, parameter in model.named_parameters():

@@ -20,7 +20,7 @@ from pedigree.data.formats import (
     RowError,
     check_columns,
     detect_format,
-    normalise,
+    normalise_row,
     parse_columns,
     row_id,
 )
@@ -126,7 +126,7 @@ def test_parquet_rows_in_batches(tmp_path, monkeypatch):
     assert json.loads(rows[0].text) == {"instruction": "Say hi", "output": "hi",
                                         "messages": None, "day": "2024-01-02"}
     # A null column is an absent field: row 1 is alpaca, row 3 a conversation.
-    assert [normalise(r.value, "auto").format for r in rows] == ["alpaca", "alpaca", "messages"]
+    assert [normalise_row(r.value, "auto").format for r in rows] == ["alpaca", "alpaca", "messages"]
 
 
 def test_unreadable_parquet_names_the_file(tmp_path):
@@ -160,7 +160,7 @@ def test_csv_rows_lines_and_per_row_errors(tmp_path):
     assert rows[4].value["output"] == 'yo "quoted"'
     assert rows[4].text == 'Say yo,,"yo ""quoted"""'
     # An empty input cell means no input, as in alpaca JSON.
-    assert normalise(rows[0].value, "auto").content["prompt"] == [msg(U, "Say hi")]
+    assert normalise_row(rows[0].value, "auto").content["prompt"] == [msg(U, "Say hi")]
 
 
 def test_csv_quote_errors_are_malformed_rows(tmp_path):
@@ -183,14 +183,14 @@ def test_csv_json_list_columns(tmp_path):
     assert '"[{""role"": ""user""' in path.read_text()  # a JSON list in one quoted CSV cell
     rows = rows_of(path)
     assert detect_format(rows[1].value) == "sharegpt"
-    first, second = (normalise(r.value, "auto") for r in rows[:2])
+    first, second = (normalise_row(r.value, "auto") for r in rows[:2])
     assert (first.format, second.format) == ("messages", "sharegpt")
     assert first.content == second.content == {"prompt": [msg(U, "hi")],
                                                "completion": [msg(A, "hello")]}
     with pytest.raises(RowError, match="wrong_type: field 'messages'.*not JSON"):
-        normalise(rows[2].value, "auto")
+        normalise_row(rows[2].value, "auto")
     # Where a string is a valid value it stays text, even when it looks like JSON.
-    pc = normalise({"prompt": "List three numbers.", "completion": "[1, 2, 3]"}, "auto")
+    pc = normalise_row({"prompt": "List three numbers.", "completion": "[1, 2, 3]"}, "auto")
     assert pc.content["completion"] == [msg(A, "[1, 2, 3]")]
 
 
@@ -229,7 +229,7 @@ SAME_EXAMPLE = {
 def test_one_example_in_every_sft_format_is_the_same_row(fmt):
     expected = {"prompt": PROMPT, "completion": COMPLETION}
     for given in ("auto", fmt):
-        norm = normalise(SAME_EXAMPLE[fmt], given)
+        norm = normalise_row(SAME_EXAMPLE[fmt], given)
         assert norm == Normalised("sft", fmt, expected)
         assert row_id(norm.content) == row_id(expected)
 
@@ -237,7 +237,7 @@ def test_one_example_in_every_sft_format_is_the_same_row(fmt):
 def test_sharegpt_items_under_messages_and_the_role_table():
     row = {"messages": [{"from": "user", "value": "hi"}, {"from": "model", "value": "hello"}]}
     assert detect_format(row) == "sharegpt"
-    assert normalise(row, "messages") == Normalised(
+    assert normalise_row(row, "messages") == Normalised(
         "sft", "sharegpt", {"prompt": [msg(U, "hi")], "completion": [msg(A, "hello")]})
     assert messages.SHAREGPT_ROLES["human"] == "user"
     assert {messages.SHAREGPT_ROLES[r] for r in ("gpt", "assistant", "bot", "model")} == {A}
@@ -248,39 +248,40 @@ def test_ids_of_existing_rows_do_not_change():
     alpaca = {"instruction": "Add the two numbers.", "input": "2 + 3", "output": "5"}
     chat = {"messages": [msg(S, "Be brief."), msg(U, "hi"), msg(A, "hello")]}
     pair = {"prompt": "p", "chosen": "a", "rejected": "b"}
-    assert row_id(normalise(alpaca, "alpaca").content) == (
+    assert row_id(normalise_row(alpaca, "alpaca").content) == (
         "ea1a0a334e295884f76693595a5037a38ee9037969310579cd61077c6b15b818")
-    assert row_id(normalise(chat, "auto").content) == (
+    assert row_id(normalise_row(chat, "auto").content) == (
         "97ee60a0de96f51b81ccf4f06926e17ffc3b0a372c61c2b302a733963520d483")
-    assert row_id(normalise(pair, "auto").content) == (
+    assert row_id(normalise_row(pair, "auto").content) == (
         "6da1400b7ac0dba683620d4e7afe921ec0880851bf3e71d43d5f54766902b3b7")
 
 
 def test_prompt_completion_with_message_lists():
     row = {"prompt": [msg(U, "hi"), msg(A, "hello"), msg(U, "bye")], "completion": [msg(A, "ciao")]}
-    assert normalise(row, "auto") == Normalised("sft", "prompt_completion", row)
+    assert normalise_row(row, "auto") == Normalised("sft", "prompt_completion", row)
 
 
 def test_preference_with_strings_and_message_lists():
     row = {"prompt": "2 + 3?", "chosen": "5", "rejected": "6"}
-    assert normalise(row, "auto") == Normalised("preference", "preference", {
+    assert normalise_row(row, "auto") == Normalised("preference", "preference", {
         "prompt": [msg(U, "2 + 3?")], "chosen": [msg(A, "5")], "rejected": [msg(A, "6")]})
     lists = {"prompt": [msg(U, "2 + 3?")], "chosen": [msg(A, "5")], "rejected": [msg(A, "6")]}
-    assert normalise(lists, "preference").content == normalise(row, "preference").content
+    assert normalise_row(lists, "preference").content == normalise_row(row, "preference").content
 
 
 def test_implicit_prompt_preference():
     shared = [msg(S, "Be brief."), msg(U, "2 + 3?")]
     row = {"chosen": shared + [msg(A, "5")], "rejected": shared + [msg(A, "6")]}
     expected = {"prompt": shared, "chosen": [msg(A, "5")], "rejected": [msg(A, "6")]}
-    assert normalise(row, "auto") == Normalised("preference", "preference", expected)
+    assert normalise_row(row, "auto") == Normalised("preference", "preference", expected)
     # The same pair as JSON strings (a CSV file): no prompt, so the strings must be the lists.
     as_text = {k: json.dumps(v) for k, v in row.items()}
-    assert normalise(as_text, "preference").content == expected
+    assert normalise_row(as_text, "preference").content == expected
     # Multi-turn: the prompt is every shared turn, the answers may run on.
     long = {"chosen": shared + [msg(A, "5"), msg(U, "sure?"), msg(A, "yes")],
             "rejected": shared + [msg(A, "6")]}
-    assert normalise(long, "auto").content["chosen"] == [msg(A, "5"), msg(U, "sure?"), msg(A, "yes")]
+    assert normalise_row(long, "auto").content["chosen"] == [
+        msg(A, "5"), msg(U, "sure?"), msg(A, "yes")]
 
 
 def test_auto_detects_each_row():
@@ -300,26 +301,26 @@ def test_auto_detects_each_row():
 def test_column_mapping():
     row = {"question": "What is 2 + 3?", "answer": "5", "id": 7}
     columns = {"prompt": "question", "completion": "answer"}
-    norm = normalise(row, "auto", columns)
+    norm = normalise_row(row, "auto", columns)
     assert norm == Normalised("sft", "prompt_completion",
                               {"prompt": [msg(U, "What is 2 + 3?")], "completion": [msg(A, "5")]})
     # The source fields are gone after mapping: `instruction` mapped to `prompt` is not alpaca.
     renamed = {"instruction": "What is 2 + 3?", "output": "5"}
-    assert normalise(renamed, "auto", {"prompt": "instruction", "completion": "output"}) == norm
+    assert normalise_row(renamed, "auto", {"prompt": "instruction", "completion": "output"}) == norm
 
 
 def test_column_mapping_errors_name_the_source_field():
     columns = {"prompt": "question", "completion": "answer"}
     with pytest.raises(RowError) as err:
-        normalise({"question": "q?", "reply": "a"}, "auto", columns)
+        normalise_row({"question": "q?", "reply": "a"}, "auto", columns)
     assert err.value.reason == "missing_field"
     assert "'answer'" in err.value.detail and "completion=answer" in err.value.detail
     with pytest.raises(RowError) as err:
-        normalise({"question": "q?", "answer": " "}, "auto", columns)
+        normalise_row({"question": "q?", "answer": " "}, "auto", columns)
     assert err.value.reason == "empty_content"
     assert "'completion'" in err.value.detail and "completion=answer" in err.value.detail
     with pytest.raises(ColumnsError, match="the canonical name comes first: prompt=question"):
-        normalise({"question": "q?"}, "auto", {"question": "prompt"})
+        normalise_row({"question": "q?"}, "auto", {"question": "prompt"})
 
 
 def test_parse_columns():
@@ -394,7 +395,7 @@ ROW_ERRORS = [
 @pytest.mark.parametrize("row, fmt, reason, detail", ROW_ERRORS)
 def test_row_errors(row, fmt, reason, detail):
     with pytest.raises(RowError) as err:
-        normalise(row, fmt)
+        normalise_row(row, fmt)
     assert (err.value.reason, detail in err.value.detail) == (reason, True), err.value.detail
 
 

@@ -10,44 +10,36 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, TokenType
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GPT2Config,
-    LlamaConfig,
-    LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
-    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
 
 from pedigree.export.gguf import SUPPORTED_QTYPES, GGUFExportError, write_gguf
+from tests.tiny_checkpoints import (
+    CHAT_TEMPLATE,
+    SAMPLES,
+    SPECIAL_TOKENS,
+    gpt2_pre_tokenizer,
+    llama3_pre_tokenizer,
+    llama_config,
+    random_model,
+    save_checkpoint,
+    save_tokenizer,
+)
 
-SPECIAL_TOKENS = ["<|bos|>", "<|user|>", "<|assistant|>", "<|end|>", "<|pad|>"]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-SAMPLES = [
-    "<|user|>Hello there, how are you?<|end|><|assistant|>I'm fine: 12345 tokens!<|end|>",
-    "  leading spaces,\ttabs and\nnew lines\n\n",
-    "café naïve — 😀 ünïcödé 3.14159",
-]
 MESSAGES = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]
-LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 
 # Bounds on max |logit difference| / max |reference logit| (0.71 here), and on the share of the
 # 76 positions whose top-1 token must agree. Measured: F16 3.7e-4, BF16 3.3e-3, Q8_0 9.5e-3 (75 of
@@ -68,87 +60,9 @@ TOLERANCES = {
 # ---- fixtures -------------------------------------------------------------------------------
 
 
-def _corpus() -> list[str]:
-    rng = random.Random(0)
-    words = (
-        "the a model data train loss token chat user assistant hello world fine tune quick "
-        "brown fox jumps over lazy dog café naïve ünïcödé I'm don't you're 1 22 333 2024 3.14 — 😀"
-    ).split()
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(5, 15))) for _ in range(400)]
-
-
-def _save_tokenizer(directory: Path, pre_tokenizer, add_bos: bool = False) -> None:
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizer
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(_corpus(), trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<|bos|>",
-        eos_token="<|end|>",
-        pad_token="<|pad|>",
-        add_bos_token=add_bos,
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(directory)
-
-
-def _gpt2_pre_tokenizer():
-    return pre_tokenizers.ByteLevel(add_prefix_space=False)
-
-
-def _llama3_pre_tokenizer():
-    return pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-
-
-def _save_checkpoint(directory: Path, config, model_class=LlamaForCausalLM) -> Path:
-    """A random model with a BPE tokenizer trained here, saved as `save_pretrained` does."""
-    _save_tokenizer(directory, _gpt2_pre_tokenizer())
-    _random_model(config, model_class).save_pretrained(directory)
-    return directory
-
-
-def _random_model(config, model_class=LlamaForCausalLM):
-    torch.manual_seed(0)
-    model = model_class(config)
-    # At the default init, attention is nearly uniform and positions barely matter, so a wrong
-    # Q/K layout moves logits by only 1%. Larger Q/K weights make attention sharp: then leaving
-    # out the permutation moves them by 20%, which even the Q8_0 bound below catches.
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.mul_(5)
-            layer.self_attn.k_proj.weight.mul_(5)
-    return model
-
-
-def _llama_config(**overrides) -> LlamaConfig:
-    values = dict(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # GQA: K is permuted with its own head count
-        intermediate_size=128,
-        vocab_size=416,  # padded past the tokenizer's 400, as real vocabularies often are
-        max_position_embeddings=256,
-        rope_theta=50000.0,
-        tie_word_embeddings=False,
-    )
-    return LlamaConfig(**(values | overrides))
-
-
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory) -> Path:
-    return _save_checkpoint(tmp_path_factory.mktemp("llama"), _llama_config())
+    return save_checkpoint(tmp_path_factory.mktemp("llama"), llama_config())
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +192,7 @@ def test_metadata(exports):
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_output_tensor_only_when_untied(tmp_path, tied):
-    model_dir = _save_checkpoint(tmp_path / "model", _llama_config(tie_word_embeddings=tied))
+    model_dir = save_checkpoint(tmp_path / "model", llama_config(tie_word_embeddings=tied))
     path = tmp_path / "model.gguf"
     write_gguf(model_dir, path, "F32")
     assert ("output.weight" in _tensor_types(path)) is not tied
@@ -301,7 +215,7 @@ def test_other_architectures(tmp_path, config_class, model_class, gguf_arch):
         max_position_embeddings=256,
         tie_word_embeddings=True,
     )
-    model_dir = _save_checkpoint(tmp_path / "model", config, model_class)
+    model_dir = save_checkpoint(tmp_path / "model", config, model_class)
     path = tmp_path / "model.gguf"
     write_gguf(model_dir, path, "F32")
     assert _metadata(path)["general.architecture"] == gguf_arch
@@ -313,7 +227,7 @@ def test_other_architectures(tmp_path, config_class, model_class, gguf_arch):
 
 def test_rows_that_are_not_whole_blocks_fall_back_to_f16(tmp_path):
     # 80 is not a multiple of Q8_0's 32-value blocks: ffn_down's rows are 80 long
-    model_dir = _save_checkpoint(tmp_path / "model", _llama_config(intermediate_size=80))
+    model_dir = save_checkpoint(tmp_path / "model", llama_config(intermediate_size=80))
     path = tmp_path / "model.gguf"
     report = write_gguf(model_dir, path, "Q8_0")
     assert report["tensor_types"] == {"F16": 2, "F32": 5, "Q8_0": 14}
@@ -324,8 +238,8 @@ def test_rows_that_are_not_whole_blocks_fall_back_to_f16(tmp_path):
 
 def test_llama3_pre_tokenizer_with_bos(tmp_path):
     model_dir = tmp_path / "model"
-    _save_tokenizer(model_dir, _llama3_pre_tokenizer(), add_bos=True)
-    _random_model(_llama_config()).save_pretrained(model_dir)
+    save_tokenizer(model_dir, llama3_pre_tokenizer(), add_bos=True)
+    random_model(llama_config()).save_pretrained(model_dir)
     path = tmp_path / "model.gguf"
     write_gguf(model_dir, path, "F16")
     meta = _metadata(path)
@@ -339,10 +253,10 @@ def test_llama3_pre_tokenizer_with_bos(tmp_path):
 
 
 def test_bf16_and_sharded_checkpoints(tmp_path):
-    model = _random_model(_llama_config()).to(torch.bfloat16)
+    model = random_model(llama_config()).to(torch.bfloat16)
     whole, sharded = tmp_path / "whole", tmp_path / "sharded"
     for directory, shard_size in ((whole, "10GB"), (sharded, "100KB")):
-        _save_tokenizer(directory, _gpt2_pre_tokenizer())
+        save_tokenizer(directory, gpt2_pre_tokenizer())
         model.save_pretrained(directory, max_shard_size=shard_size)
     assert (sharded / "model.safetensors.index.json").is_file()
     reports = [write_gguf(d, tmp_path / f"{d.name}.gguf", "F32") for d in (whole, sharded)]
@@ -370,7 +284,7 @@ def test_chat_template_from_tokenizer_config(llama_dir, tmp_path):
 
 def test_rope_scaling_metadata(tmp_path):
     rope = {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}
-    model_dir = _save_checkpoint(tmp_path / "model", _llama_config(rope_parameters=rope))
+    model_dir = save_checkpoint(tmp_path / "model", llama_config(rope_parameters=rope))
     path = tmp_path / "model.gguf"
     write_gguf(model_dir, path, "F16")
     meta = _metadata(path)
@@ -389,8 +303,8 @@ def test_llama3_rope_factors_match_transformers(tmp_path):
         "high_freq_factor": 4.0,
         "original_max_position_embeddings": 64,
     }
-    config = _llama_config(rope_parameters=rope)
-    model_dir = _save_checkpoint(tmp_path / "model", config)
+    config = llama_config(rope_parameters=rope)
+    model_dir = save_checkpoint(tmp_path / "model", config)
     path = tmp_path / "model.gguf"
     write_gguf(model_dir, path, "F32")
     rope_freqs = next(t for t in GGUFReader(path).tensors if t.name == "rope_freqs.weight").data
@@ -540,7 +454,7 @@ def test_gemma3_that_llama_cpp_would_compute_differently_is_refused(tmp_path, ch
     config = Gemma3TextConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                               num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
                               intermediate_size=128, vocab_size=416, max_position_embeddings=256)
-    model_dir = _save_checkpoint(tmp_path / "model", config, Gemma3ForCausalLM)
+    model_dir = save_checkpoint(tmp_path / "model", config, Gemma3ForCausalLM)
     raw = json.loads((model_dir / "config.json").read_text())
     (model_dir / "config.json").write_text(json.dumps(raw | change))
     with pytest.raises(GGUFExportError, match=expected):

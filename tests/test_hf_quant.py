@@ -115,7 +115,8 @@ def test_reload_is_deterministic_and_saved_before_inference(fmt, written, micro_
     assert torch.equal(first, second)
     # The checkpoint holds the weights as quantized at load time, untouched by any forward pass:
     # it reproduces exactly the in-memory model's first forward. (A bnb 4-bit model saved after a
-    # forward on an AVX512-BF16 CPU would reload ~5e-3 off, see STACK.md.)
+    # forward on an AVX512-BF16 CPU would reload ~5e-3 off, as
+    # test_training.py::test_4bit_model_survives_save_and_reload shows.)
     in_memory = AutoModelForCausalLM.from_pretrained(
         micro_model_dir, quantization_config=hf_quant.quantization_config(fmt),
         dtype=hf_quant._compute_dtype(), device_map=hf_quant._device(),

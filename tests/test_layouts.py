@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pedigree.data import layouts
-from pedigree.data.formats import RowError, detect_format, normalise
+from pedigree.data.formats import RowError, detect_format, normalise_row
 
 U, A, S = "user", "assistant", "system"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -96,9 +96,9 @@ CASES = [
                          ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_auto_reads_each_public_layout(layout, row, content):
     assert detect_format(row) == layout
-    norm = normalise(row, "auto")
+    norm = normalise_row(row, "auto")
     assert (norm.format, norm.content) == (layout, content)
-    assert normalise(row, layout).content == content  # the layout's name works as a format
+    assert normalise_row(row, layout).content == content  # the layout's name works as a format
 
 
 def test_every_layout_is_tested_and_in_the_readme_table():
@@ -111,14 +111,14 @@ def test_every_layout_is_tested_and_in_the_readme_table():
 
 def test_a_layout_name_as_format_reads_only_that_layout():
     with pytest.raises(RowError, match="field 'output' is missing"):
-        normalise({"instruction": "x", "response": "y"}, "alpaca")
-    assert normalise({"instruction": "x", "response": "y"}, "dolly").content == sft(
+        normalise_row({"instruction": "x", "response": "y"}, "alpaca")
+    assert normalise_row({"instruction": "x", "response": "y"}, "dolly").content == sft(
         [msg(U, "x")], "y")
 
 
 def test_text_without_speaker_labels_is_not_a_conversation():
     with pytest.raises(RowError) as err:
-        normalise({"text": "Just a paragraph of prose. Human rights matter."}, "auto")
+        normalise_row({"text": "Just a paragraph of prose. Human rights matter."}, "auto")
     assert err.value.reason == "no_speaker_labels"
 
 
@@ -126,10 +126,10 @@ def test_content_given_as_text_parts_is_joined():
     row = {"messages": [{"role": U, "content": [{"type": "text", "text": "Hello, "},
                                                 {"type": "text", "text": "world"}]},
                         msg(A, "Hi")]}
-    assert normalise(row, "auto").content["prompt"] == [msg(U, "Hello, world")]
+    assert normalise_row(row, "auto").content["prompt"] == [msg(U, "Hello, world")]
     row["messages"][0]["content"].append({"type": "image_url", "image_url": {"url": "x"}})
     with pytest.raises(RowError) as err:
-        normalise(row, "auto")
+        normalise_row(row, "auto")
     assert err.value.reason == "non_text_content" and "messages[0].content[2]" in err.value.detail
 
 
@@ -140,7 +140,7 @@ def test_tool_calls_and_tool_results_are_kept():
                         {"role": A, "content": None, "tool_calls": [call]},
                         {"role": "tool", "tool_call_id": "c1", "content": "4 C, rain"},
                         msg(A, "4 degrees and rain.")]}
-    prompt = normalise(row, "auto").content["prompt"]
+    prompt = normalise_row(row, "auto").content["prompt"]
     assert prompt[1] == {"role": A, "content": "", "tool_calls": [
         {"id": "c1", "type": "function",
          "function": {"name": "weather", "arguments": {"city": "Oslo"}}}]}
@@ -153,7 +153,7 @@ def test_sharegpt_function_call_and_observation_turns():
                               "value": '{"name": "weather", "arguments": {"city": "Oslo"}}'},
                              {"from": "observation", "value": "4 C"},
                              {"from": "gpt", "value": "4 degrees."}]}
-    prompt = normalise(row, "auto").content["prompt"]
+    prompt = normalise_row(row, "auto").content["prompt"]
     assert prompt[1]["tool_calls"][0]["function"] == {"name": "weather",
                                                       "arguments": {"city": "Oslo"}}
     assert prompt[2] == {"role": "tool", "content": "4 C"}
@@ -161,43 +161,43 @@ def test_sharegpt_function_call_and_observation_turns():
 
 def test_weight_zero_marks_an_assistant_turn_as_context():
     turns = [msg(U, "a"), {**msg(A, "b"), "weight": 0}, msg(U, "c"), {**msg(A, "d"), "weight": 1}]
-    content = normalise({"messages": turns}, "auto").content
+    content = normalise_row({"messages": turns}, "auto").content
     assert content["prompt"][1] == {"role": A, "content": "b", "weight": 0}
     assert content["completion"] == [msg(A, "d")]
     # Trailing context after the last target teaches nothing and is left out.
     turns[3]["weight"] = 0
-    content = normalise({"messages": [msg(U, "a"), msg(A, "b"), *turns[2:]]}, "auto").content
+    content = normalise_row({"messages": [msg(U, "a"), msg(A, "b"), *turns[2:]]}, "auto").content
     assert content == sft([msg(U, "a")], "b")
     for bad, reason in ((0, "no_target"), (0.5, "wrong_type")):
         with pytest.raises(RowError) as err:
-            normalise({"messages": [msg(U, "a"), {**msg(A, "b"), "weight": bad}]}, "auto")
+            normalise_row({"messages": [msg(U, "a"), {**msg(A, "b"), "weight": bad}]}, "auto")
         assert err.value.reason == reason
 
 
 def test_a_transcript_splits_only_on_labels_of_its_own_style():
     # An HH answer quoting a dialogue on single-newline lines stays one answer.
     hh = "\n\nHuman: Show a chat.\n\nAssistant: Sure:\nUser: hi\nAssistant: hello"
-    rows = normalise({"chosen": hh, "rejected": "\n\nHuman: Show a chat.\n\nAssistant: No."},
+    rows = normalise_row({"chosen": hh, "rejected": "\n\nHuman: Show a chat.\n\nAssistant: No."},
                      "auto").content
     assert rows["chosen"] == [msg(A, "Sure:\nUser: hi\nAssistant: hello")]
     # Upper-case Vicuna labels inside an HH answer are text.
     text = "\n\nHuman: Set a variable.\n\nAssistant: Run export USER: bob"
-    assert normalise({"text": text}, "auto").content["completion"] == [
+    assert normalise_row({"text": text}, "auto").content["completion"] == [
         msg(A, "Run export USER: bob")]
     # Labels of the transcript's own style that break user/assistant turn-taking: rejected.
     with pytest.raises(RowError) as err:
-        normalise({"text": "User: a\nAssistant: b\nAssistant: c"}, "auto")
+        normalise_row({"text": "User: a\nAssistant: b\nAssistant: c"}, "auto")
     assert err.value.reason == "ambiguous_transcript"
 
 
 def test_empty_system_turns_and_empty_tool_call_lists_are_nothing():
     row = {"conversations": [{"from": "system", "value": ""}, {"from": "human", "value": "q"},
                              {"from": "gpt", "value": "a"}]}
-    assert normalise(row, "auto").content == sft([msg(U, "q")], "a")
+    assert normalise_row(row, "auto").content == sft([msg(U, "q")], "a")
     row = {"messages": [{"role": S, "content": None}, {"role": U, "content": "q",
                                                         "tool_calls": []},
                         {"role": A, "content": "a", "tool_calls": []}]}
-    assert normalise(row, "auto").content == sft([msg(U, "q")], "a")
+    assert normalise_row(row, "auto").content == sft([msg(U, "q")], "a")
 
 
 def test_a_null_field_does_not_block_a_layout():
@@ -205,4 +205,4 @@ def test_a_null_field_does_not_block_a_layout():
     row = {"prompt": None, "question": "Is 7 prime?", "chosen": "Yes.", "rejected": "No."}
     assert detect_format(row) == "question_preference"
     row = {"instruction": "x", "context": None, "response": "y", "output": None}
-    assert normalise(row, "auto").content == sft([msg(U, "x")], "y")
+    assert normalise_row(row, "auto").content == sft([msg(U, "x")], "y")

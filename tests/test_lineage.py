@@ -13,6 +13,7 @@ import yaml
 from pedigree import lineage
 from pedigree.errors import PedigreeError
 from pedigree.stage import stage_run
+from tests.manifests import fake_chain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,17 +40,39 @@ def test_conflicting_roots_are_refused():
     assert issubclass(lineage.LineageConflictError, PedigreeError)  # a user error: no traceback
 
 
-def _write_params(root: Path) -> None:
+# Stages read their contract from dvc.yaml; these scratch stages have small ones of their own.
+SCRATCH_DVC_YAML = """
+stages:
+  curate:
+    cmd: python stages/curate.py
+    deps: [stages/curate.py, src/pedigree/stage.py, "${data.raw_dir}"]
+    params: [curate, tracking]
+    outs: [data/curated]
+  split:
+    cmd: python stages/split.py
+    deps: [stages/split.py, in.txt]
+    params: [split]
+    outs: [{data/split: {persist: true}}]
+  sft:
+    cmd: python stages/sft.py
+    deps: [stages/sft.py, data/split]
+    params: [sft]
+    outs: [models/sft, {perf/sft.json: {cache: false}}]
+"""
+
+
+def _write_params(root: Path, raw_dir: str = "data/raw") -> None:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["tracking"]["enabled"] = False
+    raw["data"]["raw_dir"] = raw_dir
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    (root / "dvc.yaml").write_text(SCRATCH_DVC_YAML)
 
 
-def _run_fake_stage(root: Path) -> dict:
-    (root / "data/raw").mkdir(parents=True)
-    (root / "data/raw/a.jsonl").write_text('{"x": 1}\n')
-    with stage_run("curate", out="data/curated", inputs=["data/raw"],
-                   params=["curate", "tracking"]) as run:
+def _run_fake_stage(root: Path, raw_dir: str = "data/raw") -> dict:
+    (root / raw_dir).mkdir(parents=True)
+    (root / raw_dir / "a.jsonl").write_text('{"x": 1}\n')
+    with stage_run("curate") as run:
         (run.dir / "rows.jsonl").write_text("row\n")
         run.roots["data_sha256"] = lineage.sha256_dir(root / "data/raw")
     return lineage.read_manifest(root / "data/curated")
@@ -78,7 +101,7 @@ def test_failed_stage_leaves_no_output(in_tmp_repo):
     _write_params(in_tmp_repo)
     (in_tmp_repo / "in.txt").write_text("x")
     with pytest.raises(RuntimeError, match="boom"):
-        with stage_run("split", out="data/split", inputs=["in.txt"], params=["split"]) as run:
+        with stage_run("split") as run:
             (run.dir / "half.jsonl").write_text("half")
             raise RuntimeError("boom")
     assert not (in_tmp_repo / "data/split").exists()
@@ -88,8 +111,54 @@ def test_failed_stage_leaves_no_output(in_tmp_repo):
 def test_missing_input_is_named(in_tmp_repo):
     _write_params(in_tmp_repo)
     with pytest.raises(FileNotFoundError, match="data/split: input of this stage is missing"):
-        with stage_run("sft", out="models/sft", inputs=["data/split"], params=["sft"]):
+        with stage_run("sft"):
             pass
+
+
+def test_the_contract_is_read_from_dvc_yaml(in_tmp_repo):
+    """Output, inputs (with `${key}` resolved from params.yaml, as DVC does) and recorded params
+    are dvc.yaml's; an input a param names is added by the script, once."""
+    _write_params(in_tmp_repo, raw_dir="elsewhere/raw")
+    manifest = _run_fake_stage(in_tmp_repo, raw_dir="elsewhere/raw")
+    assert [i["path"] for i in manifest["inputs"]] == ["elsewhere/raw/a.jsonl"]
+    assert sorted(manifest["params"]) == ["curate", "tracking"]
+    assert manifest["outputs"][0]["path"] == "data/curated/rows.jsonl"
+    assert manifest["code"]["files"] == ["stages/curate.py", "src/pedigree/stage.py"]
+    (in_tmp_repo / "in.txt").write_text("x")
+    (in_tmp_repo / "template.jinja").write_text("{{ x }}")
+    with stage_run("split", extra_inputs=["in.txt", "template.jinja"]) as run:
+        (run.dir / "rows.jsonl").write_text("row\n")
+    paths = [i["path"] for i in lineage.read_manifest(in_tmp_repo / "data/split")["inputs"]]
+    assert paths == ["in.txt", "template.jinja"]
+
+
+def test_every_stage_contract_matches_the_script(monkeypatch):
+    """The repository's stages: each output directory is the first `outs`, and no stage script
+    restates its output, inputs or params (stage_run takes only extra inputs)."""
+    from pedigree.pipeline import stage_contract
+
+    monkeypatch.chdir(REPO)
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name in spec:
+        contract = stage_contract(name)
+        assert contract.out in {"models/" + name, "data/" + name, "metrics",
+                                "data/curated", "models/merged", "models/quantized"}
+        assert contract.code[0] == f"stages/{name}.py"
+        assert "data/raw" not in contract.code and contract.inputs
+        script = (REPO / contract.code[0]).read_text()
+        assert script.count("stage_run(") == 1
+        assert "out=" not in script and "params=[" not in script
+
+
+def test_unknown_stage_or_unset_variable_is_a_clear_error(in_tmp_repo):
+    from pedigree.pipeline import stage_contract
+
+    _write_params(in_tmp_repo)
+    with pytest.raises(PedigreeError, match="no stage 'dpo'"):
+        stage_contract("dpo")
+    (in_tmp_repo / "dvc.yaml").write_text(SCRATCH_DVC_YAML.replace("data.raw_dir", "data.nope"))
+    with pytest.raises(PedigreeError, match=r"\$\{data.nope\}, which params.yaml does not set"):
+        stage_contract("curate")
 
 
 def test_tracking_logs_tags_params_and_datasets(tmp_path, monkeypatch):
@@ -139,24 +208,8 @@ def test_queued_experiments_log_to_the_repository_store(tmp_path, monkeypatch):
     assert tracking.tracking_uri(tmp_path / "copy") == f"sqlite:///{tmp_path}/copy/mlflow.db"
 
 
-def _fake_chain(root: Path) -> None:
-    """raw -> curated -> split, as manifests only."""
-    specs = [("data/curated", "curate", []), ("data/split", "split", ["data/curated"])]
-    for path, stage, ups in specs:
-        (root / path).mkdir(parents=True)
-        (root / path / "rows.jsonl").write_text(stage)
-        lineage.write_manifest(root / path, {
-            "schema_version": 1, "stage": stage, "inputs": [{"path": "data/raw/a.jsonl",
-                                                             "sha256": "a" * 64}],
-            "outputs": [], "outputs_sha256": stage[0] * 64, "params": {}, "params_sha256": "p" * 64,
-            "upstream": [{"path": u, "stage": "curate", "outputs_sha256": "c" * 64} for u in ups],
-            "roots": {"data_sha256": "d" * 64, "base_model": None},
-            "code": {"git_commit": None, "dirty": None, "source_sha256": "s" * 64}, "seed": 1,
-        })
-
-
 def test_lineage_cli_walks_back_without_importing_torch(tmp_path):
-    _fake_chain(tmp_path)
+    fake_chain(tmp_path)
     code = ("import sys; from pedigree.cli import main; rc = main(['lineage', "
             "'data/split/rows.jsonl']); "
             "assert 'torch' not in sys.modules and 'mlflow' not in sys.modules, 'heavy import'; "
@@ -179,12 +232,18 @@ def test_lineage_of_a_non_artifact_fails_clearly(tmp_path):
 
 
 def test_a_broken_manifest_is_named_not_a_traceback(tmp_path):
-    _fake_chain(tmp_path)
+    fake_chain(tmp_path)
     (tmp_path / "data/split/lineage.json").write_text('{"stage": "split"')
     proc = subprocess.run([sys.executable, "-m", "pedigree.cli", "lineage", "data/split"],
                           cwd=tmp_path, capture_output=True, text=True, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "data/split/lineage.json: not valid JSON" in proc.stderr
     (tmp_path / "data/split/lineage.json").write_text('{"stage": "split"}')
-    with pytest.raises(lineage.ManifestError, match="missing inputs, outputs"):
+    with pytest.raises(lineage.ManifestError, match="missing schema_version, inputs, outputs"):
+        lineage.read_manifest(tmp_path / "data/split")
+    newer = {**json.loads((tmp_path / "data/curated/lineage.json").read_text()),
+             "schema_version": 2}
+    (tmp_path / "data/split/lineage.json").write_text(json.dumps(newer))
+    with pytest.raises(lineage.ManifestError, match="schema_version 2; this pedigree reads "
+                                                     "version 1"):
         lineage.read_manifest(tmp_path / "data/split")

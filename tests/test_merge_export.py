@@ -11,12 +11,12 @@ from pedigree.export.merge import DEFAULT_TOLERANCE, merge_policy
 from pedigree.train.load import load_tokenizer
 from pedigree.train.methods import save_trained
 from pedigree.train.policy import base_kind, describe, policy_base, policy_chain
-from tests.test_training import VALIDATION, _cfg, _train
+from tests.micro_training import VALIDATION, random_adapter, sft_config, train_micro
 
 
 def test_qlora_merges_onto_the_dequantized_base(micro_model_dir, tmp_path):
-    cfg = _cfg("qlora", max_steps=8, eval_steps=8)
-    trained = _train(micro_model_dir, cfg)[0]
+    cfg = sft_config("qlora", max_steps=8, eval_steps=8)
+    trained = train_micro(micro_model_dir, cfg)[0]
     sft = tmp_path / "sft"
     sft.mkdir()
     save_trained(trained, sft, "qlora", cfg.quant)
@@ -41,8 +41,8 @@ def test_qlora_merges_onto_the_dequantized_base(micro_model_dir, tmp_path):
 
 
 def test_low_precision_merges_use_their_own_tolerance(micro_model_dir, tmp_path):
-    cfg = _cfg("lora", max_steps=4, eval_steps=4)
-    trained = _train(micro_model_dir, cfg)[0]
+    cfg = sft_config("lora", max_steps=4, eval_steps=4)
+    trained = train_micro(micro_model_dir, cfg)[0]
     sft = tmp_path / "sft"
     sft.mkdir()
     save_trained(trained, sft, "lora")
@@ -116,9 +116,7 @@ def test_a_format_past_its_gate_is_reported_not_promoted(micro_model_dir, tmp_pa
 
 def _random_adapters(model_dir, tmp_path):
     """Two different rank-4 adapters that really change the model."""
-    from tests.test_models import _random_adapter
-
-    return [_random_adapter(model_dir, tmp_path / f"a{i}", i) for i in range(2)]
+    return [random_adapter(model_dir, tmp_path / f"a{i}", i) for i in range(2)]
 
 
 def test_weighted_merges_of_several_adapters(micro_model_dir, tmp_path):

@@ -160,6 +160,7 @@ def test_the_base_stage_names_a_truncated_local_model(model_dir, tmp_path):
     project = tmp_path / "project"
     shutil.copytree(REPO / "stages", project / "stages")
     shutil.copy(REPO / "dvc.yaml", project)
+    shutil.copytree(REPO / "data/corpus", project / "data/corpus")  # a dep of base in dvc.yaml
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["model"] = {"name": "local", "source": "local", "id": "me/micro",
                        "path": str(model_dir)}

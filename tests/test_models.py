@@ -24,6 +24,7 @@ from pedigree.train.load import (
 from pedigree.train.tiny import build_tiny
 
 from .conftest import micro_build_config
+from .micro_training import random_adapter
 
 ROW = {"id": "r", "prompt": [{"role": "user", "content": "Add the two numbers.\n\n2 + 3"}],
        "completion": [{"role": "assistant", "content": "5"}]}
@@ -106,22 +107,9 @@ def test_hub_model_from_the_offline_cache(micro_model_dir, tmp_path, monkeypatch
         fetch_hub_model("org/micro", "fedcba9876543210fedcba9876543210fedcba98")
 
 
-def _random_adapter(model_dir: Path, out: Path, seed: int) -> Path:
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    model = get_peft_model(load_causal_lm(model_dir),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:  # B starts at zero: make the adapter actually change the model
-            torch.nn.init.normal_(p, std=0.05)
-    model.save_pretrained(out)
-    return out
-
-
 def test_merge_matches_stacked_adapters(micro_model_dir, tmp_path):
     tokenizer = load_tokenizer(micro_model_dir)
-    adapters = [_random_adapter(micro_model_dir, tmp_path / f"a{i}", i) for i in range(2)]
+    adapters = [random_adapter(micro_model_dir, tmp_path / f"a{i}", i) for i in range(2)]
     merged, parity = merge_policy(load_causal_lm(micro_model_dir), tokenizer, adapters, [ROW],
                                   "float32", 1e-4, 64)
     assert parity["max_abs_logit_diff"] < 1e-4
@@ -135,7 +123,7 @@ def test_merge_matches_stacked_adapters(micro_model_dir, tmp_path):
 
 def test_merge_past_tolerance_fails(micro_model_dir, tmp_path):
     tokenizer = load_tokenizer(micro_model_dir)
-    adapter = _random_adapter(micro_model_dir, tmp_path / "a", 0)
+    adapter = random_adapter(micro_model_dir, tmp_path / "a", 0)
     with pytest.raises(ParityError, match="merge.parity_tolerance"):
         merge_policy(load_causal_lm(micro_model_dir), tokenizer, [adapter], [ROW],
                      "bfloat16", 1e-9, 64)

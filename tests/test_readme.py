@@ -1,5 +1,6 @@
-"""The README's promises stay true: every test its Guarantees table names exists, and nothing
-the project ships tells a server to listen on every interface."""
+"""The README's promises stay true: every test its Guarantees table names exists, its
+configuration reference is the one the schemas generate, and nothing the project ships tells a
+server to listen on every interface."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ def test_every_test_the_guarantees_name_exists():
         assert path.is_file(), name
         if test:
             assert f"def {test}(" in path.read_text(), f"{name}::{test}"
+
+
+def test_the_configuration_reference_is_generated_from_the_schemas():
+    from pedigree.paramdoc import BEGIN, END, readme_section
+
+    section = README[README.index(BEGIN):README.index(END) + len(END)]
+    assert section == readme_section(), "README's reference is stale: run `pedigree params --write`"
 
 
 def test_nothing_shipped_listens_on_every_interface():

@@ -42,7 +42,7 @@ def _trl_labels(model_dir: Path, row: dict, template: str | None = None) -> list
     calls it): token ids where the loss counts, IGNORE_INDEX (-100) elsewhere."""
     from trl import SFTConfig, SFTTrainer
 
-    from pedigree.train.sft import conversational_dataset
+    from pedigree.train.trainer import conversational_dataset
 
     tokenizer = load_tokenizer(model_dir, require_template=False)
     if template is not None:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
+from pedigree.records import Gate, write_gate
 from pedigree.report import bar_chart, build_report, line_chart, lineage_svg
-from tests.test_lineage import _fake_chain
+from tests.manifests import fake_chain
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_report_from_manifests_is_self_contained(tmp_path):
-    _fake_chain(tmp_path)  # data/curated <- data/split manifests, as the stages write them
+    fake_chain(tmp_path)  # data/curated <- data/split manifests, as the stages write them
     (tmp_path / "metrics").mkdir()
     split = json.loads((tmp_path / "data/split/lineage.json").read_text())
     manifest = {**split, "stage": "eval", "outputs": [], "upstream": [
@@ -18,9 +22,12 @@ def test_report_from_manifests_is_self_contained(tmp_path):
     (tmp_path / "metrics/lineage.json").write_text(json.dumps(manifest))
     (tmp_path / "metrics/eval.json").write_text(json.dumps(
         {"base": {"val_loss": 3.0, "task_score": 0.1}, "sft": {"val_loss": 1.5}}))
-    (tmp_path / "metrics/gate.json").write_text(json.dumps(
-        {"passed": False, "candidate": "merged",
-         "reasons": ["pass: task_loss: +7.5 over the base", "FAIL: general_loss: -3.6 <x>"]}))
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())  # where stages write
+    write_gate(Gate(schema_version=1, passed=False, candidate="merged",
+                    candidate_sha256="m" * 64, champion=None, task_metric="task_score",
+                    checks=[], lower_is_better=[],
+                    reasons=["pass: task_loss: +7.5 over the base",
+                             "FAIL: general_loss: -3.6 <x>"]), tmp_path / "metrics")
     page = build_report(tmp_path, tmp_path)
     assert '<h3 id="gate">Promotion gate: FAILED (merged)</h3>' in page
     assert "<li>FAIL: general_loss: -3.6 &lt;x&gt;</li>" in page

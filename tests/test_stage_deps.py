@@ -19,13 +19,23 @@ def _module_file(name: str) -> Path | None:
     return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
 
 
+def _type_only(tree: ast.AST) -> set[int]:
+    """Nodes under `if TYPE_CHECKING:`: imported for annotations, never at run time."""
+    return {id(inner) for node in ast.walk(tree)
+            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+            for stmt in node.body for inner in ast.walk(stmt)}
+
+
 def imported_modules(script: Path) -> set[str]:
     """Files of the pedigree modules a script imports, transitively, relative to the repo."""
     seen: set[Path] = set()
     todo = [script]
     while todo:
         tree = ast.parse(todo.pop().read_text())
+        type_only = _type_only(tree)
         for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
             names = []
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]

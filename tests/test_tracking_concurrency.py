@@ -10,16 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.manifests import logged_manifest
+
 WRITERS = 8
-
-
-def _manifest(i: int) -> dict:
-    return {
-        "stage": f"stage{i}", "outputs_sha256": f"{i:x}" * 64, "params_sha256": "p" * 64,
-        "roots": {"data_sha256": "d" * 64, "base_model": None},
-        "code": {"git_commit": None, "source_sha256": "s" * 64}, "upstream": [],
-        "params": {"sft": {"learning_rate": 0.001 * (i + 1), "lora": {"r": i + 1}}},
-    }
 
 
 def _log(i: int, root: str, barrier) -> None:
@@ -27,8 +20,9 @@ def _log(i: int, root: str, barrier) -> None:
 
     barrier.wait()  # all eight start writing together, onto a store that does not exist yet
     tracking.log_stage_run(
-        root=Path(root), experiment="concurrent", manifest=_manifest(i), output_path=f"out{i}",
-        metrics={"val_loss": 1.0 + i}, history=[(s, {"loss": 2.0 - s / 10}) for s in range(5)],
+        root=Path(root), experiment="concurrent", manifest=logged_manifest(i),
+        output_path=f"out{i}", metrics={"val_loss": 1.0 + i},
+        history=[(s, {"loss": 2.0 - s / 10}) for s in range(5)],
         datasets={"data/split": "u" * 64}, artifacts=[])
 
 
@@ -67,7 +61,7 @@ import mlflow.store.db.utils as db_utils
 from alembic import command
 from alembic.script import ScriptDirectory
 from pedigree import tracking
-from tests.test_tracking_concurrency import _manifest
+from tests.manifests import logged_manifest
 
 def upgrade_halfway_then_die(engine):
     config = db_utils._get_alembic_config(str(engine.url))
@@ -78,7 +72,7 @@ def upgrade_halfway_then_die(engine):
     os.kill(os.getpid(), signal.SIGKILL)
 
 db_utils._upgrade_db = upgrade_halfway_then_die
-tracking.log_stage_run(root=Path(sys.argv[1]), experiment="killed", manifest=_manifest(0),
+tracking.log_stage_run(root=Path(sys.argv[1]), experiment="killed", manifest=logged_manifest(0),
                        output_path="out0", metrics={}, history=[], datasets={}, artifacts=[])
 """
 
@@ -98,9 +92,9 @@ def test_a_kill_while_creating_the_store_leaves_no_half_made_store(tmp_path, mon
     assert list(tmp_path.glob("mlflow.db.partial*"))
 
     run_id = tracking.log_stage_run(
-        root=tmp_path, experiment="killed", manifest=_manifest(1), output_path="out1",
+        root=tmp_path, experiment="killed", manifest=logged_manifest(1), output_path="out1",
         metrics={"val_loss": 2.0}, history=[], datasets={}, artifacts=[])
     assert not list(tmp_path.glob("mlflow.db.partial*"))  # the stray creation was cleared
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_run(run_id).data.metrics == {"val_loss": 2.0}
-    assert tracking.runs_for_output(tmp_path, _manifest(1)["outputs_sha256"]) == [run_id]
+    assert tracking.runs_for_output(tmp_path, logged_manifest(1)["outputs_sha256"]) == [run_id]

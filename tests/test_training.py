@@ -9,7 +9,6 @@ import pytest
 import torch
 from transformers import TrainerControl, TrainerState
 
-from pedigree.config import SFTConfig
 from pedigree.errors import PedigreeError
 from pedigree.evals.measure import chat_logits
 from pedigree.train.checkpoints import COMPLETE, CheckpointStore, EarlyStopping, fingerprint
@@ -23,49 +22,18 @@ from pedigree.train.methods import (
     trained_state,
 )
 from pedigree.train.policy import load_sft, policy_base, policy_chain
-from pedigree.train.sft import chat_template, curve_csv, train_sft
-
-COLOURS = ["red", "blue", "green", "black", "white", "yellow", "brown", "pink"]
-THINGS = ["car", "house", "cup", "door", "shirt", "bird", "book", "lamp"]
-
-
-def _row(i: int) -> dict:
-    """A fact to learn: each thing has one colour; the prompts differ by a number."""
-    thing, colour = THINGS[i % 8], COLOURS[i % 8]
-    return {
-        "id": f"r{i}",
-        "prompt": [{"role": "user", "content": f"Question {i}: what colour is the {thing}?"}],
-        "completion": [{"role": "assistant", "content": f"The {thing} is {colour}."}],
-    }
-
-
-TRAIN = [_row(i) for i in range(48)]
-VALIDATION = [_row(i) for i in range(48, 64)]
-
-
-def _cfg(method: str, **overrides) -> SFTConfig:
-    rates = {"full": 3e-3, "partial": 5e-3}
-    values = dict(method=method, learning_rate=rates.get(method, 3e-3), max_steps=32,
-                  batch_size=8, max_length=64, warmup_steps=0, eval_steps=8, save_steps=8,
-                  lora={"r": 8, "alpha": 32}, partial={"last_blocks": 1, "modules": ["lm_head"]})
-    values.update(overrides)
-    return SFTConfig.model_validate(values)
-
-
-def _train(micro_model_dir, cfg: SFTConfig, store=None):
-    tokenizer = load_tokenizer(micro_model_dir)
-    model, peft_config, details = prepare_model(micro_model_dir, cfg)
-    trained, metrics, curve = train_sft(model, tokenizer, peft_config, TRAIN, VALIDATION, cfg,
-                                        seed=0, store=store)
-    return trained, metrics, curve, details
+from pedigree.train.sft import chat_template
+from pedigree.train.trainer import curve_csv
+from tests.micro_training import VALIDATION, sft_config, train_micro
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora", "dora", "partial", "full"])
 def test_each_method_learns_and_reloads(method, micro_model_dir, tmp_path):
-    cfg = _cfg(method)
-    trained, metrics, curve, details = _train(micro_model_dir, cfg)
+    cfg = sft_config(method)
+    trained, metrics, curve, details = train_micro(micro_model_dir, cfg)
 
-    # LoRA learns slowly on a barely pretrained micro base (STACK.md), hence the modest margin.
+    # LoRA learns slowly on a barely pretrained micro base (it adapts features the base has, and
+    # this one has few), hence the modest margin.
     assert metrics["val_loss"] < 0.92 * metrics["val_loss_base"], metrics
     fraction = metrics["trainable_fraction"]
     if method == "full":
@@ -104,32 +72,32 @@ def test_each_method_learns_and_reloads(method, micro_model_dir, tmp_path):
 
 
 def test_partial_freezes_everything_else(micro_model_dir):
-    model, peft_config, _ = prepare_model(micro_model_dir, _cfg("partial"))
+    model, peft_config, _ = prepare_model(micro_model_dir, sft_config("partial"))
     assert peft_config is None
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(("model.layers.1.", "lm_head", "model.embed_tokens"))
                              for n in trainable)
     assert not any(n.startswith("model.layers.0.") for n in trainable)
     with pytest.raises(MethodError, match="'decoder' matches no module"):
-        prepare_model(micro_model_dir, _cfg("partial", partial={"modules": ["decoder"]}))
+        prepare_model(micro_model_dir, sft_config("partial", partial={"modules": ["decoder"]}))
 
 
 def test_two_runs_give_identical_weights(micro_model_dir):
-    cfg = _cfg("lora", lora={"r": 4, "alpha": 8, "dropout": 0.1}, max_steps=8)
-    first = trained_state(_train(micro_model_dir, cfg)[0])
-    second = trained_state(_train(micro_model_dir, cfg)[0])
+    cfg = sft_config("lora", lora={"r": 4, "alpha": 8, "dropout": 0.1}, max_steps=8)
+    first = trained_state(train_micro(micro_model_dir, cfg)[0])
+    second = trained_state(train_micro(micro_model_dir, cfg)[0])
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_full_policy_chain_and_weights_base(micro_model_dir, tmp_path):
-    trained = _train(micro_model_dir, _cfg("full", max_steps=4, eval_steps=4))[0]
+    trained = train_micro(micro_model_dir, sft_config("full", max_steps=4, eval_steps=4))[0]
     sft = tmp_path / "sft"
     sft.mkdir()
     save_trained(trained, sft, "full")
     policy = policy_chain(sft, None)
-    assert policy == {"sft_method": "full", "quant": None, "weights": sft.as_posix(),
-                      "adapters": [], "dpo": False}
+    assert policy == {"schema_version": 1, "sft_method": "full", "quant": None,
+                      "weights": sft.as_posix(), "adapters": [], "dpo": False}
     rebuilt = policy_base(micro_model_dir, policy)
     state = dict(trained.named_parameters())
     assert all(torch.equal(p, state[n]) for n, p in rebuilt.named_parameters())
@@ -151,9 +119,9 @@ def test_early_stopping_counts_evaluations_without_improvement():
 
 def test_early_stopping_stops_a_real_run(micro_model_dir):
     # A rate this high makes the validation loss climb after the first steps.
-    cfg = _cfg("lora", learning_rate=0.5, max_steps=40, eval_steps=2,
+    cfg = sft_config("lora", learning_rate=0.5, max_steps=40, eval_steps=2,
                early_stopping_patience=2, lr_scheduler="constant")
-    _, metrics, curve, _ = _train(micro_model_dir, cfg)
+    _, metrics, curve, _ = train_micro(micro_model_dir, cfg)
     assert metrics["steps"] < 40
     evals = [v["eval_loss"] for _, v in curve if "eval_loss" in v]
     assert min(evals[:-2]) <= min(evals[-2:])
@@ -189,7 +157,7 @@ def test_curve_csv_for_dvc_plots():
 
 
 def test_packing_trains(micro_model_dir):
-    _, metrics, _, _ = _train(micro_model_dir, _cfg("full", packing=True, max_steps=8,
+    _, metrics, _, _ = train_micro(micro_model_dir, sft_config("full", packing=True, max_steps=8,
                                                      eval_steps=8))
     assert metrics["val_loss"] < 0.9 * metrics["val_loss_base"], metrics
 
@@ -208,14 +176,14 @@ def test_4bit_model_survives_save_and_reload(micro_model_dir, tmp_path):
     """The QLoRA base, saved before any forward pass, reloads to identical logits.
 
     Saved after an eval-mode forward it does not on CPUs with AVX512-BF16, even with double
-    quantization (measured here: logits off by up to 8e-3; STACK.md). So a 4-bit model is only
+    quantization (measured on this micro model: logits off by up to 8e-3). So a 4-bit model is only
     ever saved before inference; QLoRA itself saves just the adapter and rebuilds the 4-bit base
     from the fp32 one.
     """
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(micro_model_dir)
-    model = load_4bit(micro_model_dir, _cfg("qlora").quant)
+    model = load_4bit(micro_model_dir, sft_config("qlora").quant)
     model.eval()
     model.save_pretrained(tmp_path / "q4")
     before, mask = chat_logits(model, tokenizer, VALIDATION[:2], 64)
@@ -226,21 +194,21 @@ def test_4bit_model_survives_save_and_reload(micro_model_dir, tmp_path):
 
 def test_resume_after_an_early_stop_trains_no_further(micro_model_dir, tmp_path):
     """A run killed after it early-stopped (and checkpointed) must not train on when resumed."""
-    cfg = _cfg("lora", learning_rate=0.5, max_steps=40, eval_steps=2, save_steps=2,
+    cfg = sft_config("lora", learning_rate=0.5, max_steps=40, eval_steps=2, save_steps=2,
                early_stopping_patience=2, lr_scheduler="constant")
     hashes = {"data": {"a": "1" * 64}}
     store = CheckpointStore(tmp_path / "ck", fingerprint(hashes, {"x": 1}))
-    first, metrics, _, _ = _train(micro_model_dir, cfg, store)
+    first, metrics, _, _ = train_micro(micro_model_dir, cfg, store)
     stopped = int(metrics["steps"])
     assert stopped < 40 and store.last_complete().name == f"checkpoint-{stopped}"
-    again, metrics, _, _ = _train(micro_model_dir, cfg, store)
+    again, metrics, _, _ = train_micro(micro_model_dir, cfg, store)
     assert int(metrics["steps"]) == stopped
     a, b = trained_state(first), trained_state(again)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_training_curve_counts_a_repeated_evaluation_once():
-    from pedigree.train.sft import trainer_log
+    from pedigree.train.trainer import trainer_log
 
     history = [{"step": 0, "eval_loss": 3.0}, {"step": 10, "loss": 2.5},
                {"step": 10, "eval_loss": 2.0}, {"step": 10, "eval_loss": 2.0}]

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from pedigree.train.checkpoints import COMPLETE
 from pedigree.train.methods import state_digest
-from tests.test_training import TRAIN, VALIDATION
+from tests.micro_training import TRAIN, VALIDATION
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from pedigree import lineage
+from pedigree.errors import MissingInputError, PedigreeError
 from pedigree.tracking import TAG_PREFIX, tracking_uri
 
 
@@ -58,14 +59,25 @@ def lock_outputs(root: Path) -> dict[str, str]:
     lock_file = root / "dvc.lock"
     if not lock_file.is_file():
         return {}
-    lock = yaml.safe_load(lock_file.read_text()) or {}
-    return {out["path"]: out["md5"] for stage in (lock.get("stages") or {}).values()
-            for out in stage.get("outs", [])}
+    try:
+        lock = yaml.safe_load(lock_file.read_text()) or {}
+        return {out["path"]: out["md5"] for stage in (lock.get("stages") or {}).values()
+                for out in stage.get("outs", [])}
+    except (yaml.YAMLError, AttributeError, KeyError, TypeError) as err:  # e.g. a merge conflict
+        raise PedigreeError(f"{lock_file}: not a dvc.lock DVC can read ({type(err).__name__}: "
+                            f"{err}); restore it (`git checkout dvc.lock`) or re-run "
+                            "`dvc repro`") from None
 
 
 def stage_outputs(root: Path) -> list[str]:
     """Every output of dvc.yaml, in the order the stages are declared (upstream first)."""
-    spec = yaml.safe_load((root / "dvc.yaml").read_text())
+    path = root / "dvc.yaml"
+    if not path.is_file():
+        raise MissingInputError(f"{path}: not found; run pedigree in the project's root")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise PedigreeError(f"{path}: not valid YAML ({err})") from None
     return [out if isinstance(out, str) else next(iter(out))
             for stage in spec["stages"].values() for out in stage.get("outs", [])]
 

@@ -19,11 +19,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pedigree.config import ModelConfig, format_errors, read_yaml
-from pedigree.errors import PedigreeError
+from pedigree.config import ConfigError, ModelConfig, format_errors, read_yaml
+from pedigree.errors import EXIT_NEWER, MissingInputError, PedigreeError
 from pedigree.lineage import file_hashes
 
-CHANGED_EXIT = 10
+CHANGED_EXIT = EXIT_NEWER
 
 
 @dataclass
@@ -38,9 +38,13 @@ class Pin:
 
 
 def hub_pins(conf_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    if not (conf_dir / "model").is_dir():
+        raise MissingInputError(f"{conf_dir / 'model'}: not found; run from the project root")
     pins = []
     for path in sorted((conf_dir / "model").glob("*.yaml")):
         cfg = read_yaml(path) or {}
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
         if cfg.get("source") == "hub":
             try:  # the schema's own check: a full 40-hex revision, as a string
                 ModelConfig.model_validate(cfg)
@@ -104,6 +108,10 @@ def check(conf_dir: Path, mirror: Path | None = None, only: str | None = None) -
             pin.changed = pin.latest != pin.pinned
         pins.append(pin)
     if only and not pins:
+        if not (conf_dir / "model" / f"{only}.yaml").is_file():
+            known = sorted(p.stem for p in (conf_dir / "model").glob("*.yaml"))
+            raise MissingInputError(f"{conf_dir}/model/{only}.yaml: not found; --model takes "
+                                    f"one of {', '.join(known)}")
         raise PedigreeError(f"conf/model/{only}.yaml: not a hub model (source: hub) in {conf_dir}")
     return pins
 

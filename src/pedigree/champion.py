@@ -4,28 +4,46 @@ tracks it (commit it after promoting) and `dvc.yaml` lists it as an eval depende
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pedigree.errors import PedigreeError
+from pedigree.files import read_json
+from pedigree.pipeline import stage_out
 
 CHAMPION_FILE = "champion.json"
 
 
-def candidate_dir(candidate: str) -> str:
+def candidate_dir(candidate: str, root: Path = Path(".")) -> str:
     """The stage output that holds a gate candidate: its manifest hash is what the gate judged."""
-    return "models/merged" if candidate == "merged" else "models/quantized"
+    return stage_out("merge" if candidate == "merged" else "quantize", root).as_posix()
 
 
-def candidate_files(candidate: str) -> str:
+def candidate_files(candidate: str, root: Path = Path(".")) -> str:
     """The candidate's own files, which the registry points at (one quantized format)."""
-    return "models/merged" if candidate == "merged" else f"models/quantized/{candidate}"
+    out = candidate_dir(candidate, root)
+    return out if candidate == "merged" else f"{out}/{candidate}"
+
+
+# What the gate and `pedigree promote` read from a champion record.
+CHAMPION_KEYS = ("registered_model", "version", "outputs_sha256", "items")
 
 
 def read_champion(root: Path) -> dict[str, Any] | None:
     path = root / CHAMPION_FILE
-    if not path.is_file():
-        raise PedigreeError(f"{path}: not found; it ships with the repository "
-                            '(`{"champion": null}` before the first promotion)')
-    return json.loads(path.read_text(encoding="utf-8")).get("champion")
+    data = read_json(path, 'it ships with the repository (`{"champion": null}` before the first '
+                     "promotion): restore it with `git checkout champion.json`")
+    if "champion" not in data:
+        raise PedigreeError(f'{path}: no "champion" key; expected {{"champion": null}} or the '
+                            "record `pedigree promote` writes: restore it with `git checkout "
+                            "champion.json`")
+    record = data["champion"]
+    if record is None:
+        return None
+    missing = [k for k in CHAMPION_KEYS if k not in record] if isinstance(record, dict) \
+        else list(CHAMPION_KEYS)
+    if missing:
+        raise PedigreeError(f"{path}: the champion record lacks {', '.join(missing)}; it is "
+                            "written by `pedigree promote`: restore it with `git checkout "
+                            "champion.json`")
+    return record

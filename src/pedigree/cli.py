@@ -1,14 +1,25 @@
 """The `pedigree` command.
 
     pedigree compose [OVERRIDES...]      compose conf/ into params.yaml (as `dvc exp run` does)
+    pedigree params [KEY] [--markdown]   every params.yaml key: type, default, allowed, meaning
     pedigree lineage PATH [--format ...] the chain from an artifact back to the raw data
     pedigree audit [PATH] [--no-mlflow]  recompute every hash; check manifests, dvc.lock, MLflow
     pedigree report [--out FILE]         one self-contained HTML page: lineage, evals, curves
+    pedigree report --compare            a Markdown table of the DVC experiments
+    pedigree promote [--dry-run]         make the gated model the champion (MLflow registry)
+    pedigree sweep -m OVERRIDES...       Hydra multirun: one DVC experiment per configuration
+    pedigree base check [--format json]  is a newer revision of a pinned base model out?
+    pedigree rebase MODEL [--revision R] the pipeline on a new base model, as a DVC experiment
     pedigree hash PATH                   the content hash pedigree records for a file or directory
     pedigree curate INPUT... --out DIR   curate any files, as the curate stage does
     pedigree split CURATED --out DIR     split a curation output, as the split stage does
 
 Commands that only read manifests import neither torch nor MLflow: they answer at once.
+
+Exit codes (pedigree.errors; README: Exit codes): 0 ok; 1 a user error, one line naming the
+file, key or value and what to do (also a failed audit or a refused promotion); 2 a refused
+command line (unknown command or option, missing argument, bad option value); 10 `base check`
+found a newer revision.
 """
 
 from __future__ import annotations
@@ -18,10 +29,16 @@ import json
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from pedigree import lineage
-from pedigree.errors import MissingInputError, PedigreeError
+from pedigree.errors import (
+    EXIT_NEWER,
+    EXIT_OK,
+    EXIT_USER,
+    MissingInputError,
+    PedigreeError,
+    UsageError,
+    exit_code,
+)
 
 
 def _compose(args: argparse.Namespace) -> int:
@@ -29,7 +46,7 @@ def _compose(args: argparse.Namespace) -> int:
     from dvc.utils.hydra import compose_and_dump
     from hydra.errors import HydraException
 
-    from pedigree.config import ConfigError, load_params
+    from pedigree.config import parse_params, read_yaml
 
     out = Path(args.output)
     # The suffix picks DVC's dumper: keep .yaml so the bytes match what `dvc exp run` writes.
@@ -38,17 +55,30 @@ def _compose(args: argparse.Namespace) -> int:
         compose_and_dump(tmp, str(Path(args.config_dir).resolve()), None, "config", "",
                          args.overrides)
     except HydraException as err:  # a bad override: Hydra's own message says what to change
-        print(f"pedigree compose: {err}", file=sys.stderr)
-        return 2
+        raise PedigreeError(f"{args.config_dir}/: {err}") from None
     try:
-        load_params(tmp)
-    except ConfigError as err:
+        parse_params(read_yaml(tmp), out)  # a ConfigError names the key; `out` stays as it was
+    except PedigreeError:
         tmp.unlink()
-        print(err, file=sys.stderr)
-        return 2
+        raise
     tmp.replace(out)
     print(f"wrote {out}")
-    return 0
+    return EXIT_OK
+
+
+def _params(args: argparse.Namespace) -> int:
+    # Read from the schemas alone: no params.yaml, no torch.
+    from pedigree import paramdoc
+
+    if args.write:
+        if args.key or args.markdown:
+            raise UsageError("--write regenerates the whole reference: give no KEY or --markdown")
+        for path in paramdoc.write(Path(".")):
+            print(f"wrote {path}")
+        return EXIT_OK
+    selected = paramdoc.select(args.key)  # an unknown key: a PedigreeError naming close ones
+    print(paramdoc.as_markdown(selected) if args.markdown else paramdoc.as_text(selected), end="")
+    return EXIT_OK
 
 
 def _short(digest: str | None) -> str:
@@ -85,11 +115,7 @@ def format_text(chain: list[dict]) -> str:
 
 
 def _lineage(args: argparse.Namespace) -> int:
-    try:
-        chain = lineage.lineage_chain(Path(args.path))
-    except FileNotFoundError as err:
-        print(f"pedigree lineage: {err}", file=sys.stderr)
-        return 1
+    chain = lineage.lineage_chain(Path(args.path))
     if not args.no_mlflow:
         from pedigree.tracking import runs_for_output
 
@@ -105,37 +131,29 @@ def _lineage(args: argparse.Namespace) -> int:
         print(lineage.mermaid(chain))
     else:
         print(format_text(chain))
-    return 0
+    return EXIT_OK
 
 
 def _audit(args: argparse.Namespace) -> int:
     from pedigree.audit import audit
-    from pedigree.config import ConfigError, load_params
+    from pedigree.config import load_params
 
     experiment = None
     if not args.no_mlflow:
-        try:
-            tracking = load_params().tracking
-        except ConfigError as err:
-            print(f"pedigree audit: {err}", file=sys.stderr)
-            return 2
+        tracking = load_params().tracking
         if tracking.enabled:
             experiment = tracking.experiment
         else:
             print("pedigree audit: tracking.enabled is false; MLflow runs not checked")
-    try:
-        findings = audit(Path("."), Path(args.path) if args.path else None, experiment)
-    except FileNotFoundError as err:
-        print(f"pedigree audit: {err}", file=sys.stderr)
-        return 1
-    if findings:
+    findings = audit(Path("."), Path(args.path) if args.path else None, experiment)
+    if findings:  # a result, not an exception: every finding is listed
         print(f"audit failed: {findings[0]}", file=sys.stderr)
         for finding in findings[1:]:
             print(f"  also: {finding}", file=sys.stderr)
-        return 1
+        return EXIT_USER
     checked = "manifests, dvc.lock" + (" and MLflow runs" if experiment else "")
     print(f"audit passed: every file hashes as recorded; {checked} agree")
-    return 0
+    return EXIT_OK
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -149,17 +167,13 @@ def _report(args: argparse.Namespace) -> int:
         if args.out:
             atomic_write_text(Path(args.out), text)
         print(text, end="")
-        return 0
+        return EXIT_OK
     out = Path(args.out or "report.html")
-    try:
-        text = build_report(Path("."), out.parent)
-    except FileNotFoundError as err:
-        print(f"pedigree report: {err}; run `dvc repro` first", file=sys.stderr)
-        return 1
+    text = build_report(Path("."), out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, text)
     print(f"wrote {out}")
-    return 0
+    return EXIT_OK
 
 
 def _promote(args: argparse.Namespace) -> int:
@@ -172,21 +186,22 @@ def _sweep(args: argparse.Namespace) -> int:
     from pedigree.sweep import main
 
     if not args.overrides:
-        print("pedigree sweep: give overrides, e.g. -m sft.learning_rate=1e-4,3e-4 sft=lora,dora",
-              file=sys.stderr)
-        return 2
+        raise UsageError("give overrides, e.g. -m sft.learning_rate=1e-4,3e-4 sft=lora,dora")
+    if ":" not in args.objective:
+        raise UsageError(f"--objective {args.objective}: expected METRICS_FILE:KEY, e.g. "
+                         f"{args.objective}:val_loss")
     return main(args.overrides, Path("."), args.objective, args.direction)
 
 
 def _base_check(args: argparse.Namespace) -> int:
-    from pedigree.basecheck import CHANGED_EXIT, as_json, as_text, check
+    from pedigree.basecheck import as_json, as_text, check
 
     pins = check(Path(args.conf), Path(args.mirror) if args.mirror else None, args.model)
     if args.format == "json":
         print(json.dumps(as_json(pins), indent=2))
     else:
         print(as_text(pins), end="")
-    return CHANGED_EXIT if any(p.changed for p in pins) else 0
+    return EXIT_NEWER if any(p.changed for p in pins) else EXIT_OK
 
 
 def _rebase(args: argparse.Namespace) -> int:
@@ -198,15 +213,44 @@ def _rebase(args: argparse.Namespace) -> int:
 def _hash(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.exists():
-        print(f"pedigree hash: {path}: no such file or directory", file=sys.stderr)
-        return 1
+        raise MissingInputError(f"{path}: no such file or directory")
     print(lineage.sha256_dir(path, exclude=(lineage.MANIFEST,) if args.artifact else ()))
-    return 0
+    return EXIT_OK
+
+
+# The schema key each `curate` and `split` option sets, for messages about a bad value.
+OPTION_KEYS = {"--tokenizer": "tokenizer", "--min-tokens": "min_tokens",
+               "--max-tokens": "max_tokens", "--dedup-fields": "dedup_fields",
+               "--threshold": "near_dedup.threshold", "--ngram": "decontaminate.ngram",
+               "--min-kept-fraction": "min_kept_fraction",
+               "--val-fraction": "validation_fraction", "--salt": "salt",
+               "--stratify": "stratify"}
+
+
+def _options(schema, values: dict):
+    """A config section from command-line options, checked by its schema as params.yaml is. An
+    option not given (None) takes the schema's default; a bad value is a usage error naming the
+    option."""
+    from pydantic import ValidationError
+
+    def given(d: dict) -> dict:
+        return {k: given(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+
+    try:
+        return schema.model_validate(given(values))
+    except ValidationError as err:
+        flags = {key: flag for flag, key in OPTION_KEYS.items()}
+        problems = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            where = f"{flags.get(key, key)} {e['input']!r}: " if key else ""
+            problems.append(where + e["msg"].removeprefix("Value error, "))
+        raise UsageError("; ".join(problems)) from None
 
 
 def _curate(args: argparse.Namespace) -> int:
     # The same library code as stages/curate.py, on any files; no params.yaml, no MLflow.
-    from pedigree.config import CurateConfig, DecontaminateConfig, NearDedupConfig
+    from pedigree.config import CurateConfig, DataConfig
     from pedigree.data.curate import check_kept, curate, eval_files, summary, write_curation
     from pedigree.data.decontaminate import EvalIndex, eval_items
     from pedigree.data.formats import check_format, parse_columns
@@ -218,23 +262,25 @@ def _curate(args: argparse.Namespace) -> int:
     tokenizer = args.tokenizer
     if tokenizer is None and (Path("models/base") / "tokenizer.json").is_file():
         tokenizer = "models/base"
-    cfg = CurateConfig(
-        tokenizer=tokenizer, min_tokens=args.min_tokens, max_tokens=args.max_tokens,
-        dedup_fields=args.dedup_fields,
-        near_dedup=NearDedupConfig(enabled=not args.no_near_dedup, threshold=args.threshold),
-        decontaminate=DecontaminateConfig(ngram=args.ngram),
-        min_kept_fraction=args.min_kept_fraction,
-    )
+    cfg = _options(CurateConfig, {
+        "tokenizer": tokenizer, "min_tokens": args.min_tokens, "max_tokens": args.max_tokens,
+        "dedup_fields": args.dedup_fields,
+        "near_dedup": {"enabled": not args.no_near_dedup, "threshold": args.threshold},
+        "decontaminate": {"ngram": args.ngram}, "min_kept_fraction": args.min_kept_fraction,
+    })
+    data = DataConfig.model_fields  # the defaults of --format and --eval-dir
+    fmt = args.format or data["format"].default
     try:
         columns = parse_columns(args.columns) if args.columns else {}
     except ValueError as err:
-        raise PedigreeError(f"--columns {args.columns}: {err}") from None
+        raise UsageError(f"--columns {args.columns}: {err}") from None
     try:
-        check_format(args.format)
+        check_format(fmt)
     except ValueError as err:
-        raise PedigreeError(f"--format: {err}") from None
-    sources = sources_from_paths([Path(p) for p in args.inputs], args.format, columns)
-    against = eval_files(Path(args.eval_dir), [Path(p) for p in args.against])
+        raise UsageError(f"--format: {err}") from None
+    sources = sources_from_paths([Path(p) for p in args.inputs], fmt, columns)
+    against = eval_files(Path(args.eval_dir or data["eval_dir"].default),
+                         [Path(p) for p in args.against])
     index = EvalIndex(eval_items(against), cfg.decontaminate.ngram,
                       cfg.decontaminate.min_words) if against else None
     counter = TokenCounter(tokenizer) if tokenizer else None
@@ -246,7 +292,7 @@ def _curate(args: argparse.Namespace) -> int:
           f"decontaminated against {len(against)} file(s)")
     print(f"wrote {args.out}/ (sft.jsonl, preferences.jsonl, rejects.jsonl, report.json)")
     check_kept(result, cfg.min_kept_fraction)  # after writing: the rejects are there to read
-    return 0
+    return EXIT_OK
 
 
 def _split(args: argparse.Namespace) -> int:
@@ -257,15 +303,15 @@ def _split(args: argparse.Namespace) -> int:
     curated, out = Path(args.curated), Path(args.out)
     if not (curated / "report.json").is_file():
         raise MissingInputError(f"{curated}: not a curation output (no report.json)")
-    cfg = SplitConfig(validation_fraction=args.val_fraction, salt=args.salt,
-                      stratify=args.stratify)
+    cfg = _options(SplitConfig, {"validation_fraction": args.val_fraction, "salt": args.salt,
+                                 "stratify": args.stratify})
     table = read_assignments(out / ASSIGNMENTS)
     with atomic_dir(out) as tmp:
         report = split_curated(curated, tmp, cfg, table)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(report["summary"])
     print(f"wrote {out}/")
-    return 0
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,6 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-dir", default="conf")
     p.add_argument("--output", default="params.yaml")
     p.set_defaults(func=_compose)
+
+    p = sub.add_parser("params", help="every params.yaml key: type, default, allowed values, "
+                       "meaning (from the schemas)")
+    p.add_argument("key", nargs="?", help="a section or key, e.g. sft or sft.lora.r (default: all)")
+    p.add_argument("--markdown", action="store_true", help="Markdown tables, one per section")
+    p.add_argument("--write", action="store_true", help="regenerate conf/schema_defaults.yaml and "
+                   "README.md's reference from the schemas (run from the project root)")
+    p.set_defaults(func=_params)
 
     p = sub.add_parser("lineage", help="trace an artifact back to the raw data")
     p.add_argument("path", help="a stage output directory or any file inside one")
@@ -337,48 +391,56 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out lineage.json (a stage output's outputs_sha256)")
     p.set_defaults(func=_hash)
 
-    p = sub.add_parser("curate", help="validate, filter, deduplicate and decontaminate files")
+    schema_defaults = ("An option not given takes the default of its key in the config schema "
+                       "(src/pedigree/config.py), not params.yaml's value.")
+    p = sub.add_parser("curate", help="validate, filter, deduplicate and decontaminate files",
+                       description=schema_defaults)
     p.add_argument("inputs", nargs="+", help=".jsonl/.json/.parquet/.csv files or directories")
     p.add_argument("--out", required=True, help="output directory (replaced atomically)")
-    p.add_argument("--format", default="auto", help="auto (each row's layout is detected), a "
+    p.add_argument("--format", help="auto (the default: each row's layout is detected), a "
                    "format (alpaca, prompt_completion, messages, sharegpt, preference, "
                    "transcript) or a layout name from the README's table")
     p.add_argument("--columns", help="canonical=yours, e.g. prompt=question,completion=answer")
     p.add_argument("--against", nargs="*", default=[], metavar="FILE",
                    help="more eval files to decontaminate against")
-    p.add_argument("--eval-dir", default="data/eval", help="always checked when it exists")
+    p.add_argument("--eval-dir", help="always checked when it exists (default: data.eval_dir)")
     p.add_argument("--tokenizer", help="directory with tokenizer.json for the length bounds "
                    "(default: models/base when built; otherwise no length bounds)")
-    p.add_argument("--min-tokens", type=int, default=2)
-    p.add_argument("--max-tokens", type=int, default=2048)
-    p.add_argument("--threshold", type=float, default=0.8, help="near-duplicate Jaccard")
-    p.add_argument("--dedup-fields", choices=("row", "prompt"), default="row")
+    p.add_argument("--min-tokens", type=int, help="default: curate.min_tokens")
+    p.add_argument("--max-tokens", type=int, help="default: curate.max_tokens")
+    p.add_argument("--threshold", type=float,
+                   help="near-duplicate Jaccard (default: curate.near_dedup.threshold)")
+    p.add_argument("--dedup-fields", choices=("row", "prompt"),
+                   help="default: curate.dedup_fields")
     p.add_argument("--no-near-dedup", action="store_true")
-    p.add_argument("--ngram", type=int, default=13, help="decontamination n-gram, words")
-    p.add_argument("--min-kept-fraction", type=float, default=0.5,
+    p.add_argument("--ngram", type=int, help="decontamination n-gram, words (default: "
+                   "curate.decontaminate.ngram)")
+    p.add_argument("--min-kept-fraction", type=float,
                    help="fail (exit 1) when a file keeps a smaller fraction of its rows; 0: "
-                   "only when it keeps none")
+                   "only when it keeps none (default: curate.min_kept_fraction)")
     p.set_defaults(func=_curate)
 
-    p = sub.add_parser("split", help="split a curation output into train and validation")
+    p = sub.add_parser("split", help="split a curation output into train and validation",
+                       description=schema_defaults)
     p.add_argument("curated", help="a directory written by `pedigree curate` or the stage")
     p.add_argument("--out", required=True,
                    help="output directory; its assignments.tsv, if any, keeps rows' sides")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--salt", default="pedigree")
+    p.add_argument("--val-fraction", type=float, help="default: split.validation_fraction")
+    p.add_argument("--salt", help="default: split.salt")
     p.add_argument("--stratify", choices=("source", "task"))
     p.set_defaults(func=_split)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # a command line it refuses exits EXIT_USAGE
     try:
         return args.func(args)
-    except (PedigreeError, ValidationError) as err:
-        # Bad input or options: one clear message, no traceback.
-        print(f"pedigree {args.command}: {err}", file=sys.stderr)
-        return 1
+    except PedigreeError as err:
+        # The one handler: a user error is one message naming what to fix, no traceback.
+        command = " ".join(filter(None, (args.command, getattr(args, "base_command", None))))
+        print(f"pedigree {command}: {err}", file=sys.stderr)
+        return exit_code(err)
 
 
 if __name__ == "__main__":

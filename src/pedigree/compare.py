@@ -10,12 +10,11 @@ peak memory (perf/sft.json), and whether the promotion gate passed.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from pedigree.errors import PedigreeError
+from pedigree.experiments import experiment_nodes, node_metrics, node_params, show_experiments
 from pedigree.tracking import flatten
 
 
@@ -36,23 +35,10 @@ COLUMNS = (
 )
 
 
-def experiment_nodes(entries: list[dict[str, Any]]):
-    """Every revision in `dvc exp show --json` output: baselines and their experiments."""
-    for entry in entries:
-        yield entry
-        for group in entry.get("experiments") or []:
-            yield from experiment_nodes(group.get("revs") or [])
-
-
-def file_contents(section: dict[str, Any] | None) -> dict[str, Any]:
-    return {path: (value or {}).get("data") or {} for path, value in (section or {}).items()}
-
-
 def experiment_rows(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows, seen = [], set()
     for node in experiment_nodes(shown):
-        data = node.get("data") or {}
-        metrics = file_contents(data.get("metrics"))
+        metrics = node_metrics(node)
         if not metrics.get("metrics/summary.json") or node.get("error"):
             continue  # not run yet, failed, or from before the evals wrote a summary
         name = node.get("name") or node.get("rev", "?")[:7]
@@ -64,7 +50,7 @@ def experiment_rows(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
         seen.add(key)
         rows.append({
             "name": name,
-            "params": flatten(file_contents(data.get("params")).get("params.yaml", {})),
+            "params": flatten(node_params(node)),
             "summary": metrics["metrics/summary.json"],
             "sft": metrics.get("models/sft/metrics.json", {}),
             "perf": metrics.get("perf/sft.json", {}),
@@ -103,27 +89,6 @@ def table(rows: list[dict[str, Any]]) -> str:
              "better); general loss change: nats/token on general text vs the base (positive = "
              "forgot); general task change: cloze prompts the base completes (negative = forgot)")
     return "\n".join(lines) + "\n\n" + notes + "\n"
-
-
-def show_experiments(root: Path) -> list[dict[str, Any]]:
-    done = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=root,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise PedigreeError(f"dvc exp show failed: {done.stderr.strip()}")
-    return json.loads(done.stdout)
-
-
-def has_experiment(shown: list[dict[str, Any]], name: str) -> bool:
-    return any(node.get("name") == name for node in experiment_nodes(shown))
-
-
-def remove_experiment(root: Path, name: str) -> None:
-    """Drop an experiment so a run of the same name can take its place (DVC refuses a name that
-    exists on the same commit)."""
-    done = subprocess.run([sys.executable, "-m", "dvc", "exp", "remove", name], cwd=root,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise PedigreeError(f"dvc exp remove {name} failed: {done.stderr.strip()}")
 
 
 def compare(root: Path) -> str:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from pedigree.errors import MissingInputError, PedigreeError
 
 # Weight files in Python's pickle format: loading one can run code, so they are never read or
 # written (safetensors only).
@@ -43,3 +47,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def read_json(path: Path, hint: str = "run `dvc repro` first") -> dict[str, Any]:
+    """A JSON object the pipeline wrote or the user edited; a missing or broken file is a
+    PedigreeError naming it (a missing one with `hint`: what to do), not a traceback."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MissingInputError(f"{path}: not found; {hint}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PedigreeError(f"{path}: not valid JSON ({err}); was it edited by hand?") from None
+    if not isinstance(value, dict):
+        raise PedigreeError(f"{path}: expected a JSON object, got {type(value).__name__}; "
+                            "was it edited by hand?")
+    return value

@@ -14,11 +14,10 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, TypedDict
 
 from pedigree.errors import MissingInputError, PedigreeError
+from pedigree.pipeline import stage_contract
 
 SCHEMA_VERSION = 1
 MANIFEST = "lineage.json"
@@ -88,16 +87,9 @@ def _git(args: list[str], cwd: Path) -> str | None:
     return out.stdout.strip()
 
 
-def stage_code_paths(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
-    """The code a stage depends on, read from its `deps` in dvc.yaml (one source of truth)."""
-    spec = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))
-    deps = spec["stages"][stage].get("deps", [])
-    return [d for d in deps if d.startswith(("stages/", "src/"))]
-
-
 def code_identity(stage: str, root: Path = Path(".")) -> dict[str, Any]:
     """Git commit, whether the stage's code differs from it, and the hash of that code."""
-    paths = stage_code_paths(stage, root / "dvc.yaml")
+    paths = stage_contract(stage, root).code
     hashes: dict[str, str] = {}
     for rel in paths:
         target = root / rel
@@ -159,11 +151,31 @@ def compute_identity() -> dict[str, Any] | None:
 
 
 # ----------------------------------------------------------------------------- manifests
-MANIFEST_KEYS = ("stage", "inputs", "outputs", "outputs_sha256", "upstream", "roots", "params",
-                 "params_sha256", "code", "seed")
+class Manifest(TypedDict):
+    """`lineage.json`: what made a stage output. Written by `stage.build_manifest` through
+    `write_manifest`, read through `read_manifest` (checked there without pydantic: `pedigree
+    lineage` must answer at once)."""
+
+    schema_version: int  # SCHEMA_VERSION
+    stage: str
+    inputs: list[dict[str, str]]  # {"path", "sha256"} of every input file
+    outputs: list[dict[str, str]]  # {"path", "sha256"} of every output file but this one
+    outputs_sha256: str  # hash_of_hashes of the outputs: the output's identity
+    upstream: list[dict[str, str]]  # {"path", "stage", "outputs_sha256"} of input stage outputs
+    roots: dict[str, Any]  # data_sha256 and base_model, carried from the stages that set them
+    params: dict[str, Any]  # the params sections the stage reads (dvc.yaml)
+    params_sha256: str
+    code: dict[str, Any]  # code_identity
+    versions: dict[str, str]  # library_versions
+    compute: dict[str, Any] | None  # compute_identity
+    seed: int
+    details: dict[str, Any]  # what the stage itself reports (stage-specific)
 
 
-def read_manifest(directory: Path) -> dict[str, Any]:
+MANIFEST_KEYS = tuple(Manifest.__annotations__)
+
+
+def read_manifest(directory: Path) -> Manifest:
     path = directory / MANIFEST
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -177,6 +189,9 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         else list(MANIFEST_KEYS)
     if missing:
         raise ManifestError(f"{path}: missing {', '.join(missing)}; was it edited by hand?")
+    if manifest["schema_version"] != SCHEMA_VERSION:
+        raise ManifestError(f"{path}: schema_version {manifest['schema_version']!r}; this "
+                            f"pedigree reads version {SCHEMA_VERSION}: re-run `dvc repro`")
     return manifest
 
 
@@ -188,7 +203,7 @@ class LineageConflictError(PedigreeError, ValueError):
     """Inputs that trace back to different data or base models."""
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
     path = directory / MANIFEST
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path

@@ -13,15 +13,17 @@ No torch: only manifests, the gate record and the MLflow client.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pedigree import lineage
 from pedigree.champion import CHAMPION_FILE, candidate_dir, candidate_files, read_champion
-from pedigree.errors import PedigreeError
-from pedigree.files import atomic_write_text
+from pedigree.errors import EXIT_OK, PedigreeError
+from pedigree.eval_metrics import PROMOTION_TAGS
+from pedigree.files import atomic_write_text, read_json
+from pedigree.pipeline import stage_out
+from pedigree.records import Gate, read_gate
 from pedigree.tracking import flatten, runs_for_output, store_lock, tracking_uri
 
 ALIAS = "champion"
@@ -33,28 +35,26 @@ class PromotionRefused(PedigreeError):
 
 @dataclass
 class _Gated:
-    gate: dict[str, Any]  # metrics/gate.json
-    model: dict[str, Any]  # the candidate's stage manifest
-    evaluation: dict[str, Any]  # the eval stage's manifest
+    gate: Gate  # metrics/gate.json
+    model: lineage.Manifest  # the candidate's stage manifest
+    evaluation: lineage.Manifest  # the eval stage's manifest
     previous: dict[str, Any] | None  # the current champion record
 
 
 def _current_gate(root: Path) -> _Gated:
     """The gate and the manifests it judged, checked to describe the workspace as it is now."""
-    gate_file = root / "metrics" / "gate.json"
-    if not gate_file.is_file():
-        raise PromotionRefused(f"{gate_file}: not found; run `dvc repro` first")
-    gate = json.loads(gate_file.read_text(encoding="utf-8"))
-    eval_manifest = lineage.read_manifest(root / "metrics")
-    model_manifest = lineage.read_manifest(root / candidate_dir(gate["candidate"]))
+    metrics_dir = root / stage_out("eval", root)
+    gate = read_gate(metrics_dir)
+    eval_manifest = lineage.read_manifest(metrics_dir)
+    model_manifest = lineage.read_manifest(root / candidate_dir(gate["candidate"], root))
     if gate["candidate_sha256"] != model_manifest["outputs_sha256"]:
         raise PromotionRefused(
-            f"metrics/gate.json judged {candidate_dir(gate['candidate'])} "
+            f"metrics/gate.json judged {candidate_dir(gate['candidate'], root)} "
             f"{gate['candidate_sha256'][:12]}, but the workspace holds "
             f"{model_manifest['outputs_sha256'][:12]}: run `dvc repro` first")
     previous = read_champion(root)
     if previous and previous.get("outputs_sha256") == model_manifest["outputs_sha256"]:
-        raise PromotionRefused(f"{candidate_dir(gate['candidate'])} "
+        raise PromotionRefused(f"{candidate_dir(gate['candidate'], root)} "
                                f"{model_manifest['outputs_sha256'][:12]} is already the champion "
                                f"('{previous.get('registered_model')}' version "
                                f"{previous.get('version')})")
@@ -68,7 +68,7 @@ def _current_gate(root: Path) -> _Gated:
     return _Gated(gate, model_manifest, eval_manifest, previous)
 
 
-def lineage_tags(gate: dict[str, Any], manifest: dict[str, Any], eval_run: str | None,
+def lineage_tags(gate: Gate, manifest: lineage.Manifest, eval_run: str | None,
                  metrics: dict[str, float]) -> dict[str, str]:
     roots = dict(manifest["roots"])
     if isinstance(roots.get("base_model"), dict):  # its sha256 covers the per-file hashes
@@ -85,8 +85,7 @@ def lineage_tags(gate: dict[str, Any], manifest: dict[str, Any], eval_run: str |
         tags[f"pedigree.root.{key}"] = value
     if eval_run:
         tags["pedigree.eval_run"] = eval_run
-    for name in ("task_score", "task_loss", "general_loss", "general_task_score",
-                 "general_chat_score", "pref_accuracy"):
+    for name in PROMOTION_TAGS:
         if name in metrics:
             tags[f"pedigree.eval.{name}"] = f"{metrics[name]:.6g}"
     return tags
@@ -122,8 +121,14 @@ def plan_promotion(root: Path, registered_model: str, audit_experiment: str | No
     if findings:
         raise PromotionRefused("the lineage audit failed:\n  "
                                + "\n  ".join(str(f) for f in findings))
-    evaluated = json.loads((root / "metrics" / "eval.json").read_text(encoding="utf-8"))
-    items = json.loads((root / "metrics" / "items.json").read_text(encoding="utf-8"))
+    metrics_dir = root / stage_out("eval", root)
+    evaluated = read_json(metrics_dir / "eval.json")
+    items = read_json(metrics_dir / "items.json")
+    for name, table in (("eval.json", evaluated), ("items.json", items)):
+        if gate["candidate"] not in table:
+            raise PedigreeError(f"{metrics_dir / name}: no results for the candidate "
+                                f"{gate['candidate']!r} that metrics/gate.json judged; run "
+                                "`dvc repro` first")
     metrics = evaluated[gate["candidate"]]
     eval_runs = []
     if audit_experiment:
@@ -131,7 +136,7 @@ def plan_promotion(root: Path, registered_model: str, audit_experiment: str | No
     plan = Plan(
         registered_model=registered_model,
         candidate=gate["candidate"],
-        source=(root / candidate_files(gate["candidate"])).resolve().as_uri(),
+        source=(root / candidate_files(gate["candidate"], root)).resolve().as_uri(),
         outputs_sha256=manifest["outputs_sha256"],
         previous=gated.previous,
     )
@@ -193,15 +198,14 @@ def promote(root: Path, name: str | None = None, dry_run: bool = False) -> int:
     experiment = params.tracking.experiment if params.tracking.enabled else None
     try:
         plan = plan_promotion(root, name, experiment)
-    except PromotionRefused as err:
-        print(f"pedigree promote: refused: {err}", file=sys.stderr)
-        return 1
+    except PromotionRefused as err:  # exits EXIT_USER, as every refusal does
+        raise PromotionRefused(f"refused: {err}") from None
     if dry_run:
         print("gate passed and the lineage audits clean; `pedigree promote` would:")
         for line in plan.describe(next_version(root, name)):
             print(f"  {line}")
-        return 0
+        return EXIT_OK
     version = register(root, plan, plan.tags.get("pedigree.eval_run"))
     for line in plan.describe(version):
         print(f"done: {line}")
-    return 0
+    return EXIT_OK

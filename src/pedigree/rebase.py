@@ -11,13 +11,15 @@ promoted (`pedigree promote`).
 
 from __future__ import annotations
 
-import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-from pedigree.errors import PedigreeError
+from pedigree.errors import EXIT_OK, PedigreeError
+from pedigree.experiments import make_room, run_command, show_experiments
+from pedigree.files import read_json
+from pedigree.pipeline import stage_out
+from pedigree.records import Gate, read_gate
 from pedigree.stream import run_streamed
 
 
@@ -26,13 +28,9 @@ def experiment_name(model: str, revision: str | None) -> str:
 
 
 def experiment_command(model: str, revision: str | None, extra: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "dvc", "exp", "run", "-n", experiment_name(model, revision),
-           "-S", f"model={model}"]
-    if revision:  # quoted: a revision of digits (or like 1e5...) must stay a string
-        cmd += ["-S", f"model.revision='{revision}'"]
-    for override in extra:
-        cmd += ["-S", override]
-    return cmd
+    # The revision quoted: one of digits (or like 1e5...) must stay a string.
+    pin = [f"model.revision='{revision}'"] if revision else []
+    return run_command(experiment_name(model, revision), [f"model={model}", *pin, *extra])
 
 
 def stages_run(output: str) -> tuple[list[str], list[str]]:
@@ -42,7 +40,7 @@ def stages_run(output: str) -> tuple[list[str], list[str]]:
     return ran, [s for s in reused if s not in ran]
 
 
-def comparison(gate: dict[str, Any], evaluated: dict[str, dict[str, float]],
+def comparison(gate: Gate, evaluated: dict[str, dict[str, float]],
                champion: dict[str, Any] | None) -> str:
     """Markdown: each gated metric for the base, the champion and the candidate, and the check."""
     cand = evaluated[gate["candidate"]]
@@ -68,12 +66,11 @@ def rebase(root: Path, model: str, revision: str | None, promote: bool,
     from pedigree.champion import read_champion
 
     if not (root / "conf" / "model" / f"{model}.yaml").is_file():
-        raise PedigreeError(f"conf/model/{model}.yaml: no such model config")
-    from pedigree.compare import has_experiment, remove_experiment, show_experiments
-
-    name = experiment_name(model, revision)
-    if has_experiment(show_experiments(root), name):  # a schedule re-runs the same rebase
-        remove_experiment(root, name)  # until the pin moves: the new run takes its place
+        known = sorted(p.stem for p in (root / "conf" / "model").glob("*.yaml"))
+        raise PedigreeError(f"conf/model/{model}.yaml: no such model config; known: "
+                            f"{', '.join(known) or 'none (run from the project root)'}")
+    # A schedule re-runs the same rebase until the pin moves: the new run takes its place.
+    make_room(root, show_experiments(root), experiment_name(model, revision))
     cmd = experiment_command(model, revision, extra)
     print("[rebase] " + " ".join(cmd[2:]), flush=True)
     code, output = run_streamed(cmd, root, "[rebase] | ")
@@ -82,14 +79,15 @@ def rebase(root: Path, model: str, revision: str | None, promote: bool,
     ran, reused = stages_run(output)
     print(f"[rebase] re-ran: {', '.join(ran) or 'nothing'}")
     print(f"[rebase] reused: {', '.join(reused) or 'nothing'}")
-    gate = json.loads((root / "metrics/gate.json").read_text())
-    evaluated = json.loads((root / "metrics/eval.json").read_text())
+    metrics_dir = root / stage_out("eval", root)
+    gate = read_gate(metrics_dir)
+    evaluated = read_json(metrics_dir / "eval.json")
     print(comparison(gate, evaluated, read_champion(root)), end="")
     if not promote:
-        return 0
+        return EXIT_OK
     if not gate["passed"]:
-        print("[rebase] not promoted: the gate failed")
-        return 1
+        raise PedigreeError("not promoted: the gate failed (metrics/gate.json; the table above "
+                            "says which check)")
     from pedigree.promote import promote as promote_candidate
 
     return promote_candidate(root)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from pedigree import lineage
+from pedigree.errors import MissingInputError
+from pedigree.eval_metrics import REPORT_CHARTS
+from pedigree.files import read_json
+from pedigree.pipeline import stage_out
+from pedigree.records import GATE_FILE, read_gate
 from pedigree.tracking import runs_for_output, tracking_uri
 
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
@@ -176,10 +180,14 @@ def eval_table(results: dict[str, dict[str, float]]) -> str:
     return f'<table id="eval-table"><tr><th>model</th>{head}</tr>{rows}</table>'
 
 
-def build_report(root: Path, out_dir: Path, final: str = "metrics") -> str:
-    """The report's HTML for the pipeline whose last artifact is `final`; links are relative to
+def build_report(root: Path, out_dir: Path) -> str:
+    """The report's HTML for the pipeline whose last stage is eval; links are relative to
     `out_dir`, where the file will be."""
     root = root.resolve()
+    final = stage_out("eval", root).as_posix()
+    if not (root / final / lineage.MANIFEST).is_file():
+        raise MissingInputError(f"{final}/{lineage.MANIFEST}: not found; run `dvc repro` first "
+                                "(the report covers a finished pipeline)")
     chain = lineage.lineage_chain(root / final, root)
     roots = chain[0]["roots"]
     base = roots.get("base_model") or {}
@@ -201,31 +209,31 @@ def build_report(root: Path, out_dir: Path, final: str = "metrics") -> str:
     sections.append('<table id="stages"><tr><th>stage</th><th>output</th><th>sha256</th>'
                     "<th>params</th><th>commit</th><th>MLflow runs</th></tr>"
                     + "".join(rows) + "</table>")
-    eval_file = root / "metrics/eval.json"
+    out = {stage: root / stage_out(stage, root) for stage in ("sft", "dpo", "merge", "quantize",
+                                                             "eval")}
+    eval_file = out["eval"] / "eval.json"
     if eval_file.is_file():
-        results = json.loads(eval_file.read_text())
+        results = read_json(eval_file)
         sections.append("<h2>Evaluation</h2>" + eval_table(results))
-        gate_file = root / "metrics/gate.json"
-        if gate_file.is_file():
-            gate = json.loads(gate_file.read_text())
+        if (out["eval"] / GATE_FILE).is_file():
+            gate = read_gate(out["eval"])
             verdict = "PASSED" if gate["passed"] else "FAILED"
             sections.append(f'<h3 id="gate">Promotion gate: {verdict} '
                             f"({_esc(gate['candidate'])})</h3><ul>" + "".join(
                                 f"<li>{_esc(r)}</li>" for r in gate["reasons"]) + "</ul>")
-        for key in ("task_score", "task_loss", "val_loss", "general_loss",
-                    "general_task_score", "general_chat_score"):
+        for key in REPORT_CHARTS:
             values = {m: r[key] for m, r in results.items() if key in r}
             sections.append(f"<h3>{_esc(key)}</h3>" + bar_chart(f"eval-{key}", values, key))
     sections.append("<h2>Training</h2><h3>SFT loss</h3>" + line_chart(
-        "sft-curve", {"train": _curve(root / "models/sft/train_loss.csv"),
-                      "validation": _curve(root / "models/sft/val_loss.csv")}, "step",
+        "sft-curve", {"train": _curve(out["sft"] / "train_loss.csv"),
+                      "validation": _curve(out["sft"] / "val_loss.csv")}, "step",
         "SFT loss"))
-    dpo = _curve(root / "models/dpo/train_loss.csv")
+    dpo = _curve(out["dpo"] / "train_loss.csv")
     if dpo:
         sections.append("<h3>DPO loss</h3>"
                         + line_chart("dpo-curve", {"train": dpo}, "step", "DPO loss"))
-    cards = [p for p in (root / "models/merged/README.md",) if p.is_file()]
-    cards += sorted((root / "models/quantized").glob("*/Modelfile"))
+    cards = [p for p in (out["merge"] / "README.md",) if p.is_file()]
+    cards += sorted(out["quantize"].glob("*/Modelfile"))
     sections.append("<h2>Model cards and deployment files</h2><ul>" + "".join(
         f'<li><a class="card" href="{_esc(Path(os.path.relpath(p, out_dir.resolve())).as_posix())}">'
         f"{_esc(p.relative_to(root).as_posix())}</a></li>" for p in cards) + "</ul>")

@@ -2,10 +2,13 @@
 
 A stage script reads:
 
-    with stage_run("sft", out="models/sft", inputs=["models/base", "data/split"],
-                   params=["seed", "model", "sft"]) as run:
+    with stage_run("sft") as run:
         ...write files into run.dir...
         run.metrics["val_loss"] = 1.23
+
+Its output directory, its inputs and the params sections it records are those `dvc.yaml` declares
+for the stage (`pipeline.stage_contract`); a script names only the inputs a param points at, which
+dvc.yaml cannot list (`extra_inputs`: a chat template file, a local model directory).
 
 Files are written into a temporary sibling directory; only when the block succeeds is the manifest
 added and the directory renamed onto `out`, so a crash never leaves a half-written output.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,7 @@ from pedigree.config import Params, load_params, section_dict
 from pedigree.errors import MissingInputError, install_excepthook
 from pedigree.files import replace_dir
 from pedigree.launch import is_main_process
+from pedigree.pipeline import stage_contract
 
 # Stage scripts import this module first: user errors print as one message, no traceback.
 install_excepthook()
@@ -45,6 +49,13 @@ class StageRun:
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     artifacts: list[str] = field(default_factory=list)  # small files in `dir` to attach to MLflow
+    code: dict[str, Any] = field(default_factory=dict)  # lineage.code_identity: what ran
+
+
+def _inside_any(path: str, dirs: list[str]) -> bool:
+    """Whether `path` is one of `dirs` or lies under one (then it is hashed already)."""
+    p = Path(path)
+    return any(p == Path(d) or Path(d) in p.parents for d in dirs)
 
 
 def _input_hashes(inputs: list[str]) -> dict[str, dict[str, str]]:
@@ -64,39 +75,42 @@ def _flat_inputs(input_hashes: dict[str, dict[str, str]]) -> list[dict[str, str]
     return sorted(rows, key=lambda r: r["path"])
 
 
-def build_manifest(run: StageRun) -> dict[str, Any]:
+def build_manifest(run: StageRun) -> lineage.Manifest:
     outputs = lineage.file_hashes(run.dir, exclude=(lineage.MANIFEST,))
     out_prefix = run.out.as_posix()
-    return {
-        "schema_version": lineage.SCHEMA_VERSION,
-        "stage": run.name,
-        "inputs": _flat_inputs(run.input_hashes),
-        "outputs": [{"path": f"{out_prefix}/{p}", "sha256": h} for p, h in outputs.items()],
-        "outputs_sha256": lineage.hash_of_hashes(outputs),
-        "upstream": [
+    return lineage.Manifest(
+        schema_version=lineage.SCHEMA_VERSION,
+        stage=run.name,
+        inputs=_flat_inputs(run.input_hashes),
+        outputs=[{"path": f"{out_prefix}/{p}", "sha256": h} for p, h in outputs.items()],
+        outputs_sha256=lineage.hash_of_hashes(outputs),
+        upstream=[
             {"path": m["_path"], "stage": m["stage"], "outputs_sha256": m["outputs_sha256"]}
             for m in run.upstream
         ],
-        "roots": lineage.merge_roots(run.upstream, run.roots),
-        "params": run.recorded_params,
-        "params_sha256": lineage.sha256_json(run.recorded_params),
-        "code": lineage.code_identity(run.name),
-        "versions": lineage.library_versions(),
-        "compute": lineage.compute_identity(),
-        "seed": run.params.seed,
-        "details": run.details,
-    }
+        roots=lineage.merge_roots(run.upstream, run.roots),
+        params=run.recorded_params,
+        params_sha256=lineage.sha256_json(run.recorded_params),
+        code=run.code,
+        versions=lineage.library_versions(),
+        compute=lineage.compute_identity(),
+        seed=run.params.seed,
+        details=run.details,
+    )
 
 
 @contextmanager
-def stage_run(name: str, *, out: str, inputs: list[str], params: list[str]) -> Iterator[StageRun]:
+def stage_run(name: str, extra_inputs: Sequence[str] = ()) -> Iterator[StageRun]:
     """Run a stage's body with validated params and publish its output atomically."""
     all_params = load_params()
+    contract = stage_contract(name)
+    inputs = [*contract.inputs,
+              *(p for p in extra_inputs if not _inside_any(p, contract.inputs))]
     upstream = []
     for rel in inputs:
         if (Path(rel) / lineage.MANIFEST).is_file():
             upstream.append({**lineage.read_manifest(Path(rel)), "_path": rel})
-    out_path = Path(out)
+    out_path = Path(contract.out)
     # Under `accelerate launch` every rank runs the body (training needs them all), but only
     # rank 0 publishes; the others write into a private scratch directory that is then removed.
     main = is_main_process()
@@ -111,9 +125,10 @@ def stage_run(name: str, *, out: str, inputs: list[str], params: list[str]) -> I
         dir=tmp,
         out=out_path,
         params=all_params,
-        recorded_params=section_dict(all_params, params),
+        recorded_params=section_dict(all_params, contract.params),
         upstream=upstream,
         input_hashes=_input_hashes(inputs),
+        code=lineage.code_identity(name),
     )
     try:
         yield run
@@ -133,13 +148,13 @@ def stage_run(name: str, *, out: str, inputs: list[str], params: list[str]) -> I
             root=Path("."),
             experiment=all_params.tracking.experiment,
             manifest=manifest,
-            output_path=out,
+            output_path=contract.out,
             metrics=run.metrics,
             history=run.history,
             datasets=_dataset_digests(run),
             artifacts=[out_path / lineage.MANIFEST, *(out_path / a for a in run.artifacts)],
         )
-    print(f"[{name}] wrote {out} ({manifest['outputs_sha256'][:12]})")
+    print(f"[{name}] wrote {contract.out} ({manifest['outputs_sha256'][:12]})")
 
 
 def _dataset_digests(run: StageRun) -> dict[str, str]:

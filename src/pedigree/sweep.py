@@ -25,6 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from pedigree.errors import PedigreeError
+from pedigree.experiments import (
+    find_experiment,
+    has_experiment,
+    make_room,
+    node_metrics,
+    run_command,
+    show_experiments,
+)
 from pedigree.files import atomic_write_text
 from pedigree.stream import run_streamed
 from pedigree.tracking import SWEEP_ENV
@@ -37,25 +45,21 @@ DEFAULT_OBJECTIVE = "models/sft/metrics.json:val_loss"
 
 def objective_value(shown: list[dict[str, Any]], name: str, objective: str) -> float:
     """The objective (`metrics file:dotted.key`) of experiment `name` in `dvc exp show --json`."""
-    from pedigree.compare import experiment_nodes, file_contents
-
+    node = find_experiment(shown, name)
+    if node is None:
+        raise PedigreeError(f"experiment {name} not found in `dvc exp show`")
     path, _, key = objective.partition(":")
-    for node in experiment_nodes(shown):
-        if node.get("name") == name:
-            value: Any = file_contents((node.get("data") or {}).get("metrics")).get(path, {})
-            for part in key.split("."):
-                value = value.get(part) if isinstance(value, dict) else None
-            if not isinstance(value, int | float):
-                raise PedigreeError(f"experiment {name}: no {key} in {path}")
-            return float(value)
-    raise PedigreeError(f"experiment {name} not found in `dvc exp show`")
+    value: Any = node_metrics(node).get(path, {})
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if not isinstance(value, int | float):
+        raise PedigreeError(f"experiment {name}: no {key} in {path}")
+    return float(value)
 
 
 def run_job(overrides: list[str], job_num: int) -> float:
     """One sweep job: a DVC experiment in a temporary workspace; returns the objective. A job
     an earlier run of the same sweep finished is read back, not run again."""
-    from pedigree.compare import has_experiment, remove_experiment, show_experiments
-
     root = Path(os.environ[ROOT_ENV])
     sweep_id = os.environ[SWEEP_ENV]
     objective = os.environ.get(OBJECTIVE_ENV, DEFAULT_OBJECTIVE)
@@ -69,12 +73,8 @@ def run_job(overrides: list[str], job_num: int) -> float:
     earlier = (record.is_file() and json.loads(record.read_text())["overrides"] == overrides
                and has_experiment(shown, name))
     if not earlier:
-        if has_experiment(shown, name):
-            remove_experiment(root, name)
-        cmd = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name]
-        for override in overrides:
-            cmd += ["-S", override]
-        code, output = run_streamed(cmd, root, f"[{name}] | ")
+        make_room(root, shown, name)
+        code, output = run_streamed(run_command(name, overrides, temp=True), root, f"[{name}] | ")
         if code:
             raise PedigreeError(f"sweep job {name} ({' '.join(overrides)}) failed (exit "
                                 f"{code}):\n{output[-3000:]}")
@@ -115,7 +115,8 @@ def main(args: list[str], root: Path, objective: str, direction: str) -> int:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                           text=True).stdout.strip()
     if not head:
-        raise PedigreeError("pedigree sweep runs DVC experiments from a commit: commit first")
+        raise PedigreeError(f"{root.resolve()}: no git commit to run DVC experiments from; "
+                            "commit first (`git init`, `git add -A`, `git commit`)")
     sid = sweep_id(args, head)
     env = {**os.environ, SWEEP_ENV: sid, ROOT_ENV: str(root.resolve()),
            OBJECTIVE_ENV: objective, DIRECTION_ENV: direction}

@@ -95,8 +95,10 @@ def stage_tags(manifest: dict[str, Any], output_path: str) -> dict[str, str]:
     }
     for up in manifest["upstream"]:
         tags[f"upstream.{up['stage']}"] = up["outputs_sha256"]
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_EXP_NAME"):  # a DVC experiment (`dvc exp run`, queued or not)
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get(SWEEP_ENV):  # a job of `pedigree sweep`
+        tags["sweep"] = os.environ[SWEEP_ENV]
     out = {TAG_PREFIX + k: v for k, v in tags.items()}
     if manifest["code"]["git_commit"]:
         out["mlflow.source.git.commit"] = manifest["code"]["git_commit"]
@@ -185,10 +187,6 @@ def _log_stage_run(root, experiment, manifest, output_path, metrics, history, da
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=manifest["stage"]) as run:
         mlflow.set_tags(stage_tags(manifest, output_path))
-        if os.environ.get("DVC_EXP_NAME"):  # a DVC experiment (`dvc exp run`, queued or not)
-            mlflow.set_tag(f"{TAG_PREFIX}dvc_experiment", os.environ["DVC_EXP_NAME"])
-        if os.environ.get(SWEEP_ENV):  # a job of `pedigree sweep`
-            mlflow.set_tag(f"{TAG_PREFIX}sweep", os.environ[SWEEP_ENV])
         # Link to the runs that made this stage's inputs: the latest run tagged with each
         # upstream output's hash (the UI shows them as tags on this run).
         for up in manifest["upstream"]:

@@ -30,7 +30,7 @@ from typing import IO, Any
 from pedigree.config import CurateConfig
 from pedigree.data import dedup
 from pedigree.data.decontaminate import EvalIndex
-from pedigree.data.formats import normalise
+from pedigree.data.formats import normalise_row
 from pedigree.data.jsonl import write_jsonl
 from pedigree.data.lengths import BATCH, TokenCounter
 from pedigree.data.readers import LONE_SURROGATE, RawRow, RowError, read_rows
@@ -192,7 +192,7 @@ class _RowChecker:
         if raw.error:
             return _reject(raw.file, raw.line, raw.text, raw.error.reason, raw.error.detail)
         try:
-            norm = normalise(raw.value, src.format, src.columns)
+            norm = normalise_row(raw.value, src.format, src.columns)
         except RowError as err:
             return _reject(raw.file, raw.line, raw.text, err.reason, err.detail)
         kind, content = norm.kind, norm.content

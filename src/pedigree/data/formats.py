@@ -8,7 +8,7 @@ This is TRL's conversational prompt/completion and preference format. A row id i
 the normalised row's content (not of its source or position), so the same example from two files
 has the same id.
 
-Formats (`normalise`), with the fields each reads; a field is present when it is not null:
+Formats (`normalise_row`), with the fields each reads; a field is present when it is not null:
   alpaca             instruction, input (optional), output, system (optional)
   prompt_completion  prompt, completion: strings or lists of messages
   messages           messages: [{"role", "content"}] (OpenAI style)
@@ -83,16 +83,16 @@ def detect_format(row: dict[str, Any]) -> str:
     return layout.name
 
 
-def normalise(row: Any, fmt: str, columns: Mapping[str, str] | None = None) -> Normalised:
+def normalise_row(row: Any, fmt: str, columns: Mapping[str, str] | None = None) -> Normalised:
     """The canonical content of one row read as `fmt` ("auto" to detect its layout per row, a
     layout's name, or a format of FORMATS), after renaming its fields by `columns` (canonical
     name -> source field name). Raises RowError for a row that cannot be used."""
     if not isinstance(row, dict):
         raise RowError("not_an_object", f"expected a JSON object, got {type(row).__name__}")
     if not columns:
-        return _normalise(row, fmt)
+        return _normalise_row(row, fmt)
     try:
-        return _normalise(_apply_columns(row, columns), fmt)
+        return _normalise_row(_apply_columns(row, columns), fmt)
     except RowError as err:
         if "(columns:" in err.detail:
             raise
@@ -101,7 +101,7 @@ def normalise(row: Any, fmt: str, columns: Mapping[str, str] | None = None) -> N
         raise RowError(err.reason, f"{err.detail} (columns: {mapping})") from None
 
 
-def _normalise(row: dict[str, Any], fmt: str) -> Normalised:
+def _normalise_row(row: dict[str, Any], fmt: str) -> Normalised:
     name = fmt
     if fmt == "auto":
         name = detect_format(row)

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from pedigree.data.formats import normalise
+from pedigree.data.formats import normalise_row
 from pedigree.data.readers import RowError
 
 # Field names that usually hold the question and the answer, most telling first; a field
@@ -30,7 +30,7 @@ def suggest(rows: list[Any], fmt: str, columns: Mapping[str, str]) -> str | None
     if not rows:
         return None
     if (fmt != "auto" or columns) and _reads(rows, "auto", {}):
-        found = Counter(normalise(r, "auto").format for r in rows).most_common(1)[0][0]
+        found = Counter(normalise_row(r, "auto").format for r in rows).most_common(1)[0][0]
         undo = " and no column mapping" if columns else ""
         return f"format: auto{undo} reads them (as the {found} layout)"
     fields = [f for f in rows[0] if all(isinstance(r.get(f), str) for r in rows)]
@@ -65,7 +65,7 @@ def _matching(fields: list[str], names: tuple[str, ...]) -> list[str]:
 def _reads(rows: list[dict[str, Any]], fmt: str, columns: Mapping[str, str]) -> bool:
     try:
         for row in rows:
-            normalise(row, fmt, columns)
+            normalise_row(row, fmt, columns)
     except RowError:
         return False
     return True

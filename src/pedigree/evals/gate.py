@@ -15,16 +15,18 @@ import math
 from collections.abc import Collection
 from typing import Any
 
+from pedigree import eval_metrics
 from pedigree.config import GateConfig
+from pedigree.records import Gate
 
 Items = dict[str, dict[str, float]]  # metric -> {item id: value}
 
 
 def higher_is_better(metric: str, lower_is_better: Collection[str] = ()) -> bool:
-    """Our own losses and perplexities are lower-is-better by name; `lower_is_better` names the
-    others, as lm-evaluation-harness declares them (bits_per_byte, ter, a task's own metric)."""
-    return metric not in lower_is_better and \
-        not metric.split(".")[-1].endswith(("loss", "perplexity"))
+    """Our own metrics go the way the registry (eval_metrics.py) says; `lower_is_better` names
+    the others that are, as lm-evaluation-harness declares them (bits_per_byte, ter, a task's own
+    metric)."""
+    return metric not in lower_is_better and eval_metrics.higher_is_better(metric)
 
 
 def paired_difference(metric: str, candidate: Items, reference: Items,
@@ -109,7 +111,7 @@ def export_check(candidate: str, quantize_report: dict[str, Any]) -> list[dict[s
 
 def decide(cfg: GateConfig, items: dict[str, Items], champion: dict[str, Any] | None,
            candidate_sha256: str, preconditions: list[dict[str, Any]] | None = None,
-           lower_is_better: Collection[str] = ()) -> dict[str, Any]:
+           lower_is_better: Collection[str] = ()) -> Gate:
     """The gate record: every check with its reason, and `passed` when all pass.
     `preconditions`: checks the caller made ({"check", "passed", "reason"}), e.g. that a
     quantized candidate passed its export checks. `lower_is_better`: metrics whose names do not
@@ -126,6 +128,6 @@ def decide(cfg: GateConfig, items: dict[str, Items], champion: dict[str, Any] | 
     reasons = [("pass: " if c["passed"] else "FAIL: ") + c["reason"] for c in checks]
     if against is None:
         reasons.append("no champion yet: compared with the base only")
-    return {"passed": passed, "candidate": cfg.candidate, "candidate_sha256": candidate_sha256,
-            "champion": against, "task_metric": cfg.task_metric, "checks": checks,
-            "reasons": reasons, "lower_is_better": sorted(lower_is_better)}
+    return Gate(schema_version=1, passed=passed, candidate=cfg.candidate,
+                candidate_sha256=candidate_sha256, champion=against, task_metric=cfg.task_metric,
+                checks=checks, reasons=reasons, lower_is_better=sorted(lower_is_better))

@@ -9,23 +9,27 @@ from typing import Any
 
 from pedigree.export.merge import with_adapters
 from pedigree.export.quantize import load_format
+from pedigree.pipeline import stage_out
+from pedigree.records import read_policy
 from pedigree.train.load import load_causal_lm
 from pedigree.train.policy import load_sft, policy_base
 
 
 def pipeline_models(root: Path, trust_remote_code: bool = False) -> dict[str, Callable[[], Any]]:
     """{name: loader}: base, sft, merged, dpo (when it trained) and each quantized format."""
-    base, trust = root / "models/base", trust_remote_code
-    policy = json.loads((root / "models/dpo/policy.json").read_text())
-    quantized = json.loads((root / "models/quantized/report.json").read_text())
+    out = {stage: root / stage_out(stage, root) for stage in ("base", "sft", "dpo", "merge",
+                                                             "quantize")}
+    base, trust = out["base"], trust_remote_code
+    policy = read_policy(out["dpo"])
+    quantized = json.loads((out["quantize"] / "report.json").read_text())
     models: dict[str, Callable[[], Any]] = {
         "base": lambda: load_causal_lm(base, trust),
-        "sft": lambda: load_sft(base, root / "models/sft", trust),
-        "merged": lambda: load_causal_lm(root / "models/merged", trust),
+        "sft": lambda: load_sft(base, out["sft"], trust),
+        "merged": lambda: load_causal_lm(out["merge"], trust),
     }
     if policy["dpo"]:
         models["dpo"] = lambda: with_adapters(policy_base(base, policy, trust),
                                               [Path(a) for a in policy["adapters"]])[0]
     for fmt in quantized:
-        models[fmt] = lambda fmt=fmt: load_format(fmt, root / "models/quantized")
+        models[fmt] = lambda fmt=fmt: load_format(fmt, out["quantize"])
     return models

@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pedigree.eval_metrics import DVC_PLOTS
 from pedigree.evals.gate import higher_is_better
+from pedigree.records import Gate, write_gate
 
-# One chart each in `dvc plots show` (metrics/plots/<metric>.json), when the models report it.
-PLOTTED = ("task_score", "task_loss", "task_json_valid", "val_loss", "general_loss",
-           "general_task_score", "general_chat_score", "pref_accuracy")
+# One chart each in `dvc plots show` (metrics/plots/<metric>.json), when the models report it:
+# the metrics the registry (eval_metrics.py) marks dvc_plot.
+PLOTTED = DVC_PLOTS
 
 
 def plot_tables(metrics: dict[str, dict[str, float]]) -> dict[str, list[dict[str, Any]]]:
@@ -21,7 +23,7 @@ def plot_tables(metrics: dict[str, dict[str, float]]) -> dict[str, list[dict[str
             for m in PLOTTED if any(m in values for values in metrics.values())}
 
 
-def summary(metrics: dict[str, dict[str, float]], gate: dict[str, Any]) -> dict[str, Any]:
+def summary(metrics: dict[str, dict[str, float]], gate: Gate) -> dict[str, Any]:
     """Gains over the base per model, positive = better, plus the gate's verdict: the figures
     `dvc exp show` and `pedigree report --compare` put side by side."""
     base, task = metrics["base"], gate["task_metric"]
@@ -47,11 +49,11 @@ def _dump(value: Any) -> str:
 
 
 def write_outputs(out: Path, *, metrics: dict[str, dict[str, float]],
-                  items: dict[str, dict[str, dict[str, float]]], gate: dict[str, Any]) -> None:
+                  items: dict[str, dict[str, dict[str, float]]], gate: Gate) -> None:
     (out / "eval.json").write_text(_dump(metrics))  # {model: {metric: value}}: dvc metrics
     (out / "summary.json").write_text(_dump(summary(metrics, gate)))  # dvc metrics too
     (out / "items.json").write_text(_dump(items))  # {model: {metric: {item id: value}}}
-    (out / "gate.json").write_text(_dump(gate))
+    write_gate(gate, out)
     (out / "plots").mkdir()
     for metric, rows in plot_tables(metrics).items():
         (out / "plots" / f"{metric}.json").write_text(_dump(rows))

@@ -29,7 +29,7 @@ from pedigree.evals.measure import (
     row_means,
     text_nll,
 )
-from pedigree.evals.metrics import (
+from pedigree.evals.scorers import (
     EvalSetError,
     check_task_row,
     continuation_answer,
@@ -118,6 +118,9 @@ def evaluate(model, tokenizer, sets: EvalSets, cfg: EvalConfig) -> ModelEval:
     lower_is_better: set[str] = set()
 
     def losses(name: str, ids: list[str], rows: list[tuple[float, int]]) -> None:
+        if not any(count for _, count in rows):  # a user's data or setting, not a bug
+            raise EvalSetError(f"{name} rows: no labelled tokens to score: every row is empty "
+                               f"or truncated to nothing at eval.max_length={n}; raise it")
         metrics[f"{name}_loss"] = mean_loss(rows)  # token-weighted, nats/token
         metrics[f"{name}_perplexity"] = perplexity(metrics[f"{name}_loss"])
         items[f"{name}_loss"] = dict(zip(ids, row_means(rows), strict=True))

@@ -8,14 +8,17 @@ deterministic as they are (no dates).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from pedigree.lineage import gguf_origin
 
+if TYPE_CHECKING:  # the type only: quantize, which writes cards, does not read policy.json
+    from pedigree.records import Policy
 
-def _tags(policy: dict[str, Any]) -> list[str]:
+
+def _tags(policy: Policy) -> list[str]:
     tags = ["pedigree", "fine-tuned", f"sft-{policy['sft_method']}"]
     return [*tags, "dpo"] if policy["dpo"] else tags
 
@@ -26,7 +29,7 @@ def _figures(title: str, metrics: dict[str, float]) -> list[str]:
 
 def model_card(
     roots: dict[str, Any],
-    policy: dict[str, Any],
+    policy: Policy,
     params_sha256: dict[str, str],
     training: dict[str, dict[str, float]],
     parity: dict[str, Any],

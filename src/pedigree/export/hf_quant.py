@@ -11,7 +11,8 @@ format; the keyword would be silently swallowed), so it is not passed, and the o
 
 The model is saved BEFORE any forward pass: on CPUs with AVX512-BF16, bitsandbytes 4-bit repacks
 its weights during an eval-mode forward, and a model saved afterwards is silently corrupted (even
-with double quantization the reloaded logits drift by ~5e-3..8e-3; without it by ~0.15; STACK.md).
+with double quantization the reloaded logits drift by ~5e-3..8e-3; without it by ~0.15, measured
+on the micro model; tests/test_training.py::test_4bit_model_survives_save_and_reload).
 """
 
 from __future__ import annotations
@@ -25,15 +26,11 @@ from typing import Any
 
 from pedigree.errors import MissingInputError, PedigreeError
 from pedigree.files import PICKLE_SUFFIXES
+from pedigree.quant_formats import FORMATS as REGISTRY
+from pedigree.quant_formats import written_by
 
-FORMATS = ("bnb-nf4", "bnb-int8", "torchao-int8")
-
-# The library each format needs, as (import name, pip package).
-_LIBRARIES = {
-    "bnb-nf4": ("bitsandbytes", "bitsandbytes"),
-    "bnb-int8": ("bitsandbytes", "bitsandbytes"),
-    "torchao-int8": ("torchao", "torchao"),
-}
+# The formats the registry (quant_formats.py) has written here.
+FORMATS = written_by("transformers")
 
 # Copied from the merged directory when present. save_pretrained writes its own
 # generation_config.json; the merged one replaces it so that generation settings are unchanged.
@@ -58,13 +55,13 @@ class HFQuantError(PedigreeError, RuntimeError):
 def _require_library(fmt: str) -> None:
     if fmt not in FORMATS:
         raise HFQuantError(f"unknown quantized format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    module, package = _LIBRARIES[fmt]
+    library = REGISTRY[fmt].library  # its import name and its pip package
     try:
-        importlib.import_module(module)
+        importlib.import_module(library)
     except ImportError as err:
         raise HFQuantError(
-            f"format {fmt} needs the {package} library, which cannot be imported ({err}): "
-            f"pip install {package}"
+            f"format {fmt} needs the {library} library, which cannot be imported ({err}): "
+            f"pip install {library}"
         ) from None
 
 
@@ -81,22 +78,35 @@ def _compute_dtype():
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
 
-def quantization_config(fmt: str):
-    """The transformers quantization config of a format (raises HFQuantError if unusable)."""
-    _require_library(fmt)
+def _nf4_config():
     from transformers import BitsAndBytesConfig
 
-    if fmt == "bnb-nf4":
-        # Double quantization also quantizes the per-block (64 weights) absmax scales: ~0.4 bit
-        # per weight saved.
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=_compute_dtype(),
-        )
-    if fmt == "bnb-int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
+    # Double quantization also quantizes the per-block (64 weights) absmax scales: ~0.4 bit per
+    # weight saved.
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=_compute_dtype(),
+    )
+
+
+def _is_nf4(quant: dict[str, Any]) -> bool:
+    return (quant.get("quant_method") == "bitsandbytes" and bool(quant.get("load_in_4bit"))
+            and quant.get("bnb_4bit_quant_type") == "nf4")
+
+
+def _int8_config():
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _is_int8(quant: dict[str, Any]) -> bool:
+    return quant.get("quant_method") == "bitsandbytes" and bool(quant.get("load_in_8bit"))
+
+
+def _torchao_int8_config():
     from torchao.quantization import Int8WeightOnlyConfig, PerRow
     from transformers import TorchAoConfig
 
@@ -105,20 +115,32 @@ def quantization_config(fmt: str):
     return TorchAoConfig(Int8WeightOnlyConfig(granularity=PerRow(), version=2))
 
 
+def _is_torchao_int8(quant: dict[str, Any]) -> bool:
+    if quant.get("quant_method") != "torchao":
+        return False
+    kind = (quant.get("quant_type") or {}).get("default", {}).get("_type")
+    return kind == "Int8WeightOnlyConfig"
+
+
+# Each format of FORMATS: (its transformers quantization config, whether a config.json's
+# quantization_config describes it).
+_FORMATS = {
+    "bnb-nf4": (_nf4_config, _is_nf4),
+    "bnb-int8": (_int8_config, _is_int8),
+    "torchao-int8": (_torchao_int8_config, _is_torchao_int8),
+}
+
+
+def quantization_config(fmt: str):
+    """The transformers quantization config of a format (raises HFQuantError if unusable)."""
+    _require_library(fmt)
+    return _FORMATS[fmt][0]()
+
+
 def _saved_format(config: dict[str, Any]) -> str | None:
     """The format of FORMATS that a config.json's quantization_config describes, if any."""
     quant = config.get("quantization_config") or {}
-    method = quant.get("quant_method")
-    if method == "bitsandbytes":
-        if quant.get("load_in_4bit") and quant.get("bnb_4bit_quant_type") == "nf4":
-            return "bnb-nf4"
-        if quant.get("load_in_8bit"):
-            return "bnb-int8"
-    if method == "torchao":
-        kind = (quant.get("quant_type") or {}).get("default", {}).get("_type")
-        if kind == "Int8WeightOnlyConfig":
-            return "torchao-int8"
-    return None
+    return next((fmt for fmt in FORMATS if _FORMATS[fmt][1](quant)), None)
 
 
 def _weight_files(directory: Path) -> list[Path]:

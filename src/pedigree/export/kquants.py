@@ -14,9 +14,14 @@ import subprocess
 from pathlib import Path
 
 from pedigree.errors import PedigreeError
+from pedigree.quant_formats import FORMATS, written_by
 
-# format -> (llama-quantize type name, llama.cpp's llama_ftype value)
-KQUANTS = {"gguf-q4_k_m": ("Q4_K_M", 15), "gguf-q5_k_m": ("Q5_K_M", 17), "gguf-q6_k": ("Q6_K", 18)}
+# llama.cpp's llama_ftype value of each K-quant file type (enum llama_ftype in llama.h)
+LLAMA_FTYPES = {"Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
+
+# The formats the registry has llama.cpp write: format -> (llama-quantize type name, llama_ftype)
+KQUANTS = {fmt: (FORMATS[fmt].gguf_type, LLAMA_FTYPES[FORMATS[fmt].gguf_type])
+           for fmt in written_by("llama.cpp")}
 
 
 class KQuantError(PedigreeError, RuntimeError):
@@ -33,7 +38,7 @@ def quantizer() -> str:
         raise KQuantError(
             "GGUF K-quants need llama.cpp's quantizer: put `llama-quantize` on PATH or "
             "pip install 'pedigree[kquants]' (llama-cpp-python, builds llama.cpp, ~7 min); "
-            "gguf-q8_0 and gguf-q4_0 need neither"
+            f"{', '.join(written_by('gguf'))} need neither"
         ) from None
     return "python"
 

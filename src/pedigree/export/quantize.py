@@ -15,18 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pedigree.config import DEFAULT_PERPLEXITY_GATES, QuantizeConfig
+from pedigree.config import QuantizeConfig
 from pedigree.errors import PedigreeError
 from pedigree.evals.measure import chat_inputs, distribution_compare, greedy_answers, logits_of
 from pedigree.export import kquants
 from pedigree.export.gguf import write_gguf
-from pedigree.export.kquants import KQUANTS
 from pedigree.lineage import sha256_file
+from pedigree.quant_formats import DEFAULT_PERPLEXITY_GATES, FORMATS
 from pedigree.train.chat import encode_completion
 
-# Written by export/gguf.py directly; the K-quants go through llama.cpp (export/kquants.py).
-GGUF_QTYPES = {"gguf-f32": "F32", "gguf-f16": "F16", "gguf-q8_0": "Q8_0", "gguf-q4_0": "Q4_0",
-               **{fmt: name for fmt, (name, _) in KQUANTS.items()}}
+# The GGUF formats of the registry and their file types: written by export/gguf.py directly or
+# (the K-quants) by llama.cpp from its F16 file (export/kquants.py).
+GGUF_QTYPES = {f.name: f.gguf_type for f in FORMATS.values() if f.reader == "gguf"}
 
 
 class ExportCheckError(PedigreeError, RuntimeError):
@@ -76,13 +76,23 @@ def load_gguf(path: Path):
     return model, tokenizer
 
 
-def load_format(fmt: str, out_dir: Path):
-    """The model of a written format, as its reader gives it back."""
-    if fmt in GGUF_QTYPES:
-        return load_gguf(gguf_path(out_dir, fmt))[0]
+def _read_gguf(fmt: str, out_dir: Path):
+    return load_gguf(gguf_path(out_dir, fmt))[0]
+
+
+def _read_transformers(fmt: str, out_dir: Path):
     from pedigree.export.hf_quant import load_quantized
 
     return load_quantized(fmt, out_dir / fmt)
+
+
+# Each reader of the registry (quant_formats.READERS): (format, out_dir) -> the model read back.
+READERS = {"gguf": _read_gguf, "transformers": _read_transformers}
+
+
+def load_format(fmt: str, out_dir: Path):
+    """The model of a written format, as its reader gives it back."""
+    return READERS[FORMATS[fmt].reader](fmt, out_dir)
 
 
 def _check_tokenizer(path: Path, tokenizer, exported, rows: list[dict[str, Any]],
@@ -125,24 +135,36 @@ def write_kquant(fmt: str, merged_dir: Path, path: Path) -> dict[str, Any]:
             "file_sha256": sha256_file(path), "size_bytes": path.stat().st_size}
 
 
+def _write_gguf(fmt: str, merged_dir: Path, path: Path) -> dict[str, Any]:
+    return write_gguf(merged_dir, path, GGUF_QTYPES[fmt])
+
+
+def _write_transformers(fmt: str, merged_dir: Path, directory: Path) -> dict[str, Any]:
+    from pedigree.export.hf_quant import write_quantized
+
+    return write_quantized(fmt, merged_dir, directory)
+
+
+# Each writer of the registry (quant_formats.WRITERS): (format, merged_dir, the GGUF file or the
+# checkpoint directory to write) -> file facts.
+WRITERS = {"gguf": _write_gguf, "llama.cpp": write_kquant, "transformers": _write_transformers}
+
+
 def export_format(fmt: str, merged_dir: Path, out_dir: Path, tokenizer,
                   rows: list[dict[str, Any]], max_length: int) -> tuple[Any, dict[str, Any]]:
     """Write `fmt` under out_dir/fmt and read it back: (the reader's model, file facts)."""
-    if fmt in GGUF_QTYPES:
+    spec = FORMATS[fmt]
+    write = WRITERS[spec.writer]
+    if spec.reader == "gguf":
         path = gguf_path(out_dir, fmt)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if fmt in KQUANTS:
-            info = write_kquant(fmt, merged_dir, path)
-        else:
-            info = write_gguf(merged_dir, path, GGUF_QTYPES[fmt])
+        info = write(fmt, merged_dir, path)
         model, exported_tokenizer = load_gguf(path)
         _check_tokenizer(path, tokenizer, exported_tokenizer, rows, max_length)
         return model, {"file": path.relative_to(out_dir).as_posix(), **info,
                        **write_modelfile(path, tokenizer)}
-    from pedigree.export.hf_quant import load_quantized, write_quantized
-
-    info = write_quantized(fmt, merged_dir, out_dir / fmt)
-    return load_quantized(fmt, out_dir / fmt), {"file": fmt, **info}
+    info = write(fmt, merged_dir, out_dir / fmt)
+    return READERS[spec.reader](fmt, out_dir), {"file": fmt, **info}
 
 
 def llama_cpp_available() -> bool:
@@ -213,7 +235,7 @@ def check_format(fmt: str, model, tokenizer, ref: Reference, cfg: QuantizeConfig
                                    ref.mask)
     gate = cfg.max_perplexity_ratio.get(fmt, DEFAULT_PERPLEXITY_GATES[fmt])
     llama_cpp = None
-    if fmt in GGUF_QTYPES and out_dir is not None and llama_cpp_available():
+    if FORMATS[fmt].reader == "gguf" and out_dir is not None and llama_cpp_available():
         check_llama_cpp_tokens(gguf_path(out_dir, fmt), ref)
         theirs = llama_cpp_logits(gguf_path(out_dir, fmt), ref)
         llama_cpp = distribution_compare(ref.logits, theirs, ref.ids, ref.mask)

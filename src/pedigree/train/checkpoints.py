@@ -133,3 +133,24 @@ def stopped_at(checkpoint: Path, stopping: EarlyStopping | None) -> int | None:
         return None
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     return state["global_step"] if stopping.should_stop(state["log_history"]) else None
+
+
+def load_checkpoint_weights(model, checkpoint: Path) -> None:
+    """The trained weights of a Trainer checkpoint into `model`, as `Trainer.train(
+    resume_from_checkpoint=...)` loads them: a PEFT model's active adapter (trainable), else the
+    model's safetensors, one file or shards, on the CPU (keys the file lacks keep their values).
+    For a run that stopped early, whose checkpoint is the result: `train()` would step on."""
+    from peft import PeftMixedModel, PeftModel
+
+    if isinstance(model, PeftModel | PeftMixedModel):
+        model.load_adapter(str(checkpoint), model.active_adapters[0], is_trainable=True)
+        return
+    single = checkpoint / "model.safetensors"
+    if single.is_file():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(single, device="cpu"), strict=False)
+    else:
+        from transformers.trainer_utils import load_sharded_checkpoint
+
+        load_sharded_checkpoint(model, str(checkpoint), strict=False)

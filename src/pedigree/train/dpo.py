@@ -13,7 +13,7 @@ from typing import Any
 from pedigree.config import DPOConfig
 from pedigree.train.checkpoints import CheckpointStore
 from pedigree.train.methods import peft_lora
-from pedigree.train.sft import conversational_dataset, fit, run_settings, trainer_log
+from pedigree.train.trainer import conversational_dataset, fit, run_settings, trainer_log
 
 
 def train_dpo(

@@ -2,9 +2,9 @@
 
     base  ->  SFT (trained weights laid over the base, or an adapter)  ->  DPO adapter (optional)
 
-`models/dpo/policy.json` records the chain: `weights` names the directory whose trained tensors
-replace base weights (partial or full SFT), `adapters` the LoRA/DoRA adapters active on top, in
-training order, and `quant` the 4-bit settings when SFT was QLoRA. Merge, eval and DPO build
+`models/dpo/policy.json` (`records.Policy`) records the chain: `weights` names the directory whose
+trained tensors replace base weights (partial or full SFT), `adapters` the LoRA/DoRA adapters
+active on top, in training order, and `quant` the 4-bit settings when SFT was QLoRA. Merge, eval and DPO build
 models from it, never from assumptions.
 
 A QLoRA adapter trained against the 4-bit base, so by default it sits on that base dequantized to
@@ -14,25 +14,26 @@ fp32 (the weights it saw), not on the original weights.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pedigree.config import QuantConfig
+from pedigree.records import Policy
 from pedigree.train.load import check_adapter_dir, load_causal_lm
 from pedigree.train.methods import apply_trained, load_dequantized, training_info
 
 QLoRABase = Literal["dequantized", "original"]
 
 
-def policy_chain(sft: Path, dpo: Path | None) -> dict[str, Any]:
+def policy_chain(sft: Path, dpo: Path | None) -> Policy:
     info = training_info(sft)
     weights = info["kind"] == "weights"
     adapters = ([] if weights else [sft.as_posix()]) + ([dpo.as_posix()] if dpo else [])
-    return {"sft_method": info["method"], "quant": info.get("quant"),
-            "weights": sft.as_posix() if weights else None, "adapters": adapters,
-            "dpo": dpo is not None}
+    return Policy(schema_version=1, sft_method=info["method"], quant=info.get("quant"),
+                  weights=sft.as_posix() if weights else None, adapters=adapters,
+                  dpo=dpo is not None)
 
 
-def base_kind(policy: dict[str, Any], qlora_base: QLoRABase = "dequantized") -> str:
+def base_kind(policy: Policy, qlora_base: QLoRABase = "dequantized") -> str:
     """Which weights the chain sits on: "original", or e.g. "dequantized-nf4" for QLoRA."""
     quant = policy.get("quant")
     if quant and qlora_base == "dequantized":
@@ -40,7 +41,7 @@ def base_kind(policy: dict[str, Any], qlora_base: QLoRABase = "dequantized") -> 
     return "original"
 
 
-def policy_base(base: Path, policy: dict[str, Any], trust_remote_code: bool = False,
+def policy_base(base: Path, policy: Policy, trust_remote_code: bool = False,
                 qlora_base: QLoRABase = "dequantized"):
     """The base the chain's adapters sit on, with any trained weights applied."""
     if base_kind(policy, qlora_base) != "original":
@@ -65,7 +66,7 @@ def load_sft(base: Path, sft: Path, trust_remote_code: bool = False):
     return PeftModel.from_pretrained(model, str(sft))
 
 
-def describe(policy: dict[str, Any]) -> str:
+def describe(policy: Policy) -> str:
     base = "models/base" + (f" ({base_kind(policy)})" if policy.get("quant") else "")
     parts = [base, *([f"{policy['weights']} (weights)"] if policy.get("weights") else []),
              *policy["adapters"]]

@@ -2,7 +2,8 @@
 
 A byte-level BPE tokenizer trained on the bundled general corpus, a small Llama, and a short
 pretraining on the same corpus: enough that LoRA has something to adapt and that forgetting of
-general text is measurable (a LoRA on random weights barely learns; see STACK.md).
+general text is measurable (a LoRA adapts features the base already has: on random weights
+there are none, and it barely learns).
 """
 
 from __future__ import annotations

@@ -46,17 +46,17 @@ def exact_match(answer: str, reference: str) -> bool:
     return answer.strip() == reference.strip()
 
 
-def normalise(text: str) -> str:
+def normalise_answer(text: str) -> str:
     """Lower-cased, NFKC, no ASCII punctuation, single spaces (SQuAD-style, without articles)."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().translate(_PUNCTUATION).split())
 
 
 def normalised_match(answer: str, reference: str) -> bool:
-    return normalise(answer) == normalise(reference)
+    return normalise_answer(answer) == normalise_answer(reference)
 
 
 def contains_match(answer: str, reference: str) -> bool:
-    return f" {normalise(reference)} " in f" {normalise(answer)} "
+    return f" {normalise_answer(reference)} " in f" {normalise_answer(answer)} "
 
 
 def numeric_match(answer: str, reference: str) -> bool:
