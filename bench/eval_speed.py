@@ -27,7 +27,7 @@ def main() -> None:
     from pedigree.config import load_params
     from pedigree.evals.models import pipeline_models
     from pedigree.evals.suite import evaluate, load_eval_sets
-    from pedigree.train.load import load_tokenizer
+    from pedigree.model.load import load_tokenizer
 
     params = load_params()
     sets = load_eval_sets(Path(params.data.eval_dir), Path("data/split"), params.eval)

@@ -50,7 +50,7 @@ def run(method: str, rate: float | None, at: list[int], queue: mp.Queue) -> None
     from pedigree.config import load_params
     from pedigree.data.jsonl import read_jsonl
     from pedigree.evals.suite import evaluate, load_eval_sets
-    from pedigree.train.load import load_causal_lm, load_tokenizer
+    from pedigree.model.load import load_causal_lm, load_tokenizer
     from pedigree.train.methods import prepare_model
     from pedigree.train.sft import train_sft
 

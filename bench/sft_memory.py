@@ -28,7 +28,7 @@ def run(method: str, steps: int, queue: mp.Queue) -> None:
 
     from pedigree.config import SFTConfig
     from pedigree.data.jsonl import read_jsonl
-    from pedigree.train.load import load_tokenizer
+    from pedigree.model.load import load_tokenizer
     from pedigree.train.methods import prepare_model
     from pedigree.train.sft import train_sft
 

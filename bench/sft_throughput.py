@@ -46,7 +46,7 @@ def run(variant: str, steps: int, queue: mp.Queue) -> None:
 
     from pedigree.config import SFTConfig as OurConfig
     from pedigree.data.jsonl import read_jsonl
-    from pedigree.train.load import load_causal_lm, load_tokenizer
+    from pedigree.model.load import load_causal_lm, load_tokenizer
     from pedigree.train.methods import peft_lora
     from pedigree.train.sft import sft_args
     from pedigree.train.trainer import conversational_dataset

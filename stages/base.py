@@ -13,8 +13,8 @@ manifest.
 from pathlib import Path
 
 from pedigree.config import load_params
+from pedigree.model.load import copy_model_files, fetch_hub_model, load_tokenizer, model_identity
 from pedigree.stage import stage_run
-from pedigree.train.load import copy_model_files, fetch_hub_model, load_tokenizer, model_identity
 
 params = load_params()
 cfg = params.model

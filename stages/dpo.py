@@ -2,7 +2,7 @@
 
 Run alone:  dvc repro dpo         (or: python stages/dpo.py)
 
-policy.json records the chain that makes the final policy (train/policy.py): the SFT result
+policy.json records the chain that makes the final policy (model/policy.py): the SFT result
 (trained weights or an adapter), then the DPO adapter when it ran. With dpo.enabled=false no
 training happens and the policy is the SFT model.
 """
@@ -14,9 +14,9 @@ from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
 from pedigree.errors import PedigreeError
 from pedigree.launch import relaunch_under_accelerate
+from pedigree.model.policy import describe, policy_chain
 from pedigree.records import write_policy
 from pedigree.stage import stage_run
-from pedigree.train.policy import describe, policy_chain
 
 params = load_params()
 if params.dpo.enabled:
@@ -26,11 +26,11 @@ base, sft = Path("models/base"), Path("models/sft")
 with stage_run("dpo") as run:
     policy = policy_chain(sft, None)
     if params.dpo.enabled:
+        from pedigree.model.load import load_tokenizer
+        from pedigree.model.policy import load_sft
+        from pedigree.model.trained import save_trained
         from pedigree.train.checkpoints import CheckpointStore, fingerprint
         from pedigree.train.dpo import train_dpo
-        from pedigree.train.load import load_tokenizer
-        from pedigree.train.methods import save_trained
-        from pedigree.train.policy import load_sft
         from pedigree.train.trainer import curve_csv
 
         train = read_jsonl(Path("data/split/preference_train.jsonl"))

@@ -22,8 +22,8 @@ from pedigree.evals.models import pipeline_models
 from pedigree.evals.outputs import write_outputs
 from pedigree.evals.suite import answers_table, evaluate, load_eval_sets
 from pedigree.lineage import read_manifest
+from pedigree.model.load import load_tokenizer
 from pedigree.stage import stage_run
-from pedigree.train.load import load_tokenizer
 
 params = load_params()
 cfg, trust = params.eval, params.model.trust_remote_code

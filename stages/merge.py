@@ -17,10 +17,10 @@ from pedigree.data.jsonl import read_jsonl
 from pedigree.export.card import model_card
 from pedigree.export.merge import merge_policy
 from pedigree.lineage import merge_roots
+from pedigree.model.load import load_tokenizer
+from pedigree.model.policy import base_kind, policy_base
 from pedigree.records import read_policy
 from pedigree.stage import stage_run
-from pedigree.train.load import load_tokenizer
-from pedigree.train.policy import base_kind, policy_base
 
 params = load_params()
 cfg, base, trust = params.merge, Path("models/base"), params.model.trust_remote_code

@@ -14,8 +14,8 @@ from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
 from pedigree.export.card import quantized_card
 from pedigree.export.quantize import check_format, export_format, reference
+from pedigree.model.load import load_causal_lm, load_tokenizer
 from pedigree.stage import stage_run
-from pedigree.train.load import load_causal_lm, load_tokenizer
 
 params = load_params()
 cfg, merged_dir = params.quantize, Path("models/merged")

@@ -14,11 +14,12 @@ from pathlib import Path
 from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
 from pedigree.launch import gather, is_main_process, relaunch_under_accelerate
+from pedigree.model.load import check_chat_template, load_tokenizer
+from pedigree.model.trained import save_trained, state_digest, trained_state
 from pedigree.perf import measured, write_perf
 from pedigree.stage import stage_run
 from pedigree.train.checkpoints import CheckpointStore, fingerprint
-from pedigree.train.load import check_chat_template, load_tokenizer
-from pedigree.train.methods import prepare_model, save_trained, state_digest, trained_state
+from pedigree.train.methods import prepare_model
 from pedigree.train.sft import chat_template, train_sft
 from pedigree.train.trainer import curve_csv
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from pedigree.config import SFTConfig
-from pedigree.train.load import load_causal_lm, load_tokenizer
+from pedigree.model.load import load_causal_lm, load_tokenizer
 from pedigree.train.methods import prepare_model
 from pedigree.train.sft import train_sft
 

@@ -13,7 +13,7 @@ import yaml
 
 from pedigree.config import ModelConfig, SFTConfig
 from pedigree.errors import PedigreeError
-from pedigree.train.chat import (
+from pedigree.model.chat import (
     IGNORE_INDEX,
     ChatTemplateError,
     encode_completion,
@@ -308,7 +308,7 @@ def test_one_turn_rows_train_as_trl_tokenizes_them(micro_model_dir, tmp_path, ov
     the same prepared datasets (labels, packing) and the same loss."""
     from trl import SFTTrainer
 
-    from pedigree.train.load import load_causal_lm, load_tokenizer
+    from pedigree.model.load import load_causal_lm, load_tokenizer
     from pedigree.train.sft import sft_args, sft_trainer
     from pedigree.train.trainer import conversational_dataset
 
@@ -342,7 +342,7 @@ def _assistant_runs(tokenizer, row: dict) -> tuple[list[int], list[int]]:
 
 @pytest.mark.parametrize("train_on", ["all_assistant_turns", "last_turn"])
 def test_a_three_turn_row_trains_every_turn(micro_model_dir, tmp_path, train_on):
-    from pedigree.train.load import load_causal_lm, load_tokenizer
+    from pedigree.model.load import load_causal_lm, load_tokenizer
     from pedigree.train.sft import sft_trainer
 
     tokenizer, model = load_tokenizer(micro_model_dir), load_causal_lm(micro_model_dir)
@@ -366,7 +366,7 @@ def test_a_three_turn_row_trains_every_turn(micro_model_dir, tmp_path, train_on)
 
 
 def test_three_turn_rows_train_and_validation_loss_falls(micro_model_dir):
-    from pedigree.train.load import load_tokenizer
+    from pedigree.model.load import load_tokenizer
     from pedigree.train.methods import prepare_model
     from pedigree.train.sft import train_sft
 
@@ -380,7 +380,7 @@ def test_three_turn_rows_train_and_validation_loss_falls(micro_model_dir):
 
 
 def test_rows_without_a_target_turn(micro_model_dir):
-    from pedigree.train.load import load_tokenizer
+    from pedigree.model.load import load_tokenizer
     from pedigree.train.sft import sft_dataset
 
     tokenizer = load_tokenizer(micro_model_dir)

@@ -33,8 +33,8 @@ from pedigree.config import CurateConfig, NearDedupConfig
 from pedigree.data.curate import curate, write_curation
 from pedigree.data.decontaminate import EvalIndex, EvalItem
 from pedigree.data.formats import FORMATS, RowError, normalise_row
-from pedigree.data.messages import ROLES
 from pedigree.data.lengths import TokenCounter
+from pedigree.data.messages import ROLES
 from pedigree.data.sources import Source, sources_from_paths
 from pedigree.errors import PedigreeError
 

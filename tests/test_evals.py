@@ -141,7 +141,7 @@ def test_eval_set_errors_name_file_line_and_field(eval_sets_dir):
 def test_evaluate_a_model_on_every_set(micro_model_dir, eval_sets_dir):
     from pedigree.evals.measure import completion_nll
     from pedigree.evals.suite import evaluate, load_eval_sets
-    from pedigree.train.load import load_causal_lm, load_tokenizer
+    from pedigree.model.load import load_causal_lm, load_tokenizer
 
     eval_dir, split = eval_sets_dir
     model, tokenizer = load_causal_lm(micro_model_dir), load_tokenizer(micro_model_dir)
@@ -318,8 +318,8 @@ def test_gate_candidates_are_deployable_models():
 def test_answers_stop_at_the_templates_end_of_turn(micro_model_dir):
     """A model trained under Gemma's format ends its answer with <end_of_turn>, not <eos>: the
     evals' generation must stop there too, or it talks on into a turn of its own."""
-    from pedigree.train.chat import stop_token_ids
-    from pedigree.train.load import load_tokenizer
+    from pedigree.model.chat import stop_token_ids
+    from pedigree.model.load import load_tokenizer
     from pedigree.train.sft import chat_template
 
     tokenizer = load_tokenizer(micro_model_dir)

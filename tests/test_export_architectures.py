@@ -44,7 +44,7 @@ from pedigree.export.quantize import (
     llama_cpp_available,
     llama_cpp_logits,
 )
-from pedigree.train.load import load_causal_lm, load_tokenizer
+from pedigree.model.load import load_causal_lm, load_tokenizer
 from tests.tiny_checkpoints import (
     LLAMA3_SPLIT,
     SAMPLES,

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pedigree.data import formats, messages, readers
+from pedigree.data import messages, readers
 from pedigree.data.formats import (
     CANONICAL_FIELDS,
     ColumnsError,

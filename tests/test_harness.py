@@ -56,7 +56,7 @@ def test_harness_scores_what_our_own_generation_produces(micro_model_dir, tmp_pa
     template from the same loaded model, must match every one (exact match 1.0)."""
     from pedigree.evals.harness import run_harness
     from pedigree.evals.measure import greedy_answers
-    from pedigree.train.load import load_causal_lm, load_tokenizer
+    from pedigree.model.load import load_causal_lm, load_tokenizer
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     model, tokenizer = load_causal_lm(micro_model_dir), load_tokenizer(micro_model_dir)
@@ -91,7 +91,7 @@ def test_shipped_harness_task_runs_offline_through_evaluate(micro_model_dir, mon
                                                             tmp_path):
     """The shipped data/eval/harness task, through the eval suite, like the stage runs it."""
     from pedigree.evals.suite import evaluate, load_eval_sets
-    from pedigree.train.load import load_causal_lm, load_tokenizer
+    from pedigree.model.load import load_causal_lm, load_tokenizer
 
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(repo)  # task data paths are relative to the repository root

@@ -100,10 +100,9 @@ def test_manifest_is_complete_and_byte_identical_on_rerun(in_tmp_repo):
 def test_failed_stage_leaves_no_output(in_tmp_repo):
     _write_params(in_tmp_repo)
     (in_tmp_repo / "in.txt").write_text("x")
-    with pytest.raises(RuntimeError, match="boom"):
-        with stage_run("split") as run:
-            (run.dir / "half.jsonl").write_text("half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), stage_run("split") as run:
+        (run.dir / "half.jsonl").write_text("half")
+        raise RuntimeError("boom")
     assert not (in_tmp_repo / "data/split").exists()
     assert list((in_tmp_repo / "data").iterdir()) == []  # no temp directory left either
 

@@ -8,9 +8,9 @@ import yaml
 from pedigree.evals.measure import chat_logits
 from pedigree.export.card import model_card
 from pedigree.export.merge import DEFAULT_TOLERANCE, merge_policy
-from pedigree.train.load import load_tokenizer
-from pedigree.train.methods import save_trained
-from pedigree.train.policy import base_kind, describe, policy_base, policy_chain
+from pedigree.model.load import load_tokenizer
+from pedigree.model.policy import base_kind, describe, policy_base, policy_chain
+from pedigree.model.trained import save_trained
 from tests.micro_training import VALIDATION, random_adapter, sft_config, train_micro
 
 
@@ -97,7 +97,7 @@ def test_distribution_compare_figures():
 def test_a_format_past_its_gate_is_reported_not_promoted(micro_model_dir, tmp_path):
     from pedigree.config import QuantizeConfig
     from pedigree.export.quantize import check_format, export_format, reference
-    from pedigree.train.load import load_causal_lm
+    from pedigree.model.load import load_causal_lm
 
     tokenizer = load_tokenizer(micro_model_dir)
     merged = load_causal_lm(micro_model_dir)
@@ -124,7 +124,7 @@ def test_weighted_merges_of_several_adapters(micro_model_dir, tmp_path):
     from peft import PeftModel
 
     from pedigree.config import CombineConfig
-    from pedigree.train.load import load_causal_lm
+    from pedigree.model.load import load_causal_lm
 
     tokenizer = load_tokenizer(micro_model_dir)
     first, second = _random_adapters(micro_model_dir, tmp_path)
@@ -155,7 +155,7 @@ def test_weighted_merge_config_errors(micro_model_dir, tmp_path):
 
     from pedigree.config import CombineConfig
     from pedigree.export.merge import CombineError
-    from pedigree.train.load import load_causal_lm
+    from pedigree.model.load import load_causal_lm
 
     tokenizer = load_tokenizer(micro_model_dir)
     first, second = _random_adapters(micro_model_dir, tmp_path)
@@ -200,7 +200,7 @@ def test_kquants_through_llama_cpp(micro_model_dir, tmp_path):
 
     from pedigree.config import QuantizeConfig
     from pedigree.export.quantize import check_format, export_format, reference
-    from pedigree.train.load import load_causal_lm
+    from pedigree.model.load import load_causal_lm
 
     if not shutil.which("llama-quantize"):
         pytest.importorskip("llama_cpp")
@@ -221,7 +221,7 @@ def test_gguf_read_by_llama_cpp_matches_the_transformers_reader(micro_model_dir,
     pytest.importorskip("llama_cpp")
     from pedigree.config import QuantizeConfig
     from pedigree.export.quantize import check_format, export_format, reference
-    from pedigree.train.load import load_causal_lm
+    from pedigree.model.load import load_causal_lm
 
     tokenizer = load_tokenizer(micro_model_dir)
     cfg = QuantizeConfig(formats=["gguf-q8_0"], check_rows=4, golden_prompts=2)

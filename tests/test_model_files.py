@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pedigree.train.load import (
+from pedigree.model.load import (
     ModelLoadError,
     check_chat_template,
     check_model_dir,
@@ -185,7 +185,7 @@ def _adapter(model_dir: Path, out: Path) -> Path:
 def test_truncated_trained_weights_are_named(micro_model_dir, tmp_path):
     from safetensors.torch import save_file
 
-    from pedigree.train.methods import TRAINED_WEIGHTS, apply_trained
+    from pedigree.model.trained import TRAINED_WEIGHTS, apply_trained
 
     model = load_causal_lm(micro_model_dir)
     save_file({"lm_head.weight": model.lm_head.weight.detach().clone()},

@@ -12,8 +12,8 @@ import torch
 from pedigree.config import ModelConfig
 from pedigree.export.merge import ParityError, merge_policy
 from pedigree.lineage import sha256_dir
-from pedigree.train.chat import IGNORE_INDEX, encode_completion
-from pedigree.train.load import (
+from pedigree.model.chat import IGNORE_INDEX, encode_completion
+from pedigree.model.load import (
     ModelLoadError,
     copy_model_files,
     fetch_hub_model,
@@ -97,7 +97,7 @@ def test_hub_model_from_the_offline_cache(micro_model_dir, tmp_path, monkeypatch
     (repo / "refs" / "main").write_text(revision)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import huggingface_hub.constants as constants
+    from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

@@ -13,9 +13,9 @@ import torch
 import yaml
 
 from pedigree.config import ModelConfig
-from pedigree.train.chat import IGNORE_INDEX, encode_completion
+from pedigree.model.chat import IGNORE_INDEX, encode_completion
+from pedigree.model.load import load_causal_lm, load_tokenizer
 from pedigree.train.gguf_base import GgufSourceError, base_from_gguf, package_file
-from pedigree.train.load import load_causal_lm, load_tokenizer
 from pedigree.train.sft import chat_template
 
 REPO = Path(__file__).resolve().parents[1]

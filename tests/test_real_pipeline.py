@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tests.scratch import REPO, STAGES, manifest, new_project, run
 
 pytestmark = pytest.mark.slow

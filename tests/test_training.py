@@ -11,17 +11,11 @@ from transformers import TrainerControl, TrainerState
 
 from pedigree.errors import PedigreeError
 from pedigree.evals.measure import chat_logits
+from pedigree.model.load import load_4bit, load_tokenizer
+from pedigree.model.policy import load_sft, policy_base, policy_chain
+from pedigree.model.trained import TrainedWeightsError, save_trained, trained_kind, trained_state
 from pedigree.train.checkpoints import COMPLETE, CheckpointStore, EarlyStopping, fingerprint
-from pedigree.train.load import load_tokenizer
-from pedigree.train.methods import (
-    MethodError,
-    load_4bit,
-    prepare_model,
-    save_trained,
-    trained_kind,
-    trained_state,
-)
-from pedigree.train.policy import load_sft, policy_base, policy_chain
+from pedigree.train.methods import MethodError, prepare_model
 from pedigree.train.sft import chat_template
 from pedigree.train.trainer import curve_csv
 from tests.micro_training import VALIDATION, sft_config, train_micro
@@ -222,6 +216,6 @@ def test_sharded_weights_are_refused_not_saved(tmp_path):
             super().__init__()
             self.w = torch.nn.Parameter(torch.empty(0))
 
-    with pytest.raises(MethodError, match="sharded"):
+    with pytest.raises(TrainedWeightsError, match="sharded"):
         save_trained(Sharded(), tmp_path, "full")
     assert not list(tmp_path.iterdir())

@@ -18,8 +18,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from pedigree.model.trained import state_digest
 from pedigree.train.checkpoints import COMPLETE
-from pedigree.train.methods import state_digest
 from tests.micro_training import TRAIN, VALIDATION
 
 REPO = Path(__file__).resolve().parents[1]

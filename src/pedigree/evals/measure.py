@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from pedigree.train.chat import (
+from pedigree.model.chat import (
     IGNORE_INDEX,
     Encoded,
     encode_completion,

@@ -9,10 +9,10 @@ from typing import Any
 
 from pedigree.export.merge import with_adapters
 from pedigree.export.quantize import load_format
+from pedigree.model.load import load_causal_lm
+from pedigree.model.policy import load_sft, policy_base
 from pedigree.pipeline import stage_out
 from pedigree.records import read_policy
-from pedigree.train.load import load_causal_lm
-from pedigree.train.policy import load_sft, policy_base
 
 
 def pipeline_models(root: Path, trust_remote_code: bool = False) -> dict[str, Callable[[], Any]]:

@@ -1,6 +1,6 @@
 """Folding the policy adapters into the base, with a logit check that the fold changed nothing.
 
-The policy is a chain (train/policy.py): the SFT adapter, then (when DPO ran) the DPO adapter
+The policy is a chain (model/policy.py): the SFT adapter, then (when DPO ran) the DPO adapter
 trained on the SFT-merged weights. LoRA updates add up, so the merged model must equal the base
 with every adapter of the chain active at once; the check compares exactly that, on held-out rows.
 When SFT trained base weights directly (partial or full), the caller passes the base with those
@@ -17,7 +17,7 @@ import torch
 from pedigree.config import CombineConfig
 from pedigree.errors import PedigreeError
 from pedigree.evals.measure import chat_logits, compare_logits
-from pedigree.train.load import check_adapter_dir
+from pedigree.model.load import check_adapter_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Default max |logit diff| by saved dtype. fp32: the fold's own rounding, which grows with depth

@@ -21,8 +21,8 @@ from pedigree.evals.measure import chat_inputs, distribution_compare, greedy_ans
 from pedigree.export import kquants
 from pedigree.export.gguf import write_gguf
 from pedigree.lineage import sha256_file
+from pedigree.model.chat import encode_completion
 from pedigree.quant_formats import DEFAULT_PERPLEXITY_GATES, FORMATS
-from pedigree.train.chat import encode_completion
 
 # The GGUF formats of the registry and their file types: written by export/gguf.py directly or
 # (the K-quants) by llama.cpp from its F16 file (export/kquants.py).

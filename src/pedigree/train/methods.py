@@ -2,28 +2,22 @@
 fine-tuning (base weights train directly).
 
 `prepare_model` returns the model to train and, for the adapter methods, the PEFT config the
-trainer wraps it with. `save_trained` writes only what training changed: the adapter, or for
-partial and full the trained tensors (`trained.safetensors`), which `apply_trained` lays back over
-the base. `training.json` says which of the two a directory holds.
+trainer wraps it with. What training leaves behind is written by `model.trained.save_trained`.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 from pathlib import Path
 from typing import Any
 
-from pedigree.config import ADAPTER_METHODS, LoraConfig, PartialConfig, QuantConfig, SFTConfig
+from pedigree.config import ADAPTER_METHODS, LoraConfig, PartialConfig, SFTConfig
 from pedigree.errors import PedigreeError
-from pedigree.train.load import check_safetensors, from_pretrained, load_causal_lm
-
-TRAINED_WEIGHTS = "trained.safetensors"
-TRAINING_FILE = "training.json"
+from pedigree.model.load import load_4bit, load_causal_lm
 
 
 class MethodError(PedigreeError, ValueError):
-    """A method setting that does not fit the model (no module matches, no bitsandbytes)."""
+    """A method setting that does not fit the model (no module matches, no list of blocks)."""
 
 
 def peft_lora(cfg: LoraConfig, dora: bool = False):
@@ -40,47 +34,8 @@ def peft_lora(cfg: LoraConfig, dora: bool = False):
     )
 
 
-def load_4bit(path: Path, quant: QuantConfig, trust_remote_code: bool = False,
-              for_training: bool = True):
-    """The frozen base in 4-bit (NF4 by default, double-quantized), prepared for k-bit training.
-
-    Never save it after a forward pass: on CPUs with AVX512-BF16 bitsandbytes repacks the weights
-    in eval-mode forwards and the saved file drifts (reloaded logits off by up to 8e-3 on the
-    micro model; tests/test_training.py::test_4bit_model_survives_save_and_reload).
-    """
-    import torch
-    from peft import prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig
-
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise MethodError("sft.method=qlora needs bitsandbytes: pip install bitsandbytes") from None
-    compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    quant = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=quant.quant_type,
-        bnb_4bit_use_double_quant=quant.double_quant,
-        bnb_4bit_compute_dtype=compute,
-    )
-    model = from_pretrained(path, quantization_config=quant, dtype=compute,
-                            trust_remote_code=trust_remote_code)
-    if not for_training:
-        return model
-    # Gradient checkpointing off: ~25% faster for small models; memory is not the limit here.
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-def load_dequantized(path: Path, quant: QuantConfig, trust_remote_code: bool = False):
-    """The base as a QLoRA adapter saw it: quantized to 4-bit, then dequantized to fp32.
-
-    Merging or evaluating a QLoRA adapter on the original weights puts it on weights it never
-    trained against (logits off by ~0.2 on the micro model, against ~0.01 for these).
-    """
-    import torch
-
-    model = load_4bit(path, quant, trust_remote_code, for_training=False).dequantize()
-    return model.to(torch.float32)
 
 
 def unfreeze(model, cfg: PartialConfig) -> list[str]:
@@ -138,95 +93,3 @@ def parameter_counts(model) -> tuple[int, int]:
         return model.get_nb_trainable_parameters()
     params = list(model.parameters())
     return (sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
-
-
-def trained_state(model) -> dict[str, Any]:
-    """What training changed, as tensors: the adapter weights, or the unfrozen base weights."""
-    if hasattr(model, "peft_config"):
-        from peft import get_peft_model_state_dict
-
-        return get_peft_model_state_dict(model)
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
-def state_digest(tensors: dict[str, Any]) -> str:
-    """sha256 over names, shapes, dtypes and bytes: equal digests mean identical weights."""
-    import hashlib
-
-    import torch
-
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().contiguous().cpu()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _check_gathered(tensors: dict[str, Any]) -> None:
-    """Refuse to save shards: under FSDP or DeepSpeed ZeRO-3 each rank holds only a slice (or an
-    empty placeholder) of every weight, and saving it would write a broken model silently."""
-    sharded = [name for name, t in tensors.items()
-               if t.numel() == 0 or type(t).__name__ == "DTensor"]
-    if sharded:
-        raise MethodError(
-            f"the trained weights are sharded ({sharded[0]} and {len(sharded) - 1} more): saving "
-            "under FSDP or DeepSpeed ZeRO-3 is not supported yet; use conf/accelerate/ddp.yaml "
-            "or deepspeed_zero2.yaml"
-        )
-
-
-def save_trained(model, out: Path, method: str, quant: QuantConfig | None = None) -> None:
-    """The adapter (PEFT layout) or the trained tensors, plus training.json naming the kind (and
-    for QLoRA the 4-bit settings of the base it trained against)."""
-    from safetensors.torch import save_file
-
-    _check_gathered(trained_state(model))
-    if method in ADAPTER_METHODS:
-        model.save_pretrained(out)
-        (out / "README.md").unlink(missing_ok=True)  # PEFT's empty card template
-        _sort_target_modules(out / "adapter_config.json")
-        kind = "adapter"
-    else:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in trained_state(model).items()}
-        save_file(tensors, out / TRAINED_WEIGHTS)
-        kind = "weights"
-    info: dict[str, Any] = {"method": method, "kind": kind}
-    if method == "qlora" and quant is not None:
-        info["quant"] = quant.model_dump()
-    (out / TRAINING_FILE).write_text(json.dumps(info, indent=2) + "\n")
-
-
-def _sort_target_modules(config: Path) -> None:
-    """PEFT keeps resolved target modules ("all-linear") in a set and writes them in its
-    iteration order, which changes with each process's string hash seed: two identical runs
-    would write different adapter_config.json bytes. Sorted, the file depends on the run only."""
-    data = json.loads(config.read_text())
-    if isinstance(data.get("target_modules"), list):
-        data["target_modules"] = sorted(data["target_modules"])
-    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def training_info(path: Path) -> dict[str, Any]:
-    """training.json; directories from before it existed hold LoRA adapters."""
-    file = path / TRAINING_FILE
-    return json.loads(file.read_text()) if file.is_file() else {"method": "lora", "kind": "adapter"}
-
-
-def trained_kind(path: Path) -> str:
-    """"adapter" or "weights"."""
-    return training_info(path)["kind"]
-
-
-def apply_trained(model, path: Path):
-    """Lay trained tensors (partial or full fine-tuning) over a loaded base, in place."""
-    from safetensors.torch import load_file
-
-    check_safetensors(path / TRAINED_WEIGHTS)
-    tensors = load_file(path / TRAINED_WEIGHTS)
-    missing = set(tensors) - {name for name, _ in model.named_parameters()}
-    if missing:
-        raise MethodError(f"{path / TRAINED_WEIGHTS}: tensors not in the base model: "
-                          f"{sorted(missing)[:5]}; was it trained on another base?")
-    model.load_state_dict(tensors, strict=False)
-    return model

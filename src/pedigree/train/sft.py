@@ -2,7 +2,7 @@
 
 Completion-only loss by default: only assistant turns are targets, so the model learns to answer,
 not to echo questions; every assistant turn of a multi-turn row by default (`sft.train_on`), not
-only the last. Rows reach TRL tokenized, with their target mask, by `pedigree.train.chat` under
+only the last. Rows reach TRL tokenized, with their target mask, by `pedigree.model.chat` under
 the base model's chat template (or `sft.chat_template`): the tokens the evals score.
 Checkpoints go to the stage's checkpoint store, so a killed run resumes where it stopped.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from pedigree.config import SFTConfig
 from pedigree.errors import PedigreeError
-from pedigree.train.chat import encode_turns
+from pedigree.model.chat import encode_turns
 from pedigree.train.checkpoints import CheckpointStore, EarlyStopping
 from pedigree.train.methods import parameter_counts
 from pedigree.train.trainer import fit, run_settings, trainer_log

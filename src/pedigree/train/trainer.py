@@ -8,14 +8,14 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from pedigree.train.chat import rendered
+from pedigree.model.chat import rendered
+from pedigree.model.load import training_device
 from pedigree.train.checkpoints import (
     CheckpointStore,
     EarlyStopping,
     load_checkpoint_weights,
     stopped_at,
 )
-from pedigree.train.load import training_device
 
 
 def run_settings(seed: int, save_steps: int | None = None) -> dict[str, Any]:

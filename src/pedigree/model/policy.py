@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Literal
 
 from pedigree.config import QuantConfig
+from pedigree.model.load import check_adapter_dir, load_causal_lm, load_dequantized
+from pedigree.model.trained import apply_trained, training_info
 from pedigree.records import Policy
-from pedigree.train.load import check_adapter_dir, load_causal_lm
-from pedigree.train.methods import apply_trained, load_dequantized, training_info
 
 QLoRABase = Literal["dequantized", "original"]
 

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pedigree.config import ModelConfig
+from pedigree.config import ModelConfig, QuantConfig
 from pedigree.errors import PedigreeError
 from pedigree.files import PICKLE_SUFFIXES
 from pedigree.lineage import MANIFEST, file_hashes, hash_of_hashes
@@ -210,3 +210,46 @@ def check_chat_template(tokenizer, source: Path | str) -> None:
     except Exception as err:  # Jinja raises many types (syntax, undefined, raise_exception)
         raise ModelLoadError(f"{source}: the chat template does not render "
                              f"({type(err).__name__}: {err})") from None
+
+
+def load_4bit(path: Path, quant: QuantConfig, trust_remote_code: bool = False,
+              for_training: bool = True):
+    """The frozen base in 4-bit (NF4 by default, double-quantized), prepared for k-bit training.
+
+    Never save it after a forward pass: on CPUs with AVX512-BF16 bitsandbytes repacks the weights
+    in eval-mode forwards and the saved file drifts (reloaded logits off by up to 8e-3 on the
+    micro model; tests/test_training.py::test_4bit_model_survives_save_and_reload).
+    """
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelLoadError("sft.method=qlora needs bitsandbytes: pip install bitsandbytes") from None
+    compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.quant_type,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=compute,
+    )
+    model = from_pretrained(path, quantization_config=quant, dtype=compute,
+                            trust_remote_code=trust_remote_code)
+    if not for_training:
+        return model
+    # Gradient checkpointing off: ~25% faster for small models; memory is not the limit here.
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def load_dequantized(path: Path, quant: QuantConfig, trust_remote_code: bool = False):
+    """The base as a QLoRA adapter saw it: quantized to 4-bit, then dequantized to fp32.
+
+    Merging or evaluating a QLoRA adapter on the original weights puts it on weights it never
+    trained against (logits off by ~0.2 on the micro model, against ~0.01 for these).
+    """
+    import torch
+
+    model = load_4bit(path, quant, trust_remote_code, for_training=False).dequantize()
+    return model.to(torch.float32)
