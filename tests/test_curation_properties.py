@@ -1,4 +1,5 @@
-"""Property tests: curation on random, malformed and mixed input files (issue 9, bad input).
+"""Property tests: curation on random, malformed and mixed input files fails clearly, never
+silently.
 
 Whatever it is given, curation either finishes, with every input row in exactly one place (a
 curated file, or rejects.jsonl with its file, line and reason), or stops with one PedigreeError

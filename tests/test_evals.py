@@ -139,7 +139,7 @@ def test_eval_set_errors_name_file_line_and_field(eval_sets_dir):
 
 
 def test_evaluate_a_model_on_every_set(micro_model_dir, eval_sets_dir):
-    from pedigree.evals.measure import completion_nll
+    from pedigree.model.measure import completion_nll
     from pedigree.evals.suite import evaluate, load_eval_sets
     from pedigree.model.load import load_causal_lm, load_tokenizer
 

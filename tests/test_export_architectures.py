@@ -31,7 +31,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from pedigree.evals.measure import chat_inputs, compare_logits, distribution_compare, logits_of
+from pedigree.model.measure import chat_inputs, compare_logits, distribution_compare, logits_of
 from pedigree.export.gguf import SUPPORTED_QTYPES
 from pedigree.export.merge import merge_policy
 from pedigree.export.quantize import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 
-from pedigree.evals.measure import chat_logits
+from pedigree.model.measure import chat_logits
 from pedigree.export.card import model_card
 from pedigree.export.merge import DEFAULT_TOLERANCE, merge_policy
 from pedigree.model.load import load_tokenizer
@@ -77,7 +77,7 @@ def test_model_card_front_matter_and_provenance():
 def test_distribution_compare_figures():
     import torch
 
-    from pedigree.evals.measure import distribution_compare
+    from pedigree.model.measure import distribution_compare
 
     torch.manual_seed(0)
     ids = torch.randint(0, 50, (2, 6))

@@ -10,7 +10,7 @@ import torch
 from transformers import TrainerControl, TrainerState
 
 from pedigree.errors import PedigreeError
-from pedigree.evals.measure import chat_logits
+from pedigree.model.measure import chat_logits
 from pedigree.model.load import load_4bit, load_tokenizer
 from pedigree.model.policy import load_sft, policy_base, policy_chain
 from pedigree.model.trained import TrainedWeightsError, save_trained, trained_kind, trained_state

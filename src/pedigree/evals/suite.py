@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pedigree.config import EvalConfig
-from pedigree.evals.measure import (
+from pedigree.model.measure import (
     completion_nll,
     greedy_answers,
     greedy_continuations,

@@ -16,7 +16,7 @@ import torch
 
 from pedigree.config import CombineConfig
 from pedigree.errors import PedigreeError
-from pedigree.evals.measure import chat_logits, compare_logits
+from pedigree.model.measure import chat_logits, compare_logits
 from pedigree.model.load import check_adapter_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -17,7 +17,7 @@ from typing import Any
 
 from pedigree.config import QuantizeConfig
 from pedigree.errors import PedigreeError
-from pedigree.evals.measure import chat_inputs, distribution_compare, greedy_answers, logits_of
+from pedigree.model.measure import chat_inputs, distribution_compare, greedy_answers, logits_of
 from pedigree.export import kquants
 from pedigree.export.gguf import write_gguf
 from pedigree.lineage import sha256_file
