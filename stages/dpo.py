@@ -15,13 +15,14 @@ from pedigree.data.jsonl import read_jsonl
 from pedigree.errors import PedigreeError
 from pedigree.launch import relaunch_under_accelerate
 from pedigree.model.policy import describe, policy_chain
+from pedigree.pipeline import stage_out
 from pedigree.records import write_policy
 from pedigree.stage import stage_run
 
 params = load_params()
 if params.dpo.enabled:
     relaunch_under_accelerate(params.accelerate)
-base, sft = Path("models/base"), Path("models/sft")
+base, sft, split = stage_out("base"), stage_out("sft"), stage_out("split")
 
 with stage_run("dpo") as run:
     policy = policy_chain(sft, None)
@@ -33,14 +34,14 @@ with stage_run("dpo") as run:
         from pedigree.train.dpo import train_dpo
         from pedigree.train.trainer import curve_csv
 
-        train = read_jsonl(Path("data/split/preference_train.jsonl"))
-        validation = read_jsonl(Path("data/split/preference_validation.jsonl"))
+        train = read_jsonl(split / "preference_train.jsonl")
+        validation = read_jsonl(split / "preference_validation.jsonl")
         if not train or not validation:
             raise PedigreeError(
                 f"dpo.enabled, but the split has {len(train)} training and {len(validation)} "
-                "validation preference rows (data/split/report.json; curation's reasons are in "
-                "data/curated/report.json): add preference data to data/raw or set "
-                "dpo.enabled=false")
+                f"validation preference rows ({split}/report.json; curation's reasons are in "
+                f"{stage_out('curate')}/report.json): add preference data to "
+                f"{params.data.raw_dir} or set dpo.enabled=false")
         trust = params.model.trust_remote_code
         tokenizer = load_tokenizer(sft, trust)  # the chat template SFT trained with
         # Fold SFT in: DPO starts from, and is tied to, the SFT policy.
@@ -58,9 +59,9 @@ with stage_run("dpo") as run:
         (run.dir / "train_loss.csv").write_text(curve_csv(curve, "loss"))
         run.metrics, run.history = metrics, curve
         run.artifacts = ["metrics.json", "train_loss.csv"]
-        policy = policy_chain(sft, Path("models/dpo"))
+        policy = policy_chain(sft, run.out)
     write_policy(policy, run.dir)
     run.details["policy"] = policy
-    print(f"[dpo] policy = {describe(policy)}")
+    print(f"[dpo] policy = {describe(policy, base)}")
 if params.dpo.enabled:
     store.clear()  # only once the output is published: a failure before keeps them for resume

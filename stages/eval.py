@@ -12,7 +12,6 @@ numeric, JSON), the loss of the reference answers, validation loss, the forgetti
 pairs. A failed gate is a result, not an error: the stage succeeds and gate.json says why.
 """
 
-import json
 from pathlib import Path
 
 from pedigree.champion import candidate_dir, read_champion
@@ -21,16 +20,19 @@ from pedigree.evals.gate import decide, export_check
 from pedigree.evals.models import pipeline_models
 from pedigree.evals.outputs import write_outputs
 from pedigree.evals.suite import answers_table, evaluate, load_eval_sets
+from pedigree.files import read_json
 from pedigree.lineage import read_manifest
 from pedigree.model.load import load_tokenizer
+from pedigree.pipeline import stage_out
+from pedigree.records import GATE_FILE
 from pedigree.stage import stage_run
 
 params = load_params()
 cfg, trust = params.eval, params.model.trust_remote_code
 
 with stage_run("eval") as run:
-    sets = load_eval_sets(Path(params.data.eval_dir), Path("data/split"), cfg)
-    tokenizer = load_tokenizer(Path("models/sft"), trust)  # the template the policy trained with
+    sets = load_eval_sets(Path(params.data.eval_dir), stage_out("split"), cfg)
+    tokenizer = load_tokenizer(stage_out("sft"), trust)  # the template the policy trained with
     models = pipeline_models(Path("."), trust)
     if params.gate.candidate not in models:
         raise ConfigError(f"gate.candidate={params.gate.candidate!r}: this pipeline evaluated "
@@ -44,7 +46,7 @@ with stage_run("eval") as run:
                                              if "." not in k), flush=True)
 
     candidate = read_manifest(Path(candidate_dir(params.gate.candidate)))
-    quantized = json.loads(Path("models/quantized/report.json").read_text())
+    quantized = read_json(stage_out("quantize") / "report.json")
     exported = export_check(params.gate.candidate, quantized)
     lower_is_better = set().union(*(r.lower_is_better for r in results.values()))
     gate = decide(params.gate, {n: r.items for n, r in results.items()},
@@ -61,9 +63,9 @@ with stage_run("eval") as run:
                                                                 for n, r in results.items()}))
     # The quantize stage's per-format figures, beside the eval metrics, so that `dvc metrics
     # show/diff` covers both (the figures are quantize's; metrics/ is this stage's output).
-    (run.dir / "quantize.json").write_text(Path("models/quantized/metrics.json").read_text())
+    (run.dir / "quantize.json").write_text((stage_out("quantize") / "metrics.json").read_text())
     run.details["gate"] = {"passed": gate["passed"], "candidate": gate["candidate"],
                            "champion": gate["champion"]}
     run.metrics = {f"{m}.{k}": v for m, r in metrics.items() for k, v in r.items()}
     run.metrics["gate.passed"] = float(gate["passed"])
-    run.artifacts = ["eval.json", "summary.json", "gate.json", "answers.jsonl", "quantize.json"]
+    run.artifacts = ["eval.json", "summary.json", GATE_FILE, "answers.jsonl", "quantize.json"]

@@ -16,21 +16,24 @@ from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
 from pedigree.export.card import model_card
 from pedigree.export.merge import merge_policy
+from pedigree.files import read_json
 from pedigree.lineage import merge_roots
 from pedigree.model.load import load_tokenizer
 from pedigree.model.policy import base_kind, policy_base
+from pedigree.pipeline import stage_out
 from pedigree.records import read_policy
 from pedigree.stage import stage_run
 
 params = load_params()
-cfg, base, trust = params.merge, Path("models/base"), params.model.trust_remote_code
+cfg, trust = params.merge, params.model.trust_remote_code
+base, sft, dpo = stage_out("base"), stage_out("sft"), stage_out("dpo")
 
 # Adapters named in merge.combine are inputs too: their hashes go into the manifest.
 extra = cfg.combine.adapters if cfg.combine else []
 with stage_run("merge", extra_inputs=extra) as run:
-    policy = read_policy(Path("models/dpo"))
-    tokenizer = load_tokenizer(Path("models/sft"), trust)  # the template the policy trained with
-    rows = read_jsonl(Path("data/split/sft_validation.jsonl"))[: cfg.parity_rows]
+    policy = read_policy(dpo)
+    tokenizer = load_tokenizer(sft, trust)  # the template the policy trained with
+    rows = read_jsonl(stage_out("split") / "sft_validation.jsonl")[: cfg.parity_rows]
 
     merged, parity = merge_policy(
         policy_base(base, policy, trust, cfg.qlora_base), tokenizer,
@@ -40,8 +43,8 @@ with stage_run("merge", extra_inputs=extra) as run:
     merged.save_pretrained(run.dir, max_shard_size=cfg.max_shard_size)  # + generation_config
     tokenizer.save_pretrained(run.dir)
     (run.dir / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
-    training = {stage: json.loads(Path(f"models/{stage}/metrics.json").read_text())
-                for stage in ("sft", "dpo") if Path(f"models/{stage}/metrics.json").is_file()}
+    training = {stage: read_json(out / "metrics.json") for stage, out in (("sft", sft), ("dpo", dpo))
+                if (out / "metrics.json").is_file()}
     merge_base = base_kind(policy, cfg.qlora_base)
     params_hashes = {m["stage"]: m["params_sha256"] for m in run.upstream
                      if m["stage"] in ("base", "sft", "dpo")}

@@ -8,22 +8,22 @@ metrics.json). A format past its gate is kept and reported with passed=false, ne
 """
 
 import json
-from pathlib import Path
 
 from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
 from pedigree.export.card import quantized_card
 from pedigree.export.quantize import check_format, export_format, reference
 from pedigree.model.load import load_causal_lm, load_tokenizer
+from pedigree.pipeline import stage_out
 from pedigree.stage import stage_run
 
 params = load_params()
-cfg, merged_dir = params.quantize, Path("models/merged")
+cfg, merged_dir = params.quantize, stage_out("merge")
 
 with stage_run("quantize") as run:
     merged = load_causal_lm(merged_dir, params.model.trust_remote_code)
     tokenizer = load_tokenizer(merged_dir, params.model.trust_remote_code)
-    held_out = read_jsonl(Path("data/split/sft_validation.jsonl"))
+    held_out = read_jsonl(stage_out("split") / "sft_validation.jsonl")
     rows = held_out[: cfg.check_rows]
     ref = reference(merged, tokenizer, held_out, cfg)
     merged_bytes = sum(p.stat().st_size for p in merged_dir.glob("*.safetensors"))

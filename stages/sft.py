@@ -17,6 +17,7 @@ from pedigree.launch import gather, is_main_process, relaunch_under_accelerate
 from pedigree.model.load import check_chat_template, load_tokenizer
 from pedigree.model.trained import save_trained, state_digest, trained_state
 from pedigree.perf import measured, write_perf
+from pedigree.pipeline import stage_out
 from pedigree.stage import stage_run
 from pedigree.train.checkpoints import CheckpointStore, fingerprint
 from pedigree.train.methods import prepare_model
@@ -25,7 +26,8 @@ from pedigree.train.trainer import curve_csv
 
 params = load_params()
 relaunch_under_accelerate(params.accelerate)
-cfg, base, trust = params.sft, Path("models/base"), params.model.trust_remote_code
+cfg, trust = params.sft, params.model.trust_remote_code
+base, split = stage_out("base"), stage_out("split")
 
 # A chat template file is an input: its hash goes into the manifest and the resume fingerprint.
 template_file = [cfg.chat_template] if (cfg.chat_template or "").endswith(".jinja") else []
@@ -35,8 +37,8 @@ with stage_run("sft", extra_inputs=template_file) as run:
         tokenizer.chat_template = chat_template(cfg.chat_template)
         check_chat_template(tokenizer, template_file[0] if template_file else "sft.chat_template")
     model, peft_config, run.details["training"] = prepare_model(base, cfg, trust)
-    train = read_jsonl(Path("data/split/sft_train.jsonl"))
-    validation = read_jsonl(Path("data/split/sft_validation.jsonl"))
+    train = read_jsonl(split / "sft_train.jsonl")
+    validation = read_jsonl(split / "sft_validation.jsonl")
     store = CheckpointStore(Path("checkpoints/sft"),
                             fingerprint(run.input_hashes, run.recorded_params,
                                         run.code["source_sha256"]))

@@ -7,19 +7,19 @@ remembers every row's side, so adding data never moves an existing row.
 """
 
 import json
-from pathlib import Path
 
 from pedigree.config import load_params
 from pedigree.data.split import ASSIGNMENTS, read_assignments, split_curated
 from pedigree.lineage import sha256_file
+from pedigree.pipeline import stage_out
 from pedigree.stage import stage_run
 
 params = load_params()
-table_path = Path("data/split") / ASSIGNMENTS
+table_path = stage_out("split") / ASSIGNMENTS  # the previous run's, read back
 previous = read_assignments(table_path)
 
 with stage_run("split") as run:
-    report = split_curated(Path("data/curated"), run.dir, params.split, previous)
+    report = split_curated(stage_out("curate"), run.dir, params.split, previous)
     (run.dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     # The table read back is an input DVC does not see: record which one it was.
     run.details["previous_assignments_sha256"] = (

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pedigree.basecheck import CHANGED_EXIT, as_text, check
+from pedigree.basecheck import as_text, check
 from pedigree.cli import main
-from pedigree.errors import PedigreeError
+from pedigree.errors import EXIT_NEWER, PedigreeError
 
 OLD, NEW = "a" * 40, "b" * 40
 
@@ -52,7 +52,7 @@ def test_cli_exit_codes_and_json(tmp_path, capsys):
     assert main(args) == 0
     assert "is current" in capsys.readouterr().out
     (mirror / "models--org--m" / "refs" / "main").write_text(NEW)
-    assert main([*args, "--format", "json"]) == CHANGED_EXIT
+    assert main([*args, "--format", "json"]) == EXIT_NEWER
     [entry] = json.loads(capsys.readouterr().out)
     assert entry["changed"] and entry["pinned"] == OLD and entry["latest"] == NEW
 

@@ -181,7 +181,7 @@ CASES = [
     ("promote-nothing-gated", project, ["promote"], USER,
      "metrics/gate.json: not found; the pipeline writes it: run `dvc repro`"),
     ("promote-broken-gate", then(gated(), files(metrics__gate_dot_json="[1, 2")), ["promote"],
-     USER, "metrics/gate.json: not JSON"),
+     USER, "metrics/gate.json: not valid JSON"),
     ("promote-gate-missing-keys", then(gated(), files(metrics__gate_dot_json='{"passed": 1}')),
      ["promote", "--dry-run"], USER, "metrics/gate.json: not a valid gate record"),
     ("promote-gate-failed", gated(passed=False), ["promote"], USER,
@@ -307,6 +307,21 @@ def test_exit_codes_are_documented_once_as_defined():
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Exit codes"):readme.index("## Guarantees")]
     rows = dict(re.findall(r"^\| (\d+) \| (.+) \|$", section, re.MULTILINE))
-    assert set(rows) == {str(c) for c in (OK, USER, USAGE, NEWER)}
+    defined = {name: code for name, code in vars(errors).items() if name.startswith("EXIT_")}
+    assert set(rows) == {str(c) for c in defined.values()}
     assert "newer revision" in rows[str(NEWER)] and "unknown command" in rows[str(USAGE)]
     assert readme.count("## Exit codes") == 1
+    # Elsewhere a code is pointed to, not restated: no sentence about exiting lists numbers.
+    import argparse
+
+    from pedigree import basecheck, cli
+
+    codes = {str(c) for c in defined.values()}
+    for name, doc in (("cli", cli.__doc__), ("basecheck", basecheck.__doc__)):
+        assert "README: Exit codes" in doc or "README (Exit codes)" in doc, name
+        for sentence in re.split(r"\.\s|\n\n", doc):
+            if "exit" in sentence.lower():
+                assert not codes & set(re.findall(r"\b\d+\b", sentence)), (name, sentence)
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    base_help = sub.choices["base"].format_help()  # built from EXIT_NEWER, the only code named
+    assert codes & set(re.findall(r"\b\d+\b", base_help)) == {str(NEWER)}, base_help

@@ -139,9 +139,9 @@ def test_eval_set_errors_name_file_line_and_field(eval_sets_dir):
 
 
 def test_evaluate_a_model_on_every_set(micro_model_dir, eval_sets_dir):
-    from pedigree.model.measure import completion_nll
     from pedigree.evals.suite import evaluate, load_eval_sets
     from pedigree.model.load import load_causal_lm, load_tokenizer
+    from pedigree.model.measure import completion_nll
 
     eval_dir, split = eval_sets_dir
     model, tokenizer = load_causal_lm(micro_model_dir), load_tokenizer(micro_model_dir)

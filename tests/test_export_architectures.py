@@ -31,7 +31,6 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from pedigree.model.measure import chat_inputs, compare_logits, distribution_compare, logits_of
 from pedigree.export.gguf import SUPPORTED_QTYPES
 from pedigree.export.merge import merge_policy
 from pedigree.export.quantize import (
@@ -45,6 +44,7 @@ from pedigree.export.quantize import (
     llama_cpp_logits,
 )
 from pedigree.model.load import load_causal_lm, load_tokenizer
+from pedigree.model.measure import chat_inputs, compare_logits, distribution_compare, logits_of
 from tests.tiny_checkpoints import (
     LLAMA3_SPLIT,
     SAMPLES,

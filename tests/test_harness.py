@@ -55,8 +55,8 @@ def test_harness_scores_what_our_own_generation_produces(micro_model_dir, tmp_pa
     """References set to our own greedy answers: the harness, generating through the same chat
     template from the same loaded model, must match every one (exact match 1.0)."""
     from pedigree.evals.harness import run_harness
-    from pedigree.model.measure import greedy_answers
     from pedigree.model.load import load_causal_lm, load_tokenizer
+    from pedigree.model.measure import greedy_answers
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     model, tokenizer = load_causal_lm(micro_model_dir), load_tokenizer(micro_model_dir)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pedigree.data import layouts
+from pedigree import data_layouts as layouts
 from pedigree.data.formats import RowError, detect_format, normalise_row
 
 U, A, S = "user", "assistant", "system"

@@ -3,12 +3,14 @@ own tolerance, and the model card carries the provenance."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
-from pedigree.model.measure import chat_logits
 from pedigree.export.card import model_card
 from pedigree.export.merge import DEFAULT_TOLERANCE, merge_policy
 from pedigree.model.load import load_tokenizer
+from pedigree.model.measure import chat_logits
 from pedigree.model.policy import base_kind, describe, policy_base, policy_chain
 from pedigree.model.trained import save_trained
 from tests.micro_training import VALIDATION, random_adapter, sft_config, train_micro
@@ -23,7 +25,7 @@ def test_qlora_merges_onto_the_dequantized_base(micro_model_dir, tmp_path):
     policy = policy_chain(sft, None)
     assert policy["quant"] == {"quant_type": "nf4", "double_quant": True}
     assert base_kind(policy) == "dequantized-nf4" and base_kind(policy, "original") == "original"
-    assert "(dequantized-nf4)" in describe(policy)
+    assert "(dequantized-nf4)" in describe(policy, Path("models/base"))
 
     tokenizer = load_tokenizer(micro_model_dir)
     trained.eval()

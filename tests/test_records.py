@@ -38,7 +38,7 @@ def test_missing_or_broken_records_are_user_errors(tmp_path):
     with pytest.raises(MissingInputError, match="gate.json: not found; .* run `dvc repro`"):
         records.read_gate(tmp_path)
     (tmp_path / "gate.json").write_text("{")
-    with pytest.raises(PedigreeError, match="gate.json: not JSON"):
+    with pytest.raises(PedigreeError, match="gate.json: not valid JSON"):
         records.read_gate(tmp_path)
 
 

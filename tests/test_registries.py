@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import typing
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,14 @@ README = (REPO / "README.md").read_text()
 
 
 # ----------------------------------------------------------------------------- formats
-def test_the_config_schema_allows_exactly_the_registry_formats():
-    (item,) = typing.get_args(QuantizeConfig.model_fields["formats"].annotation)
-    assert typing.get_args(item) == quant_formats.NAMES
-    candidates = typing.get_args(GateConfig.model_fields["candidate"].annotation)
-    assert candidates == ("merged", *quant_formats.NAMES)
+def test_the_params_reference_allows_exactly_the_registry_formats():
+    """What `pedigree params` tells the user is allowed is what the registry holds."""
+    from pedigree import paramdoc
+
+    [formats] = paramdoc.select("quantize.formats")
+    assert formats.allowed == f"each: {' | '.join(quant_formats.NAMES)}, not empty"
+    [candidate] = paramdoc.select("gate.candidate")
+    assert candidate.allowed.split(" | ") == ["merged", *quant_formats.NAMES]
 
 
 def test_an_unknown_format_is_refused_with_the_registry_names():
@@ -39,13 +41,29 @@ def test_an_unknown_format_is_refused_with_the_registry_names():
         GateConfig(candidate=name)
 
 
-def test_the_default_gates_are_the_registry_records():
+def test_the_quantize_check_gates_each_format_at_its_registry_ratio(monkeypatch):
+    """A format passes at its registry gate and fails just past it; params.yaml's gate wins."""
     from pedigree.export import quantize
 
-    gates = {f.name: f.max_perplexity_ratio for f in quant_formats.FORMATS.values()}
-    assert quant_formats.DEFAULT_PERPLEXITY_GATES == gates
-    assert quantize.DEFAULT_PERPLEXITY_GATES is quant_formats.DEFAULT_PERPLEXITY_GATES
-    assert gates["gguf-q8_0"] == 1.005  # README: "Q8_0 <= 1.005 by default"
+    ratio = {}
+    monkeypatch.setattr(quantize, "logits_of", lambda *a: None)
+    monkeypatch.setattr(quantize, "greedy_answers", lambda *a: [])
+    monkeypatch.setattr(quantize, "distribution_compare",
+                        lambda *a: {"perplexity_ratio": ratio["value"]})
+    ref = quantize.Reference(None, None, None, [], [])
+
+    def check(fmt: str, value: float, cfg: QuantizeConfig) -> dict:
+        ratio["value"] = value
+        return quantize.check_format(fmt, None, None, ref, cfg, 1, {"size_bytes": 1})
+
+    for spec in quant_formats.FORMATS.values():
+        gate = spec.max_perplexity_ratio
+        result = check(spec.name, gate, QuantizeConfig())
+        assert result["passed"] and result["max_perplexity_ratio"] == gate, spec.name
+        assert not check(spec.name, gate * 1.0001, QuantizeConfig())["passed"], spec.name
+        looser = QuantizeConfig(max_perplexity_ratio={spec.name: gate * 2})
+        assert check(spec.name, gate * 1.5, looser)["passed"], spec.name
+    assert quant_formats.FORMATS["gguf-q8_0"].max_perplexity_ratio == 1.005  # README: Q8_0 1.005
 
 
 def test_the_export_code_maps_every_registry_writer_and_reader():
@@ -60,10 +78,43 @@ def test_the_export_code_maps_every_registry_writer_and_reader():
             assert spec.gguf_type and spec.library is None
         else:
             assert spec.library and spec.gguf_type is None
-    assert tuple(quantize.GGUF_QTYPES) == quant_formats.read_by("gguf")
-    assert tuple(kquants.KQUANTS) == quant_formats.written_by("llama.cpp")
-    assert hf_quant.FORMATS == quant_formats.written_by("transformers")
-    assert set(hf_quant._FORMATS) == set(hf_quant.FORMATS)
+    for name in quant_formats.read_by("gguf"):  # the file the gguf reader opens
+        spec = quant_formats.FORMATS[name]
+        assert quantize.gguf_path(Path("q"), name) == Path("q", name, f"model-{spec.gguf_type}.gguf")
+    with pytest.raises(hf_quant.HFQuantError) as err:
+        hf_quant.quantization_config("gguf-f16")  # written by gguf.py, not transformers
+    assert str(err.value).endswith(", ".join(quant_formats.written_by("transformers")))
+    assert set(hf_quant._FORMATS) == set(quant_formats.written_by("transformers"))
+    assert set(kquants.KQUANTS) == set(quant_formats.written_by("llama.cpp"))
+
+
+def test_llama_cpp_is_asked_for_each_k_quant_by_its_registry_type(tmp_path, monkeypatch):
+    """The `llama-quantize` command line names the registry's GGUF type; llama-cpp-python's
+    ftype (when installed) is the one llama.h gives that type."""
+    import importlib.util
+    import os
+
+    from pedigree.export import kquants
+
+    log = tmp_path / "argv"
+    fake = tmp_path / "bin" / "llama-quantize"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\ntouch "$2"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    kquant_formats = quant_formats.written_by("llama.cpp")
+    assert kquant_formats
+    for name in kquant_formats:
+        out = tmp_path / f"{name}.gguf"
+        assert kquants.quantize(name, tmp_path / "f16.gguf", out) == "binary" and out.is_file()
+    types = [line.split()[-1] for line in log.read_text().splitlines()]
+    assert types == [quant_formats.FORMATS[n].gguf_type for n in kquant_formats]
+    if importlib.util.find_spec("llama_cpp"):
+        import llama_cpp
+
+        for name in kquant_formats:
+            gguf_type = quant_formats.FORMATS[name].gguf_type
+            assert kquants.KQUANTS[name][1] == getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{gguf_type}")
 
 
 def test_a_saved_quantization_config_names_its_registry_format():
@@ -79,6 +130,15 @@ def test_a_saved_quantization_config_names_its_registry_format():
     assert set(saved) == set(quant_formats.written_by("transformers"))
     for fmt, quant in saved.items():
         assert _saved_format({"quantization_config": quant}) == fmt
+    # What each format's own quantization config saves is recognised as that format.
+    import importlib.util
+
+    from pedigree.export.hf_quant import quantization_config
+
+    for fmt in saved:
+        if importlib.util.find_spec(quant_formats.FORMATS[fmt].library):
+            written = quantization_config(fmt).to_dict()
+            assert _saved_format({"quantization_config": written}) == fmt, fmt
     assert _saved_format({}) is None
     assert _saved_format({"quantization_config": {"quant_method": "bitsandbytes",
                                                   "load_in_4bit": True,
@@ -119,17 +179,30 @@ def test_the_gate_compares_in_the_registry_direction():
     assert not higher_is_better("task_score", {"task_score"})  # a declaration wins
 
 
-def test_charts_and_tags_are_the_metrics_the_registry_marks():
-    from pedigree import promote, report
+def test_charts_and_tags_are_the_metrics_the_registry_marks(tmp_path):
+    import json
+
+    from pedigree import promote
     from pedigree.evals import outputs
+    from pedigree.report import build_report
+    from tests.manifests import fake_chain
 
     marked = {m.name for m in eval_metrics.METRICS.values() if m.dvc_plot}
-    assert set(outputs.PLOTTED) == marked
     values = {name: 0.5 for name in eval_metrics.NAMES}
     plots = outputs.plot_tables({"base": values, "merged": values})
     assert set(plots) == marked
-    assert report.REPORT_CHARTS == tuple(
-        m.name for m in eval_metrics.METRICS.values() if m.report_chart)
+    # The report, built from an eval.json holding every metric, charts the ones marked, only.
+    fake_chain(tmp_path)  # as tests/test_report.py: an eval manifest over data/split
+    (tmp_path / "metrics").mkdir()
+    split = json.loads((tmp_path / "data/split/lineage.json").read_text())
+    (tmp_path / "metrics/lineage.json").write_text(json.dumps({
+        **split, "stage": "eval", "outputs": [], "upstream": [
+            {"path": "data/split", "stage": "split", "outputs_sha256": split["outputs_sha256"]}]}))
+    (tmp_path / "metrics/eval.json").write_text(json.dumps({"base": values, "merged": values}))
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())  # where stages write
+    page = build_report(tmp_path, tmp_path)
+    for metric in eval_metrics.METRICS.values():
+        assert (f'id="eval-{metric.name}"' in page) is metric.report_chart, metric.name
     manifest = {"roots": {}, "outputs_sha256": "a" * 64, "params_sha256": "b" * 64, "code": {}}
     tags = promote.lineage_tags({"candidate": "merged", "task_metric": "task_loss"}, manifest,
                                 None, values)

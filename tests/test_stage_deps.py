@@ -83,3 +83,24 @@ def test_editing_the_csv_reader_reruns_curation_only(tmp_path):
     stages = {name for name, changes in status.items() for change in changes
               if isinstance(change, dict) and edited in change.get("changed deps", {})}
     assert stages == {"curate"}
+
+
+# Modules every stage imports: they import nothing from the stage packages, so an edit there
+# re-runs only the stages that use it (and the packages build on the core, not the reverse).
+CORE = ("config", "stage", "lineage", "pipeline", "records", "tracking", "files", "errors",
+        "launch", "perf", "quant_formats", "eval_metrics", "data_layouts")
+STAGE_PACKAGES = ("data", "train", "export", "evals", "model")
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_core_modules_import_no_stage_package(module):
+    tree = ast.parse((REPO / "src/pedigree" / f"{module}.py").read_text())
+    imported = set()
+    for node in ast.walk(tree):  # every import, also the ones inside functions
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        elif isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+    wrong = sorted(n for n in imported if n.split(".")[:2][-1] in STAGE_PACKAGES
+                   and n.startswith("pedigree."))
+    assert not wrong, f"core module {module}.py imports {wrong}"

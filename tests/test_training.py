@@ -10,8 +10,8 @@ import torch
 from transformers import TrainerControl, TrainerState
 
 from pedigree.errors import PedigreeError
-from pedigree.model.measure import chat_logits
 from pedigree.model.load import load_4bit, load_tokenizer
+from pedigree.model.measure import chat_logits
 from pedigree.model.policy import load_sft, policy_base, policy_chain
 from pedigree.model.trained import TrainedWeightsError, save_trained, trained_kind, trained_state
 from pedigree.train.checkpoints import COMPLETE, CheckpointStore, EarlyStopping, fingerprint
@@ -123,7 +123,8 @@ def test_early_stopping_stops_a_real_run(micro_model_dir):
 
 def test_checkpoints_resume_only_with_the_same_fingerprint(tmp_path, capsys):
     hashes = {"data/split": {"a.jsonl": "1" * 64}, "models/base": {"w": "2" * 64}}
-    store = CheckpointStore(tmp_path / "ck", fingerprint(hashes, {"sft": {"lr": 1}}))
+    code = "b" * 64
+    store = CheckpointStore(tmp_path / "ck", fingerprint(hashes, {"sft": {"lr": 1}}, code))
     assert store.resume_point("sft") is None
     for step, complete in ((4, True), (8, True), (12, False)):  # 12: killed while saving
         (tmp_path / "ck" / f"checkpoint-{step}").mkdir()
@@ -132,7 +133,7 @@ def test_checkpoints_resume_only_with_the_same_fingerprint(tmp_path, capsys):
     assert store.resume_point("sft") == tmp_path / "ck" / "checkpoint-8"
 
     changed = {**hashes, "data/split": {"a.jsonl": "3" * 64}}
-    other = CheckpointStore(tmp_path / "ck", fingerprint(changed, {"sft": {"lr": 2}}))
+    other = CheckpointStore(tmp_path / "ck", fingerprint(changed, {"sft": {"lr": 2}}, code))
     assert other.resume_point("sft") is None
     assert "not resuming: data/split, params changed" in capsys.readouterr().out
     assert not list((tmp_path / "ck").glob("checkpoint-*"))
@@ -191,7 +192,7 @@ def test_resume_after_an_early_stop_trains_no_further(micro_model_dir, tmp_path)
     cfg = sft_config("lora", learning_rate=0.5, max_steps=40, eval_steps=2, save_steps=2,
                early_stopping_patience=2, lr_scheduler="constant")
     hashes = {"data": {"a": "1" * 64}}
-    store = CheckpointStore(tmp_path / "ck", fingerprint(hashes, {"x": 1}))
+    store = CheckpointStore(tmp_path / "ck", fingerprint(hashes, {"x": 1}, "b" * 64))
     first, metrics, _, _ = train_micro(micro_model_dir, cfg, store)
     stopped = int(metrics["steps"])
     assert stopped < 40 and store.last_complete().name == f"checkpoint-{stopped}"

@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 
 from pedigree import lineage
-from pedigree.errors import MissingInputError, PedigreeError
+from pedigree.errors import PedigreeError
+from pedigree.pipeline import all_outs
 from pedigree.tracking import TAG_PREFIX, tracking_uri
 
 
@@ -67,19 +68,6 @@ def lock_outputs(root: Path) -> dict[str, str]:
         raise PedigreeError(f"{lock_file}: not a dvc.lock DVC can read ({type(err).__name__}: "
                             f"{err}); restore it (`git checkout dvc.lock`) or re-run "
                             "`dvc repro`") from None
-
-
-def stage_outputs(root: Path) -> list[str]:
-    """Every output of dvc.yaml, in the order the stages are declared (upstream first)."""
-    path = root / "dvc.yaml"
-    if not path.is_file():
-        raise MissingInputError(f"{path}: not found; run pedigree in the project's root")
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise PedigreeError(f"{path}: not valid YAML ({err})") from None
-    return [out if isinstance(out, str) else next(iter(out))
-            for stage in spec["stages"].values() for out in stage.get("outs", [])]
 
 
 def check_files(rel: str, directory: Path, manifest: dict[str, Any]) -> list[Finding]:
@@ -168,7 +156,7 @@ def mlflow_runs(root: Path, experiment: str) -> list[dict[str, str]]:
 
 def artifacts_to_audit(root: Path, path: Path | None) -> list[str]:
     if path is None:
-        return [rel for rel in stage_outputs(root) if (root / rel / lineage.MANIFEST).is_file()]
+        return [rel for rel in all_outs(root) if (root / rel / lineage.MANIFEST).is_file()]
     chain = lineage.lineage_chain(path, root)
     return [m["path"] for m in reversed(chain)]  # upstream first
 
@@ -181,7 +169,7 @@ def audit(root: Path, path: Path | None = None, experiment: str | None = None) -
     runs = mlflow_runs(root, experiment) if experiment else []
     findings: list[Finding] = []
     artifacts = artifacts_to_audit(root, path)
-    outputs = set(stage_outputs(root))
+    outputs = set(all_outs(root))
     if not artifacts:
         return [Finding(".", "no stage outputs with a manifest; run `dvc repro` first")]
     for rel in artifacts:

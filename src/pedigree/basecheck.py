@@ -7,7 +7,7 @@ Hugging Face cache (`models--ORG--NAME/refs/main`, `snapshots/REVISION/`): the d
 HF_HUB_CACHE, or the directory given. When both snapshots are in the mirror, the files that
 changed between them are listed.
 
-Exit codes for scripts: 0 every pin is current, 10 a newer revision exists, 1 an error.
+`pedigree base check` exits EXIT_NEWER when a newer revision exists (README: Exit codes).
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from pedigree.config import ConfigError, ModelConfig, format_errors, read_yaml
-from pedigree.errors import EXIT_NEWER, MissingInputError, PedigreeError
+from pedigree.errors import MissingInputError, PedigreeError
 from pedigree.lineage import file_hashes
-
-CHANGED_EXIT = EXIT_NEWER
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import Any
 from pedigree.errors import PedigreeError
 from pedigree.files import read_json
 from pedigree.pipeline import stage_out
+from pedigree.records import ChampionRef
 
 CHAMPION_FILE = "champion.json"
 
@@ -26,7 +27,7 @@ def candidate_files(candidate: str, root: Path = Path(".")) -> str:
 
 
 # What the gate and `pedigree promote` read from a champion record.
-CHAMPION_KEYS = ("registered_model", "version", "outputs_sha256", "items")
+CHAMPION_KEYS = (*ChampionRef.__annotations__, "items")
 
 
 def read_champion(root: Path) -> dict[str, Any] | None:

@@ -15,6 +15,8 @@ from typing import Any
 
 from pedigree.errors import PedigreeError
 from pedigree.experiments import experiment_nodes, node_metrics, node_params, show_experiments
+from pedigree.perf import PERF_FILE
+from pedigree.pipeline import stage_out
 from pedigree.tracking import flatten
 
 
@@ -35,11 +37,14 @@ COLUMNS = (
 )
 
 
-def experiment_rows(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def experiment_rows(shown: list[dict[str, Any]], root: Path = Path(".")) -> list[dict[str, Any]]:
+    # The metrics files as `dvc exp show` keys them: paths inside the stage outputs.
+    summary = f"{stage_out('eval', root).as_posix()}/summary.json"
+    sft = f"{stage_out('sft', root).as_posix()}/metrics.json"
     rows, seen = [], set()
     for node in experiment_nodes(shown):
         metrics = node_metrics(node)
-        if not metrics.get("metrics/summary.json") or node.get("error"):
+        if not metrics.get(summary) or node.get("error"):
             continue  # not run yet, failed, or from before the evals wrote a summary
         name = node.get("name") or node.get("rev", "?")[:7]
         if node.get("rev") == "workspace":
@@ -51,9 +56,9 @@ def experiment_rows(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({
             "name": name,
             "params": flatten(node_params(node)),
-            "summary": metrics["metrics/summary.json"],
-            "sft": metrics.get("models/sft/metrics.json", {}),
-            "perf": metrics.get("perf/sft.json", {}),
+            "summary": metrics[summary],
+            "sft": metrics.get(sft, {}),
+            "perf": metrics.get(PERF_FILE.format(stage="sft"), {}),
         })
     return rows
 
@@ -92,4 +97,4 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def compare(root: Path) -> str:
-    return table(experiment_rows(show_experiments(root)))
+    return table(experiment_rows(show_experiments(root), root))

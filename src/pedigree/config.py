@@ -21,6 +21,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pedigree import eval_metrics, quant_formats
+from pedigree.data_layouts import check_columns, check_format
 from pedigree.errors import PedigreeError
 
 PARAMS_FILE = Path("params.yaml")
@@ -143,18 +144,14 @@ class ModelConfig(Section):
 
 # ----------------------------------------------------------------------------- data
 def _valid_format(name: str) -> str:
-    from pedigree.data.layouts import check_format
-
     return check_format(name)  # a ValueError naming the formats and layouts
 
 
-# "auto", a row format or a public dataset layout (pedigree.data.layouts)
+# "auto", a row format or a public dataset layout (pedigree.data_layouts)
 FormatName = Annotated[str, AfterValidator(_valid_format)]
 
 
 def _valid_columns(columns: dict[str, str]) -> dict[str, str]:
-    from pedigree.data.layouts import check_columns
-
     check_columns(columns)  # a ValueError naming the allowed canonical fields
     return columns
 

@@ -40,8 +40,11 @@ def measured() -> Iterator[dict[str, Any]]:
     figures["device"] = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+PERF_FILE = "perf/{stage}.json"  # relative to the project root; dvc.yaml lists sft's
+
+
 def write_perf(stage: str, figures: dict[str, Any], root: Path = Path(".")) -> Path:
-    path = root / "perf" / f"{stage}.json"
+    path = root / PERF_FILE.format(stage=stage)
     path.parent.mkdir(exist_ok=True)
     atomic_write_text(path, json.dumps(figures, indent=2, sort_keys=True) + "\n")
     return path

@@ -51,11 +51,28 @@ def _resolve(text: str, variables: dict[str, Any], stage: str) -> str:
     return _VAR.sub(value, text)
 
 
-def _stage_spec(name: str, root: Path) -> dict[str, Any]:
+def _stages(root: Path) -> dict[str, dict[str, Any]]:
+    """dvc.yaml's `stages`, in the order they are declared (upstream first)."""
     path = root / DVC_YAML
     if not path.is_file():
         raise MissingInputError(f"{path}: not found; run pedigree from the project's root")
-    stages = yaml.safe_load(path.read_text(encoding="utf-8")).get("stages", {})
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise PedigreeError(f"{path}: not valid YAML ({err})") from None
+    stages = spec.get("stages") if isinstance(spec, dict) else None
+    if not isinstance(stages, dict):
+        raise PedigreeError(f"{path}: no `stages:` mapping; restore it (`git checkout dvc.yaml`)")
+    return stages
+
+
+def all_outs(root: Path = Path(".")) -> list[str]:
+    """Every output dvc.yaml declares, stage by stage in declaration order."""
+    return [_entry_path(o) for spec in _stages(root).values() for o in spec.get("outs") or []]
+
+
+def _stage_spec(name: str, root: Path) -> dict[str, Any]:
+    path, stages = root / DVC_YAML, _stages(root)
     if name not in stages:
         raise PedigreeError(f"{path}: no stage {name!r} (stages: {', '.join(stages)})")
     return stages[name]

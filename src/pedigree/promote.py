@@ -23,7 +23,7 @@ from pedigree.errors import EXIT_OK, PedigreeError
 from pedigree.eval_metrics import PROMOTION_TAGS
 from pedigree.files import atomic_write_text, read_json
 from pedigree.pipeline import stage_out
-from pedigree.records import Gate, read_gate
+from pedigree.records import GATE_FILE, Gate, read_gate
 from pedigree.tracking import flatten, runs_for_output, store_lock, tracking_uri
 
 ALIAS = "champion"
@@ -35,7 +35,7 @@ class PromotionRefused(PedigreeError):
 
 @dataclass
 class _Gated:
-    gate: Gate  # metrics/gate.json
+    gate: Gate  # the eval stage's gate.json
     model: lineage.Manifest  # the candidate's stage manifest
     evaluation: lineage.Manifest  # the eval stage's manifest
     previous: dict[str, Any] | None  # the current champion record
@@ -49,7 +49,7 @@ def _current_gate(root: Path) -> _Gated:
     model_manifest = lineage.read_manifest(root / candidate_dir(gate["candidate"], root))
     if gate["candidate_sha256"] != model_manifest["outputs_sha256"]:
         raise PromotionRefused(
-            f"metrics/gate.json judged {candidate_dir(gate['candidate'], root)} "
+            f"{metrics_dir / GATE_FILE} judged {candidate_dir(gate['candidate'], root)} "
             f"{gate['candidate_sha256'][:12]}, but the workspace holds "
             f"{model_manifest['outputs_sha256'][:12]}: run `dvc repro` first")
     previous = read_champion(root)
@@ -127,7 +127,7 @@ def plan_promotion(root: Path, registered_model: str, audit_experiment: str | No
     for name, table in (("eval.json", evaluated), ("items.json", items)):
         if gate["candidate"] not in table:
             raise PedigreeError(f"{metrics_dir / name}: no results for the candidate "
-                                f"{gate['candidate']!r} that metrics/gate.json judged; run "
+                                f"{gate['candidate']!r} that {metrics_dir / GATE_FILE} judged; run "
                                 "`dvc repro` first")
     metrics = evaluated[gate["candidate"]]
     eval_runs = []

@@ -19,7 +19,7 @@ from pedigree.errors import EXIT_OK, PedigreeError
 from pedigree.experiments import make_room, run_command, show_experiments
 from pedigree.files import read_json
 from pedigree.pipeline import stage_out
-from pedigree.records import Gate, read_gate
+from pedigree.records import GATE_FILE, Gate, read_gate
 from pedigree.stream import run_streamed
 
 
@@ -86,8 +86,8 @@ def rebase(root: Path, model: str, revision: str | None, promote: bool,
     if not promote:
         return EXIT_OK
     if not gate["passed"]:
-        raise PedigreeError("not promoted: the gate failed (metrics/gate.json; the table above "
-                            "says which check)")
+        raise PedigreeError(f"not promoted: the gate failed ({metrics_dir / GATE_FILE}; the "
+                            "table above says which check)")
     from pedigree.promote import promote as promote_candidate
 
     return promote_candidate(root)

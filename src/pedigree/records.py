@@ -16,10 +16,13 @@ from typing import Any, Literal, NotRequired, TypeVar
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from pedigree.errors import MissingInputError, PedigreeError
+from pedigree.errors import PedigreeError
+from pedigree.files import read_json
 
 POLICY_FILE = "policy.json"
 GATE_FILE = "gate.json"
+POLICY_VERSION = 1  # the schema_version written; the types below accept only it
+GATE_VERSION = 1
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
 
@@ -28,7 +31,7 @@ class Policy(TypedDict):
     """The chain that makes the final policy: base, then SFT's trained weights (partial, full) or
     adapter, then DPO's adapter. Paths are relative to the project root."""
 
-    schema_version: Literal[1]
+    schema_version: Literal[POLICY_VERSION]
     sft_method: str  # sft.method: lora, qlora, dora, partial, full
     quant: dict[str, Any] | None  # QLoRA: config.QuantConfig, the 4-bit base it trained on
     weights: str | None  # the directory whose trained tensors replace base weights
@@ -66,7 +69,7 @@ class ChampionRef(TypedDict, total=False):
 class Gate(TypedDict):
     """The promotion gate's decision on one candidate."""
 
-    schema_version: Literal[1]
+    schema_version: Literal[GATE_VERSION]
     passed: bool
     candidate: str  # "merged" or a quantized format name
     candidate_sha256: str  # outputs_sha256 of the stage output holding it
@@ -98,13 +101,7 @@ def _write(kind: type[Record], record: Record, path: Path) -> None:
 
 
 def _read(kind: type[Record], path: Path) -> Record:
-    if not path.is_file():
-        raise MissingInputError(f"{path}: not found; the pipeline writes it: run `dvc repro`")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise PedigreeError(f"{path}: not JSON ({err}): run `dvc repro`") from None
-    return _check(kind, value, str(path))
+    return _check(kind, read_json(path, "the pipeline writes it: run `dvc repro`"), str(path))
 
 
 def write_policy(policy: Policy, out_dir: Path) -> None:

@@ -106,6 +106,7 @@ def stage_run(name: str, extra_inputs: Sequence[str] = ()) -> Iterator[StageRun]
     contract = stage_contract(name)
     inputs = [*contract.inputs,
               *(p for p in extra_inputs if not _inside_any(p, contract.inputs))]
+    input_hashes = _input_hashes(inputs)  # first: a missing input fails before anything is made
     upstream = []
     for rel in inputs:
         if (Path(rel) / lineage.MANIFEST).is_file():
@@ -127,7 +128,7 @@ def stage_run(name: str, extra_inputs: Sequence[str] = ()) -> Iterator[StageRun]
         params=all_params,
         recorded_params=section_dict(all_params, contract.params),
         upstream=upstream,
-        input_hashes=_input_hashes(inputs),
+        input_hashes=input_hashes,
         code=lineage.code_identity(name),
     )
     try:

@@ -27,15 +27,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from pedigree.data import layouts
-from pedigree.data.layouts import (  # noqa: F401 - also this module's interface
-    CANONICAL_FIELDS,
-    FORMATS,
-    ColumnsError,
-    check_columns,
-    check_format,
-    parse_columns,
-)
+from pedigree import data_layouts as layouts
 from pedigree.data.messages import (
     is_sharegpt,
     looks_like_transcript,
@@ -43,6 +35,14 @@ from pedigree.data.messages import (
     parse_transcript,
 )
 from pedigree.data.readers import RowError
+from pedigree.data_layouts import (  # noqa: F401 - also this module's interface
+    CANONICAL_FIELDS,
+    FORMATS,
+    ColumnsError,
+    check_columns,
+    check_format,
+    parse_columns,
+)
 from pedigree.lineage import canonical_json, sha256_bytes
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from pedigree import eval_metrics
 from pedigree.config import GateConfig
-from pedigree.records import Gate
+from pedigree.records import GATE_VERSION, ChampionRef, Gate
 
 Items = dict[str, dict[str, float]]  # metric -> {item id: value}
 
@@ -121,13 +121,13 @@ def decide(cfg: GateConfig, items: dict[str, Items], champion: dict[str, Any] | 
               *check_base(cfg, candidate, items["base"], lower_is_better)]
     against = None
     if champion and champion.get("items"):
-        against = {k: champion[k] for k in ("registered_model", "version", "outputs_sha256")
-                   if k in champion}
+        against = ChampionRef(**{k: champion[k] for k in ChampionRef.__annotations__
+                                 if k in champion})
         checks += check_champion(cfg, candidate, champion["items"], lower_is_better)
     passed = all(c["passed"] for c in checks)
     reasons = [("pass: " if c["passed"] else "FAIL: ") + c["reason"] for c in checks]
     if against is None:
         reasons.append("no champion yet: compared with the base only")
-    return Gate(schema_version=1, passed=passed, candidate=cfg.candidate,
+    return Gate(schema_version=GATE_VERSION, passed=passed, candidate=cfg.candidate,
                 candidate_sha256=candidate_sha256, champion=against, task_metric=cfg.task_metric,
                 checks=checks, reasons=reasons, lower_is_better=sorted(lower_is_better))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pedigree.export.merge import with_adapters
 from pedigree.export.quantize import load_format
+from pedigree.files import read_json
 from pedigree.model.load import load_causal_lm
 from pedigree.model.policy import load_sft, policy_base
 from pedigree.pipeline import stage_out
@@ -21,7 +21,7 @@ def pipeline_models(root: Path, trust_remote_code: bool = False) -> dict[str, Ca
                                                              "quantize")}
     base, trust = out["base"], trust_remote_code
     policy = read_policy(out["dpo"])
-    quantized = json.loads((out["quantize"] / "report.json").read_text())
+    quantized = read_json(out["quantize"] / "report.json")
     models: dict[str, Callable[[], Any]] = {
         "base": lambda: load_causal_lm(base, trust),
         "sft": lambda: load_sft(base, out["sft"], trust),
@@ -29,7 +29,7 @@ def pipeline_models(root: Path, trust_remote_code: bool = False) -> dict[str, Ca
     }
     if policy["dpo"]:
         models["dpo"] = lambda: with_adapters(policy_base(base, policy, trust),
-                                              [Path(a) for a in policy["adapters"]])[0]
+                                              [root / a for a in policy["adapters"]])[0]
     for fmt in quantized:
         models[fmt] = lambda fmt=fmt: load_format(fmt, out["quantize"])
     return models

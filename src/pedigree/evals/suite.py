@@ -20,6 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from pedigree.config import EvalConfig
+from pedigree.evals.scorers import (
+    EvalSetError,
+    check_task_row,
+    continuation_answer,
+    normalised_match,
+    row_score,
+    score_task_rows,
+)
 from pedigree.model.measure import (
     completion_nll,
     greedy_answers,
@@ -28,14 +36,6 @@ from pedigree.model.measure import (
     perplexity,
     row_means,
     text_nll,
-)
-from pedigree.evals.scorers import (
-    EvalSetError,
-    check_task_row,
-    continuation_answer,
-    normalised_match,
-    row_score,
-    score_task_rows,
 )
 
 

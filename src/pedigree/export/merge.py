@@ -16,8 +16,8 @@ import torch
 
 from pedigree.config import CombineConfig
 from pedigree.errors import PedigreeError
-from pedigree.model.measure import chat_logits, compare_logits
 from pedigree.model.load import check_adapter_dir
+from pedigree.model.measure import chat_logits, compare_logits
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Default max |logit diff| by saved dtype. fp32: the fold's own rounding, which grows with depth

@@ -17,11 +17,11 @@ from typing import Any
 
 from pedigree.config import QuantizeConfig
 from pedigree.errors import PedigreeError
-from pedigree.model.measure import chat_inputs, distribution_compare, greedy_answers, logits_of
 from pedigree.export import kquants
 from pedigree.export.gguf import write_gguf
 from pedigree.lineage import sha256_file
 from pedigree.model.chat import encode_completion
+from pedigree.model.measure import chat_inputs, distribution_compare, greedy_answers, logits_of
 from pedigree.quant_formats import DEFAULT_PERPLEXITY_GATES, FORMATS
 
 # The GGUF formats of the registry and their file types: written by export/gguf.py directly or

@@ -19,7 +19,7 @@ from typing import Literal
 from pedigree.config import QuantConfig
 from pedigree.model.load import check_adapter_dir, load_causal_lm, load_dequantized
 from pedigree.model.trained import apply_trained, training_info
-from pedigree.records import Policy
+from pedigree.records import POLICY_VERSION, Policy
 
 QLoRABase = Literal["dequantized", "original"]
 
@@ -28,7 +28,7 @@ def policy_chain(sft: Path, dpo: Path | None) -> Policy:
     info = training_info(sft)
     weights = info["kind"] == "weights"
     adapters = ([] if weights else [sft.as_posix()]) + ([dpo.as_posix()] if dpo else [])
-    return Policy(schema_version=1, sft_method=info["method"], quant=info.get("quant"),
+    return Policy(schema_version=POLICY_VERSION, sft_method=info["method"], quant=info.get("quant"),
                   weights=sft.as_posix() if weights else None, adapters=adapters,
                   dpo=dpo is not None)
 
@@ -66,8 +66,9 @@ def load_sft(base: Path, sft: Path, trust_remote_code: bool = False):
     return PeftModel.from_pretrained(model, str(sft))
 
 
-def describe(policy: Policy) -> str:
-    base = "models/base" + (f" ({base_kind(policy)})" if policy.get("quant") else "")
-    parts = [base, *([f"{policy['weights']} (weights)"] if policy.get("weights") else []),
+def describe(policy: Policy, base: Path) -> str:
+    """The chain in one line, e.g. `models/base + models/sft + models/dpo`."""
+    on = base.as_posix() + (f" ({base_kind(policy)})" if policy.get("quant") else "")
+    parts = [on, *([f"{policy['weights']} (weights)"] if policy.get("weights") else []),
              *policy["adapters"]]
     return " + ".join(parts)

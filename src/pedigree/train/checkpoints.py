@@ -29,9 +29,10 @@ COMPLETE = "pedigree-complete"  # marker file inside a checkpoint-N directory
 
 
 def fingerprint(input_hashes: dict[str, dict[str, str]], params: dict[str, Any],
-                code_sha256: str | None = None) -> dict[str, Any]:
+                code_sha256: str) -> dict[str, Any]:
     """What a checkpoint was trained from: one hash per input path, one for the params, and the
-    stage's code (`lineage.code_identity(stage)["source_sha256"]`)."""
+    stage's code (`lineage.code_identity(stage)["source_sha256"]`; required, so no caller can
+    resume onto weights trained by other code)."""
     return {
         "inputs": {path: hash_of_hashes(files) for path, files in sorted(input_hashes.items())},
         "params_sha256": sha256_json(params),
