@@ -191,3 +191,16 @@ def test_exponent_floats_written_by_hand_are_numbers(tmp_path):
     assert "learning_rate: 1e-3" in text
     (tmp_path / "params.yaml").write_text(text)
     assert load_params(tmp_path / "params.yaml").sft.learning_rate == 0.001
+
+
+def test_a_build_section_on_another_source_is_named():
+    """A preset for the embedded model (experiment=micro) on a hub or GGUF model: one clear error
+    that says how to drop it, not the build section's missing fields."""
+    from pydantic import ValidationError
+
+    from pedigree.config import ModelConfig
+
+    with pytest.raises(ValidationError, match=r"build: only for source=build \(source is hub\); "
+                                              r".*add model.build=null"):
+        ModelConfig.model_validate({"name": "m", "source": "hub", "id": "o/m",
+                                    "revision": "a" * 40, "build": {"hidden_size": 64}})

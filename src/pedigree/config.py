@@ -118,6 +118,16 @@ class ModelConfig(Section):
     gguf: GgufPackageConfig | None = Field(
         None, description="source=gguf: the package holding the file (instead of path)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _build_only_when_built(cls, data: Any) -> Any:
+        # Before the fields: a preset for the embedded model (experiment=micro) sets the shape
+        # of model.build, which on another model would fail as an incomplete build section.
+        if isinstance(data, dict) and data.get("source") != "build" and data.get("build"):
+            raise ValueError(f"build: only for source=build (source is {data.get('source')}); "
+                             "a preset for the embedded model set it: add model.build=null")
+        return data
+
     @model_validator(mode="after")
     def _source_fields(self) -> ModelConfig:
         if self.source == "hub":
