@@ -20,6 +20,8 @@ import multiprocessing as mp
 import sys
 from pathlib import Path
 
+from child import in_child  # bench/child.py: python puts bench/ on the path
+
 METHODS = ("dpo", "orpo", "simpo", "kto")
 SCORES = ("task_score", "pref_accuracy", "general_chat_score", "general_task_score",
           "general_loss")
@@ -56,16 +58,6 @@ def run(method: str | None, steps: int | None, queue: mp.Queue) -> None:
                "eval": {k: result.metrics[k] for k in SCORES if k in result.metrics}})
 
 
-def measure(method: str | None, steps: int | None) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=run, args=(method, steps, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -74,9 +66,9 @@ def main() -> None:
     args = parser.parse_args()
     if not Path("models/sft").is_dir():
         sys.exit("models/sft is needed: run `dvc repro sft` first")
-    rows = {"sft (no alignment)": measure(None, None)}
+    rows = {"sft (no alignment)": in_child(run, None, None)}
     for method in args.methods:
-        rows[method] = measure(method, args.steps)
+        rows[method] = in_child(run, method, args.steps)
         print(f"{method}: {json.dumps(rows[method])}", flush=True)
     baseline = rows.get("dpo", {}).get("perf", {}).get("seconds")
     sft_scores = rows["sft (no alignment)"]["eval"]
