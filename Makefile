@@ -53,7 +53,7 @@ postgres:
 # The benchmarks' baselines (datasketch) are not needed to run or test the pipeline.
 bench: install
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
-	@echo "run: $(BIN)/python bench/dedup.py | curate_scale.py | pipeline.py | sft_throughput.py | sft_memory.py | lineage.py | eval_speed.py"
+	@echo "run: $(BIN)/python bench/dedup.py | curate_scale.py | pipeline.py | sft_throughput.py | sft_memory.py | lineage.py | eval_speed.py | method_forgetting.py | align_methods.py"
 
 # GGUF K-quants and the llama.cpp reader: builds llama.cpp from source (~7 min on 2 cores).
 kquants: install

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from child import in_child  # bench/child.py: python puts bench/ on the path
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
@@ -66,12 +68,7 @@ def main() -> None:
         write_rows(raw, args.rows)
         print(f"generated {args.rows} rows ({raw.stat().st_size / 1e6:.0f} MB) in "
               f"{time.perf_counter() - start:.0f} s (not timed below)", flush=True)
-        queue: mp.Queue = mp.get_context("spawn").Queue()
-        child = mp.get_context("spawn").Process(
-            target=run_curation, args=(raw, Path(tmp) / "curated", args.tokenizer, queue))
-        child.start()
-        result = queue.get()
-        child.join()
+        result = in_child(run_curation, raw, Path(tmp) / "curated", args.tokenizer)
     report = result["report"]
     print(f"rows in:            {report['input_rows']}")
     print(f"kept:               {report['kept_rows']}")

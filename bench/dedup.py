@@ -25,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from child import in_child  # bench/child.py: python puts bench/ on the path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -148,14 +149,8 @@ def child(method: str, texts: list[str], kwargs: dict, queue: mp.Queue) -> None:
     })
 
 
-def in_child(method: str, texts: list[str], **kwargs) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=child, args=(method, texts, kwargs, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+def measure(method: str, texts: list[str], **kwargs) -> dict:
+    return in_child(child, method, texts, kwargs)
 
 
 # ------------------------------------------------------------------------------------- main
@@ -189,7 +184,7 @@ def main() -> None:
 
     def best(method: str, **kwargs) -> dict:
         """The fastest of --repeat runs, each in a fresh child process."""
-        results = [in_child(method, texts, **kwargs) for _ in range(max(args.repeat, 1))]
+        results = [measure(method, texts, **kwargs) for _ in range(max(args.repeat, 1))]
         return min(results, key=lambda r: r["seconds"])
 
     runs: dict[str, dict] = {}

@@ -23,6 +23,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import yaml
+from child import in_child  # bench/child.py: python puts bench/ on the path
 
 BASE = Path("models/base")
 RUNS = ("lora", "qlora", "dora", "partial", "full")
@@ -82,16 +83,6 @@ def run(method: str, rate: float | None, at: list[int], queue: mp.Queue) -> None
                "trainable": metrics["trainable_params"]})
 
 
-def measure(method: str, rate: float | None, at: list[int]) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=run, args=(method, rate, at, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
-
-
 def forgetting(point: dict[str, float], base: dict[str, float]) -> dict[str, float]:
     """How much worse than the base each general metric is (positive: forgot)."""
     return {k: (point[k] - base[k]) if k == "general_loss" else (base[k] - point[k])
@@ -115,13 +106,13 @@ def main() -> None:
     args = parser.parse_args()
     if not (BASE.is_dir() and Path("data/split/sft_train.jsonl").is_file()):
         sys.exit(f"{BASE} and data/split are needed: run `dvc repro split` first")
-    base = measure("base", None, [0])[0]
+    base = in_child(run, "base", None, [0])[0]
     print("base: " + ", ".join(f"{k} {v:.3f}" for k, v in base.items()), flush=True)
     table = {}
     for spec in args.runs:
         method, _, rate = spec.partition(":")
         rate = float(rate) if rate else conf_rate(method)
-        result = measure(method, rate, sorted(args.at))
+        result = in_child(run, method, rate, sorted(args.at))
         name = f"{method} {rate:g}"
         curve = [(0.0, forgetting(base, base))] + [
             (result[s]["task_score"] - base["task_score"], forgetting(result[s], base))

@@ -14,6 +14,8 @@ import multiprocessing as mp
 import sys
 from pathlib import Path
 
+from child import in_child  # bench/child.py: python puts bench/ on the path
+
 BASE = Path("models/base")
 METHODS = ("lora", "qlora", "dora", "partial", "full")
 
@@ -52,14 +54,9 @@ def main() -> None:
     args = parser.parse_args()
     if not BASE.is_dir():
         sys.exit(f"{BASE} is needed: run `dvc repro split` first")
-    ctx = mp.get_context("spawn")
     print(f"{'method':8s} {'trainable':>10s} {'peak RSS':>9s} {'at start':>9s} {'CUDA peak':>9s}")
     for method in METHODS:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=run, args=(method, args.steps, queue))
-        proc.start()
-        r = queue.get()
-        proc.join()
+        r = in_child(run, method, args.steps)
         cuda = f"{r['cuda_peak']:.2f} GiB" if "cuda_peak" in r else "-"
         print(f"{method:8s} {r['trainable']:10,.0f} {r['peak_rss']:6.2f} GiB {r['rss_before']:6.2f}"
               f" GiB {cuda:>9s}")

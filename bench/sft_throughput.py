@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from child import in_child  # bench/child.py: python puts bench/ on the path
+
 BASE, TRAIN = Path("models/base"), Path("data/split/sft_train.jsonl")
 
 
@@ -80,13 +82,7 @@ def run(variant: str, steps: int, queue: mp.Queue) -> None:
 
 
 def measure(variant: str, steps: int) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=run, args=(variant, steps, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    return in_child(run, variant, steps)
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ Read:       dvc metrics show      (and `dvc metrics diff` against another commit
             dvc plots show        (one chart per metric across models, and the training curves)
             metrics/gate.json     (pass or fail, with every reason; `pedigree promote` acts on it)
 
-Models: the base, the SFT policy (base + adapter, or its trained weights), the DPO policy when it
-ran, the merged model and each quantized format. Measured: task scores (exact, normalised,
+Models: the base, the SFT policy (base + adapter, or its trained weights), the aligned policy when
+it ran, the merged model and each quantized format. Measured: task scores (exact, normalised,
 numeric, JSON), the loss of the reference answers, validation loss, the forgetting probe
 (general-text loss and cloze prompts the base completes) and preference accuracy on held-out
 pairs. A failed gate is a result, not an error: the stage succeeds and gate.json says why.

@@ -26,12 +26,12 @@ from pedigree.stage import stage_run
 
 params = load_params()
 cfg, trust = params.merge, params.model.trust_remote_code
-base, sft, dpo = stage_out("base"), stage_out("sft"), stage_out("dpo")
+base, sft, align = stage_out("base"), stage_out("sft"), stage_out("align")
 
 # Adapters named in merge.combine are inputs too: their hashes go into the manifest.
 extra = cfg.combine.adapters if cfg.combine else []
 with stage_run("merge", extra_inputs=extra) as run:
-    policy = read_policy(dpo)
+    policy = read_policy(align)
     tokenizer = load_tokenizer(sft, trust)  # the template the policy trained with
     rows = read_jsonl(stage_out("split") / "sft_validation.jsonl")[: cfg.parity_rows]
 
@@ -43,11 +43,12 @@ with stage_run("merge", extra_inputs=extra) as run:
     merged.save_pretrained(run.dir, max_shard_size=cfg.max_shard_size)  # + generation_config
     tokenizer.save_pretrained(run.dir)
     (run.dir / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
-    training = {stage: read_json(out / "metrics.json") for stage, out in (("sft", sft), ("dpo", dpo))
+    training = {stage: read_json(out / "metrics.json")
+                for stage, out in (("sft", sft), ("align", align))
                 if (out / "metrics.json").is_file()}
     merge_base = base_kind(policy, cfg.qlora_base)
     params_hashes = {m["stage"]: m["params_sha256"] for m in run.upstream
-                     if m["stage"] in ("base", "sft", "dpo")}
+                     if m["stage"] in ("base", "sft", "align")}
     (run.dir / "README.md").write_text(model_card(
         merge_roots(run.upstream, {}), policy, params_hashes, training, parity, merge_base))
     run.details.update(policy=policy, parity=parity, merge_base=merge_base)

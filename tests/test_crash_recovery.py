@@ -29,7 +29,7 @@ SEED = int(os.environ.get("PEDIGREE_KILL_SEED", "0"))
 # Rough seconds each stage runs on the micro configuration (2-core CPU): a kill lands uniformly
 # in [0, this] after the stage starts (for sft, after its first complete checkpoint); a stage
 # that finishes first is run again with a delay drawn within the time it took.
-SPAN = {"base": 8, "curate": 6, "split": 4, "sft": 3, "dpo": 8, "merge": 6, "quantize": 6,
+SPAN = {"base": 8, "curate": 6, "split": 4, "sft": 3, "align": 8, "merge": 6, "quantize": 6,
         "eval": 8}
 
 
@@ -140,7 +140,7 @@ def test_sigkill_in_every_stage_leaves_nothing_half_written_and_repro_recovers(
     rng = random.Random(SEED)
     # Checkpoints every 4 SFT steps (12 in all) and every 2 DPO steps, so a kill can land after one.
     project = new_project(tmp_path_factory.mktemp("killed"), "sft.save_steps=4",
-                          "dpo.save_steps=2")
+                          "align.save_steps=2")
     logs = tmp_path_factory.mktemp("logs")
     resume_expected = False
     for stage in STAGES:
@@ -152,7 +152,7 @@ def test_sigkill_in_every_stage_leaves_nothing_half_written_and_repro_recovers(
     assert "Traceback" not in out, out[-3000:]
     assert_nothing_half_written(project, "after the final repro")
     if resume_expected:  # the SFT kill left a checkpoint: some later run resumed from it
-        text = "".join(p.read_text() for p in logs.glob("dpo-*.log"))
+        text = "".join(p.read_text() for p in logs.glob("align-*.log"))
         assert "[sft] resuming from checkpoints/sft/checkpoint-" in text, text[-3000:]
     for stage, rel in OUTS.items():
         assert (project / rel / "lineage.json").is_file(), stage

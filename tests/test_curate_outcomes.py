@@ -142,10 +142,10 @@ def test_probe_of_a_real_chat_template():
     assert ToolSupport(BASE).renders == {"tool_calls": False, "tool": True}
 
 
-def test_dpo_on_without_preference_rows_fails_before_loading_a_model(tmp_path):
+def test_align_on_without_preference_rows_fails_before_loading_a_model(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     params = (repo / "params.yaml").read_text()
-    assert "dpo:\n  enabled: true" in params  # the default this test relies on
+    assert "align:\n  enabled: true" in params  # the default this test relies on
     (tmp_path / "params.yaml").write_text(params.replace("tracking:\n  enabled: true",
                                                          "tracking:\n  enabled: false"))
     (tmp_path / "dvc.yaml").write_text((repo / "dvc.yaml").read_text())  # the stage's contract
@@ -154,12 +154,12 @@ def test_dpo_on_without_preference_rows_fails_before_loading_a_model(tmp_path):
         (tmp_path / d / "x").write_text("x")
     (tmp_path / "data/split/preference_train.jsonl").write_text("")
     (tmp_path / "data/split/preference_validation.jsonl").write_text("")
-    done = subprocess.run([sys.executable, str(repo / "stages/dpo.py")], cwd=tmp_path,
+    done = subprocess.run([sys.executable, str(repo / "stages/align.py")], cwd=tmp_path,
                           capture_output=True, text=True, check=False)
     assert done.returncode == 1, done.stderr
-    assert "dpo.enabled, but the split has 0 training and 0 validation preference rows" \
+    assert "align.enabled, but the split has 0 training and 0 validation preference rows" \
         in done.stderr
-    assert not (tmp_path / "models/dpo").exists()
+    assert not (tmp_path / "models/align").exists()
 
 
 def test_answer_filters_look_at_every_target_turn(tmp_path):

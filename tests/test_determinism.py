@@ -46,7 +46,7 @@ def test_two_runs_from_clean_are_byte_identical(two_runs):
     # The comparison covered what the promise names, not an empty tree.
     for must in ("data/curated/sft.jsonl", "data/split/sft_train.jsonl",
                  "data/split/assignments.tsv", "models/base/model.safetensors",
-                 "models/sft/adapter_model.safetensors", "models/dpo/adapter_model.safetensors",
+                 "models/sft/adapter_model.safetensors", "models/align/adapter_model.safetensors",
                  "models/merged/model.safetensors", "models/quantized/gguf-q8_0/model-Q8_0.gguf",
                  *(f"{rel}/lineage.json" for rel in OUTS.values())):
         assert must in first, must

@@ -312,7 +312,7 @@ def test_a_quantized_candidate_must_have_passed_its_export_checks():
 
 def test_gate_candidates_are_deployable_models():
     with pytest.raises(ValueError, match="candidate"):
-        GateConfig(candidate="sft")  # sft and dpo are folded into merged: promote that
+        GateConfig(candidate="sft")  # sft and align are folded into merged: promote that
 
 
 def test_answers_stop_at_the_templates_end_of_turn(micro_model_dir):

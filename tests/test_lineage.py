@@ -161,8 +161,8 @@ def test_unknown_stage_or_unset_variable_is_a_clear_error(in_tmp_repo):
     from pedigree.pipeline import stage_contract
 
     _write_params(in_tmp_repo)
-    with pytest.raises(PedigreeError, match="no stage 'dpo'"):
-        stage_contract("dpo")
+    with pytest.raises(PedigreeError, match="no stage 'align'"):
+        stage_contract("align")
     (in_tmp_repo / "dvc.yaml").write_text(SCRATCH_DVC_YAML.replace("data.raw_dir", "data.nope"))
     with pytest.raises(PedigreeError, match=r"\$\{data.nope\}, which params.yaml does not set"):
         stage_contract("curate")

@@ -61,15 +61,16 @@ def test_low_precision_merges_use_their_own_tolerance(micro_model_dir, tmp_path)
 def test_model_card_front_matter_and_provenance():
     roots = {"data_sha256": "d" * 64,
              "base_model": {"id": "org/base", "revision": "r" * 40, "sha256": "b" * 64}}
-    policy = {"sft_method": "qlora", "dpo": True, "weights": None,
-              "adapters": ["models/sft", "models/dpo"], "quant": {"quant_type": "nf4"}}
+    policy = {"sft_method": "qlora", "align": "orpo", "weights": None,
+              "adapters": ["models/sft", "models/align"], "quant": {"quant_type": "nf4"}}
     parity = {"max_abs_logit_diff": 2e-5, "tolerance": 1e-4, "dtype": "float32",
               "top1_agreement": 1.0}
     card = model_card(roots, policy, {"sft": "p" * 64}, {"sft": {"val_loss": 1.5}}, parity,
                       "dequantized-nf4")
     front = yaml.safe_load(card.split("---")[1])
     assert front["base_model"] == "org/base" and front["library_name"] == "transformers"
-    assert {"sft-qlora", "dpo"} <= set(front["tags"])
+    assert {"sft-qlora", "orpo"} <= set(front["tags"])
+    assert "| method | SFT qlora + orpo (LoRA) |" in card
     for fact in ("d" * 64, "r" * 40, "b" * 64, "p" * 64, "dequantized-nf4", "| sft: val_loss | 1.5 |"):
         assert fact in card
     assert card == model_card(roots, policy, {"sft": "p" * 64}, {"sft": {"val_loss": 1.5}},
@@ -241,7 +242,7 @@ def test_quantized_card_keeps_the_provenance():
 
     roots = {"data_sha256": "d" * 64,
              "base_model": {"id": "org/base", "revision": "r" * 40, "sha256": "b" * 64}}
-    policy = {"sft_method": "lora", "dpo": False, "weights": None, "adapters": ["models/sft"]}
+    policy = {"sft_method": "lora", "align": None, "weights": None, "adapters": ["models/sft"]}
     parity = {"max_abs_logit_diff": 2e-5, "tolerance": 1e-4, "dtype": "float32",
               "top1_agreement": 1.0}
     merged = model_card(roots, policy, {"sft": "p" * 64}, {}, parity, "original")

@@ -32,7 +32,7 @@ def test_a_leaf_prints_its_type_default_bounds_and_description(capsys):
     assert code == 0
     assert out == "sft.lora.r: int = 16   allowed: >= 1\n    rank of the update\n"
     # A nested section's own default: DPO's adapter is smaller than SFT's.
-    assert run(capsys, "dpo.lora.r")[1].startswith("dpo.lora.r: int = 8 ")
+    assert run(capsys, "align.lora.r")[1].startswith("align.lora.r: int = 8 ")
 
 
 def test_a_section_prints_its_subtree(capsys):
@@ -54,7 +54,7 @@ def test_an_unknown_key_is_an_error_naming_close_matches(capsys):
     # A leaf's name alone names every key that ends in it.
     code, _, err = run(capsys, "learning_rate")
     assert code == 1
-    assert "sft.learning_rate" in err and "dpo.learning_rate" in err
+    assert "sft.learning_rate" in err and "align.learning_rate" in err
 
 
 def test_every_field_has_a_description():

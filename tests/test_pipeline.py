@@ -106,7 +106,7 @@ def test_stages_did_their_jobs(project):
     assert (project / "data/split/assignments.tsv").read_text().startswith("id\tsplit\n")
     sft = json.loads((project / "models/sft/metrics.json").read_text())
     assert sft["val_loss"] < sft["val_loss_base"]  # fine-tuning lowered the task loss
-    assert manifest(project, "dpo")["details"]["policy"]["dpo"] is True
+    assert manifest(project, "align")["details"]["policy"]["align"] == "dpo"
     parity = json.loads((project / "models/merged/parity.json").read_text())
     assert parity["max_abs_logit_diff"] <= 1e-4 and parity["top1_agreement"] == 1.0
     quant = json.loads((project / "models/quantized/report.json").read_text())["gguf-q8_0"]
@@ -121,14 +121,14 @@ def test_stages_did_their_jobs(project):
     assert {"README.md", "generation_config.json", "chat_template.jinja"} <= {
         p.name for p in (project / "models/merged").iterdir()}
     metrics = json.loads((project / "metrics/eval.json").read_text())
-    assert set(metrics) == {"base", "sft", "dpo", "merged", "gguf-q8_0"}
+    assert set(metrics) == {"base", "sft", "aligned", "merged", "gguf-q8_0"}
     assert metrics["sft"]["val_loss"] < metrics["base"]["val_loss"]
-    assert abs(metrics["merged"]["val_loss"] - metrics["dpo"]["val_loss"]) < 1e-4
+    assert abs(metrics["merged"]["val_loss"] - metrics["aligned"]["val_loss"]) < 1e-4
 
 
 def test_training_curves_for_dvc_plots(project):
     plots = json.loads(run([sys.executable, "-m", "dvc", "plots", "show", "--json"], project))
-    for name in ("sft_loss", "dpo_loss"):
+    for name in ("sft_loss", "align_loss"):
         values = plots["data"][name][0]["content"]["data"]["values"]
         assert values and all(float(v["loss"]) > 0 for v in values), name
     files = {v["filename"] for v in plots["data"]["sft_loss"][0]["content"]["data"]["values"]}
@@ -299,8 +299,8 @@ def _edit_lock(project: Path) -> None:
     ("manifest edited by hand", _edit_manifest, "models/sft: lineage.json was edited: params"),
     ("manifest and dvc.lock disagree", _edit_lock,
      "models/merged: dvc.lock records md5 000000"),
-    ("artifact without a run", lambda p: _retag(p, "dpo", removed=None),
-     "models/dpo: no MLflow run tagged"),
+    ("artifact without a run", lambda p: _retag(p, "align", removed=None),
+     "models/align: no MLflow run tagged"),
     ("run tagged with other data", lambda p: _retag(p, "merge", data_sha256="f" * 64),
      "models/merged: MLflow run"),
 ])
@@ -385,7 +385,7 @@ def test_report_renders_in_headless_chromium(project, tmp_path):
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,2400"]
     dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True,
                          timeout=120, check=True).stdout
-    for element in ('id="lineage-graph"', 'id="eval-table"', 'id="sft-curve"', 'id="dpo-curve"',
+    for element in ('id="lineage-graph"', 'id="eval-table"', 'id="sft-curve"', 'id="align-curve"',
                     'class="mlflow-run"', 'href="models/merged/README.md"'):
         assert element in dom, element
     shot = tmp_path / "report.png"
@@ -410,7 +410,7 @@ def test_eval_writes_gate_summary_and_one_plot_per_metric(project):
     summary = json.loads((project / "metrics/summary.json").read_text())
     assert summary["gate_passed"] == int(gate["passed"]) and "task_gain" in summary["sft"]
     metrics = json.loads((project / "metrics/eval.json").read_text())
-    for model in ("base", "sft", "dpo", "merged", "gguf-q8_0"):
+    for model in ("base", "sft", "aligned", "merged", "gguf-q8_0"):
         for key in ("task_loss", "task_normalised_match", "general_task_score",
                     "pref_accuracy"):
             assert key in metrics[model], (model, key)

@@ -66,7 +66,7 @@ def test_merge_and_gguf_export_behave_like_the_trained_model(project):
 
 def test_eval_scores_every_model_on_the_real_tokenizer(project):
     results = json.loads((project / "metrics/eval.json").read_text())
-    for model in ("base", "sft", "dpo", "merged", "gguf-q8_0"):
+    for model in ("base", "sft", "aligned", "merged", "gguf-q8_0"):
         assert 0 <= results[model]["task_score"] <= 1, model
         assert results[model]["task_loss"] > 0, model
     # The chat probe holds questions the instruct base answers: forgetting is measured on real

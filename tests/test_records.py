@@ -11,9 +11,9 @@ from pedigree.config import GateConfig
 from pedigree.errors import MissingInputError, PedigreeError
 from pedigree.evals.gate import decide
 
-POLICY = records.Policy(schema_version=1, sft_method="qlora",
+POLICY = records.Policy(schema_version=records.POLICY_VERSION, sft_method="qlora",
                         quant={"quant_type": "nf4", "double_quant": True}, weights=None,
-                        adapters=["models/sft", "models/dpo"], dpo=True)
+                        adapters=["models/sft", "models/align"], align="dpo")
 
 
 def test_policy_round_trips_and_is_checked_on_write(tmp_path):
@@ -24,8 +24,8 @@ def test_policy_round_trips_and_is_checked_on_write(tmp_path):
 
 
 @pytest.mark.parametrize(("change", "field"), [
-    ({"schema_version": 2}, "schema_version"),  # a newer pipeline's record
-    ({"dpo": "yes"}, "dpo"),  # strict: no coercion of a hand edit
+    ({"schema_version": 1}, "schema_version"),  # an older pipeline's record
+    ({"align": True}, "align"),  # strict: no coercion of a hand edit
     ({"extra": 1}, "extra"),
 ])
 def test_a_bad_policy_names_the_file_and_field(tmp_path, change, field):

@@ -90,8 +90,8 @@ def test_full_policy_chain_and_weights_base(micro_model_dir, tmp_path):
     sft.mkdir()
     save_trained(trained, sft, "full")
     policy = policy_chain(sft, None)
-    assert policy == {"schema_version": 1, "sft_method": "full", "quant": None,
-                      "weights": sft.as_posix(), "adapters": [], "dpo": False}
+    assert policy == {"schema_version": 2, "sft_method": "full", "quant": None,
+                      "weights": sft.as_posix(), "adapters": [], "align": None}
     rebuilt = policy_base(micro_model_dir, policy)
     state = dict(trained.named_parameters())
     assert all(torch.equal(p, state[n]) for n, p in rebuilt.named_parameters())

@@ -355,26 +355,61 @@ class SFTConfig(Section):
 # The paired losses TRL's DPOTrainer offers (trl 1.16 DPOConfig.loss_type).
 DPO_LOSSES = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
                      "sppo_hard", "aot", "apo_zero", "apo_down", "discopop", "sigmoid_norm"]
+# The teaching signals of the align stage. dpo and kto tie the policy to a reference (the SFT
+# policy: the adapter switched off, no second copy in memory); orpo and simpo need none.
+ALIGN_METHODS = ("dpo", "orpo", "simpo", "kto")
+REFERENCE_FREE = ("orpo", "simpo")
 
 
-class DPOConfig(Section):
-    """Preference tuning (TRL's DPOTrainer) of a LoRA adapter on top of the SFT policy."""
+class DPOSettings(Section):
+    """align.method=dpo: TRL's DPOTrainer."""
 
-    enabled: bool = Field(True, description="false: no training, the SFT model is the policy")
-    beta: float = Field(0.1, gt=0, description="strength of the KL tie to the SFT policy")
     loss_type: DPO_LOSSES = Field("sigmoid", description="the paired loss, as TRL names it")
-    # Higher rates pulled the SFT answers apart on the sample.
-    learning_rate: float = Field(2e-4, gt=0, lt=1, description="peak learning rate")
-    # SmolLM2: ~6 s a step at batch 4 on 2 CPU cores.
-    max_steps: int = Field(8, ge=1, description="optimizer steps of training")
-    batch_size: int = Field(4, ge=1, description="preference pairs per device per step")
-    max_length: int = Field(128, ge=16, description="tokens per prompt and answer; truncated")
     # true scores every training pair first: faster when the steps cover the set (the tiny
     # model's 30 x 8), 71 s wasted on SmolLM2's 8 x 4 of 222 pairs.
     precompute_ref_log_probs: bool = Field(
         False, description="score every pair under the reference model once, before training")
+
+
+class SimPOSettings(Section):
+    """align.method=simpo: TRL's CPOTrainer with loss_type=simpo (length-normalised rewards, no
+    reference model)."""
+
+    gamma: float = Field(0.5, ge=0, description="target reward margin (SimPO's gamma / beta)")
+    nll_weight: float = Field(0.0, ge=0, description="weight of an SFT loss on the chosen "
+                              "answers (CPO's alpha); 0 is SimPO proper")
+
+
+class KTOSettings(Section):
+    """align.method=kto: TRL's KTOTrainer on unpaired rows, each answer labelled desirable or
+    not; a pair gives one of each."""
+
+    desirable_weight: float = Field(1.0, gt=0, description="loss weight of the desirable answers")
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="loss weight of the undesirable answers (raise it when they are "
+        "rarer, so that the two weighted counts are about equal)")
+
+
+class AlignConfig(Section):
+    """Preference tuning of a LoRA adapter on top of the SFT policy, by one of the methods."""
+
+    enabled: bool = Field(True, description="false: no training, the SFT model is the policy")
+    method: Literal[ALIGN_METHODS] = Field(  # type: ignore[valid-type]
+        "dpo", description="dpo, orpo, simpo (reference-free), kto (unpaired answers)")
+    beta: float = Field(0.1, gt=0, description="dpo, kto: strength of the tie to the SFT policy; "
+                        "orpo: weight of the odds-ratio term; simpo: the reward scale")
+    # Higher rates pulled the SFT answers apart on the sample.
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="peak learning rate")
+    # SmolLM2: ~6 s a step at batch 4 on 2 CPU cores.
+    max_steps: int = Field(8, ge=1, description="optimizer steps of training")
+    batch_size: int = Field(4, ge=2, description="preference pairs (kto: answers) per device "
+                            "per step; kto needs 2 or more")
+    max_length: int = Field(128, ge=16, description="tokens per prompt and answer; truncated")
     save_steps: int = Field(4, ge=1, description="checkpoint every N steps, for resume")
-    lora: LoraConfig = Field(LoraConfig(r=8, alpha=16), description="the DPO adapter")
+    lora: LoraConfig = Field(LoraConfig(r=8, alpha=16), description="the adapter trained")
+    dpo: DPOSettings = Field(DPOSettings(), description="method=dpo")
+    simpo: SimPOSettings = Field(SimPOSettings(), description="method=simpo")
+    kto: KTOSettings = Field(KTOSettings(), description="method=kto")
 
 
 # ----------------------------------------------------------------------------- export
@@ -475,7 +510,7 @@ class GateConfig(Section):
     signed so that positive is better."""
 
     candidate: Literal["merged", *quant_formats.NAMES] = Field(
-        "merged", description="the model that would be promoted: a deployable one (sft and dpo "
+        "merged", description="the model that would be promoted: a deployable one (sft and align "
         "are folded into merged)"
     )
     # Chosen from SmolLM2-135M-Instruct on the shipped sample (BENCHMARKS.md), before its result:
@@ -534,7 +569,7 @@ class Params(Section):
     curate: CurateConfig = Field(description="validation, filters, dedup, decontamination")
     split: SplitConfig = Field(description="train and validation rows")
     sft: SFTConfig = Field(description="supervised fine-tuning (the method: sft=NAME)")
-    dpo: DPOConfig = Field(description="preference tuning")
+    align: AlignConfig = Field(description="preference tuning (the method: align.method=NAME)")
     merge: MergeConfig = Field(description="the adapters folded into one model")
     quantize: QuantizeConfig = Field(description="quantized exports and their checks")
     eval: EvalConfig = Field(description="the evaluations")

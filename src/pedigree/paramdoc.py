@@ -35,7 +35,7 @@ BEGIN, END = "<!-- params:begin -->", "<!-- params:end -->"
 
 # Keys the schema fills in but params.yaml does not carry: adding them to the composition would
 # change the params its stages are recorded with (dvc.lock), and so re-run them for nothing.
-NOT_COMPOSED = ("dpo.lora.use_rslora", "eval.harness")
+NOT_COMPOSED = ("eval.harness",)
 
 REQUIRED = "required"
 
@@ -134,7 +134,7 @@ def _default(field: Any) -> Any:
 def params(model: type[BaseModel] = Params, prefix: str = "",
            defaults: BaseModel | None = None) -> list[Param]:
     """Every key of `model`, depth first in schema order. `defaults`: the instance the section's
-    own default is (`dpo.lora` is a LoraConfig with r=8): its values are the keys' defaults."""
+    own default is (`align.lora` is a LoraConfig with r=8): its values are the keys' defaults."""
     out = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"

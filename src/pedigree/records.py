@@ -1,4 +1,4 @@
-"""The records stages hand to each other: `policy.json` (dpo -> merge, eval) and `gate.json`
+"""The records stages hand to each other: `policy.json` (align -> merge, eval) and `gate.json`
 (eval -> promote, rebase, report), each read and written here and nowhere else.
 
 Each is a TypedDict, so code reads it by key with its type known, and is checked against that type
@@ -21,7 +21,7 @@ from pedigree.files import read_json
 
 POLICY_FILE = "policy.json"
 GATE_FILE = "gate.json"
-POLICY_VERSION = 1  # the schema_version written; the types below accept only it
+POLICY_VERSION = 2  # the schema_version written; the types below accept only it (2: `align`)
 GATE_VERSION = 1
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -29,14 +29,14 @@ _STRICT = ConfigDict(extra="forbid", strict=True)
 @with_config(_STRICT)
 class Policy(TypedDict):
     """The chain that makes the final policy: base, then SFT's trained weights (partial, full) or
-    adapter, then DPO's adapter. Paths are relative to the project root."""
+    adapter, then the alignment adapter. Paths are relative to the project root."""
 
     schema_version: Literal[POLICY_VERSION]
     sft_method: str  # sft.method: lora, qlora, dora, partial, full
     quant: dict[str, Any] | None  # QLoRA: config.QuantConfig, the 4-bit base it trained on
     weights: str | None  # the directory whose trained tensors replace base weights
     adapters: list[str]  # adapter directories active on top, in training order
-    dpo: bool  # whether a DPO adapter is part of the chain
+    align: str | None  # align.method when its adapter is part of the chain (the last one)
 
 
 @with_config(_STRICT)

@@ -209,7 +209,7 @@ def build_report(root: Path, out_dir: Path) -> str:
     sections.append('<table id="stages"><tr><th>stage</th><th>output</th><th>sha256</th>'
                     "<th>params</th><th>commit</th><th>MLflow runs</th></tr>"
                     + "".join(rows) + "</table>")
-    out = {stage: root / stage_out(stage, root) for stage in ("sft", "dpo", "merge", "quantize",
+    out = {stage: root / stage_out(stage, root) for stage in ("sft", "align", "merge", "quantize",
                                                              "eval")}
     eval_file = out["eval"] / "eval.json"
     if eval_file.is_file():
@@ -228,10 +228,10 @@ def build_report(root: Path, out_dir: Path) -> str:
         "sft-curve", {"train": _curve(out["sft"] / "train_loss.csv"),
                       "validation": _curve(out["sft"] / "val_loss.csv")}, "step",
         "SFT loss"))
-    dpo = _curve(out["dpo"] / "train_loss.csv")
-    if dpo:
-        sections.append("<h3>DPO loss</h3>"
-                        + line_chart("dpo-curve", {"train": dpo}, "step", "DPO loss"))
+    align = _curve(out["align"] / "train_loss.csv")
+    if align:
+        sections.append("<h3>Alignment loss</h3>"
+                        + line_chart("align-curve", {"train": align}, "step", "alignment loss"))
     cards = [p for p in (out["merge"] / "README.md",) if p.is_file()]
     cards += sorted(out["quantize"].glob("*/Modelfile"))
     sections.append("<h2>Model cards and deployment files</h2><ul>" + "".join(

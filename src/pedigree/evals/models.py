@@ -16,19 +16,20 @@ from pedigree.records import read_policy
 
 
 def pipeline_models(root: Path, trust_remote_code: bool = False) -> dict[str, Callable[[], Any]]:
-    """{name: loader}: base, sft, merged, dpo (when it trained) and each quantized format."""
-    out = {stage: root / stage_out(stage, root) for stage in ("base", "sft", "dpo", "merge",
+    """{name: loader}: base, sft, aligned (when the align stage trained), merged and each
+    quantized format."""
+    out = {stage: root / stage_out(stage, root) for stage in ("base", "sft", "align", "merge",
                                                              "quantize")}
     base, trust = out["base"], trust_remote_code
-    policy = read_policy(out["dpo"])
+    policy = read_policy(out["align"])
     quantized = read_json(out["quantize"] / "report.json")
     models: dict[str, Callable[[], Any]] = {
         "base": lambda: load_causal_lm(base, trust),
         "sft": lambda: load_sft(base, out["sft"], trust),
         "merged": lambda: load_causal_lm(out["merge"], trust),
     }
-    if policy["dpo"]:
-        models["dpo"] = lambda: with_adapters(policy_base(base, policy, trust),
+    if policy["align"]:
+        models["aligned"] = lambda: with_adapters(policy_base(base, policy, trust),
                                               [root / a for a in policy["adapters"]])[0]
     for fmt in quantized:
         models[fmt] = lambda fmt=fmt: load_format(fmt, out["quantize"])

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # the type only: quantize, which writes cards, does not read 
 
 def _tags(policy: Policy) -> list[str]:
     tags = ["pedigree", "fine-tuned", f"sft-{policy['sft_method']}"]
-    return [*tags, "dpo"] if policy["dpo"] else tags
+    return [*tags, policy["align"]] if policy["align"] else tags
 
 
 def _figures(title: str, metrics: dict[str, float]) -> list[str]:
@@ -52,7 +52,8 @@ def model_card(
         f"| base model sha256 | `{base.get('sha256')}` |",
         *([f"| base model weights | {gguf_origin(base['gguf'])}: not the authors' original "
            + "weights |"] if base.get("gguf") else []),
-        f"| method | SFT {policy['sft_method']}" + (" + DPO (LoRA)" if policy["dpo"] else "") + " |",
+        f"| method | SFT {policy['sft_method']}"
+        + (f" + {policy['align']} (LoRA)" if policy["align"] else "") + " |",
         f"| merged onto | {merge_base} base weights |",
         *(f"| params sha256 ({stage}) | `{digest}` |" for stage, digest in params_sha256.items()),
         (f"| parity | max abs logit diff {parity['max_abs_logit_diff']:.3g} "

@@ -1,7 +1,7 @@
 """Folding the policy adapters into the base, with a logit check that the fold changed nothing.
 
-The policy is a chain (model/policy.py): the SFT adapter, then (when DPO ran) the DPO adapter
-trained on the SFT-merged weights. LoRA updates add up, so the merged model must equal the base
+The policy is a chain (model/policy.py): the SFT adapter, then (when the align stage ran) its
+adapter trained on the SFT-merged weights. LoRA updates add up, so the merged model must equal the base
 with every adapter of the chain active at once; the check compares exactly that, on held-out rows.
 When SFT trained base weights directly (partial or full), the caller passes the base with those
 weights applied, and only the adapters on top (if any) are folded in.

@@ -1,11 +1,13 @@
 """The policy a pipeline run produces, as a chain over the base model.
 
-    base  ->  SFT (trained weights laid over the base, or an adapter)  ->  DPO adapter (optional)
+    base  ->  SFT (trained weights laid over the base, or an adapter)
+          ->  alignment adapter (optional: dpo, orpo, simpo or kto)
 
-`models/dpo/policy.json` (`records.Policy`) records the chain: `weights` names the directory whose
-trained tensors replace base weights (partial or full SFT), `adapters` the LoRA/DoRA adapters
-active on top, in training order, and `quant` the 4-bit settings when SFT was QLoRA. Merge, eval and DPO build
-models from it, never from assumptions.
+`models/align/policy.json` (`records.Policy`) records the chain: `weights` names the directory
+whose trained tensors replace base weights (partial or full SFT), `adapters` the LoRA/DoRA
+adapters active on top, in training order, `align` the alignment method when it ran, and `quant`
+the 4-bit settings when SFT was QLoRA. Merge, eval and the align stage build models from it, never
+from assumptions.
 
 A QLoRA adapter trained against the 4-bit base, so by default it sits on that base dequantized to
 fp32 (the weights it saw), not on the original weights.
@@ -24,13 +26,14 @@ from pedigree.records import POLICY_VERSION, Policy
 QLoRABase = Literal["dequantized", "original"]
 
 
-def policy_chain(sft: Path, dpo: Path | None) -> Policy:
+def policy_chain(sft: Path, aligned: Path | None = None, method: str | None = None) -> Policy:
+    """The chain of the SFT output `sft`, then the adapter in `aligned` trained by `method`."""
     info = training_info(sft)
     weights = info["kind"] == "weights"
-    adapters = ([] if weights else [sft.as_posix()]) + ([dpo.as_posix()] if dpo else [])
-    return Policy(schema_version=POLICY_VERSION, sft_method=info["method"], quant=info.get("quant"),
-                  weights=sft.as_posix() if weights else None, adapters=adapters,
-                  dpo=dpo is not None)
+    adapters = ([] if weights else [sft.as_posix()]) + ([aligned.as_posix()] if aligned else [])
+    return Policy(schema_version=POLICY_VERSION, sft_method=info["method"],
+                  quant=info.get("quant"), weights=sft.as_posix() if weights else None,
+                  adapters=adapters, align=method if aligned else None)
 
 
 def base_kind(policy: Policy, qlora_base: QLoRABase = "dequantized") -> str:
@@ -67,8 +70,8 @@ def load_sft(base: Path, sft: Path, trust_remote_code: bool = False):
 
 
 def describe(policy: Policy, base: Path) -> str:
-    """The chain in one line, e.g. `models/base + models/sft + models/dpo`."""
+    """The chain in one line, e.g. `models/base + models/sft + models/align (dpo)`."""
     on = base.as_posix() + (f" ({base_kind(policy)})" if policy.get("quant") else "")
     parts = [on, *([f"{policy['weights']} (weights)"] if policy.get("weights") else []),
              *policy["adapters"]]
-    return " + ".join(parts)
+    return " + ".join(parts) + (f" ({policy['align']})" if policy["align"] else "")

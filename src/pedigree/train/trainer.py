@@ -1,4 +1,4 @@
-"""What every TRL trainer run of ours shares, SFT's and DPO's alike: the seeded run settings, the
+"""What every TRL trainer run of ours shares, SFT's and alignment's alike: the seeded run settings, the
 rows as TRL reads them, training with resume from the stage's checkpoints, and the curves the
 stages write for `dvc plots show`.
 """
@@ -19,7 +19,7 @@ from pedigree.train.checkpoints import (
 
 
 def run_settings(seed: int, save_steps: int | None = None) -> dict[str, Any]:
-    """TrainingArguments shared by the SFT and DPO recipes: seeded, checkpoints every `save_steps`
+    """TrainingArguments shared by the SFT and alignment recipes: seeded, checkpoints every `save_steps`
     (none when None), no reporting (the stage logs to MLflow itself), the device's precision."""
     saving = ({"save_strategy": "steps", "save_steps": save_steps, "save_total_limit": 2}
               if save_steps else {"save_strategy": "no"})

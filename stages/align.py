@@ -1,10 +1,12 @@
-"""Stage `dpo`: LoRA preference tuning of the SFT policy -> models/dpo/ (when dpo.enabled).
+"""Stage `align`: preference tuning of the SFT policy with a LoRA -> models/align/ (when
+align.enabled).
 
-Run alone:  dvc repro dpo         (or: python stages/dpo.py)
+Run alone:  dvc repro align       (or: python stages/align.py)
+Method:     dvc exp run -S align.method=orpo     (dpo, orpo, simpo, kto)
 
 policy.json records the chain that makes the final policy (model/policy.py): the SFT result
-(trained weights or an adapter), then the DPO adapter when it ran. With dpo.enabled=false no
-training happens and the policy is the SFT model.
+(trained weights or an adapter), then the alignment adapter when it ran, with its method. With
+align.enabled=false no training happens and the policy is the SFT model.
 """
 
 import json
@@ -20,48 +22,49 @@ from pedigree.records import write_policy
 from pedigree.stage import stage_run
 
 params = load_params()
-if params.dpo.enabled:
+cfg = params.align
+if cfg.enabled:
     relaunch_under_accelerate(params.accelerate)
 base, sft, split = stage_out("base"), stage_out("sft"), stage_out("split")
 
-with stage_run("dpo") as run:
+with stage_run("align") as run:
     policy = policy_chain(sft, None)
-    if params.dpo.enabled:
+    if cfg.enabled:
         from pedigree.model.load import load_tokenizer
         from pedigree.model.policy import load_sft
         from pedigree.model.trained import save_trained
+        from pedigree.train.align import train_align
         from pedigree.train.checkpoints import CheckpointStore, fingerprint
-        from pedigree.train.dpo import train_dpo
         from pedigree.train.trainer import curve_csv
 
         train = read_jsonl(split / "preference_train.jsonl")
         validation = read_jsonl(split / "preference_validation.jsonl")
         if not train or not validation:
             raise PedigreeError(
-                f"dpo.enabled, but the split has {len(train)} training and {len(validation)} "
+                f"align.enabled, but the split has {len(train)} training and {len(validation)} "
                 f"validation preference rows ({split}/report.json; curation's reasons are in "
                 f"{stage_out('curate')}/report.json): add preference data to "
-                f"{params.data.raw_dir} or set dpo.enabled=false")
+                f"{params.data.raw_dir} or set align.enabled=false")
         trust = params.model.trust_remote_code
         tokenizer = load_tokenizer(sft, trust)  # the chat template SFT trained with
-        # Fold SFT in: DPO starts from, and is tied to, the SFT policy.
+        # Fold SFT in: alignment starts from (and dpo, kto are tied to) the SFT policy.
         sft_policy = load_sft(base, sft, trust)
         if hasattr(sft_policy, "merge_and_unload"):
             sft_policy = sft_policy.merge_and_unload()
-        store = CheckpointStore(Path("checkpoints/dpo"),
+        store = CheckpointStore(Path("checkpoints/align"),
                                 fingerprint(run.input_hashes, run.recorded_params,
                                             run.code["source_sha256"]))
 
-        adapter, metrics, curve = train_dpo(sft_policy, tokenizer, train, validation,
-                                            params.dpo, params.seed, store)
+        adapter, metrics, curve = train_align(sft_policy, tokenizer, train, validation, cfg,
+                                              params.seed, store)
         save_trained(adapter, run.dir, "lora")
         (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (run.dir / "train_loss.csv").write_text(curve_csv(curve, "loss"))
         run.metrics, run.history = metrics, curve
         run.artifacts = ["metrics.json", "train_loss.csv"]
-        policy = policy_chain(sft, run.out)
+        policy = policy_chain(sft, run.out, cfg.method)
     write_policy(policy, run.dir)
     run.details["policy"] = policy
-    print(f"[dpo] policy = {describe(policy, base)}")
-if params.dpo.enabled:
+    print(f"[align] policy = {describe(policy, base)}")
+if cfg.enabled:
     store.clear()  # only once the output is published: a failure before keeps them for resume
