@@ -37,7 +37,9 @@ from pedigree.data.formats import FORMATS, RowError, normalise_row
 from pedigree.data.lengths import TokenCounter
 from pedigree.data.messages import ROLES
 from pedigree.data.sources import Source, sources_from_paths
+from pedigree.data_layouts import CURATED_FILES
 from pedigree.errors import PedigreeError
+from pedigree.evals.scorers import MATCH_NAMES, task_row_problem
 
 BOM = b"\xef\xbb\xbf"
 REASON = re.compile("[a-z0-9]+(_[a-z0-9]+)*")  # a short code, as the report counts it
@@ -70,7 +72,16 @@ valid_text = st.one_of(prose, prose, odd, placeholder, huge, loop)
 text = valid_text | st.text(char | st.sampled_from(SURROGATES + CONTROL), max_size=20)
 
 FIELDS = ["instruction", "input", "output", "system", "prompt", "completion", "messages",
-          "conversations", "chosen", "rejected", "task", "role", "content", "from", "value"]
+          "conversations", "chosen", "rejected", "label", "match", "reference", "schema", "task",
+          "role", "content", "from", "value"]
+# KTO labels as JSON and CSV give them, and ones that are not labels.
+label = st.booleans() | st.sampled_from(["true", "False", "1", "0", " TRUE", "yes", ""]) | \
+    st.integers(-1, 2) | st.floats(0, 1)
+# A task's check: every matcher and one that is none, references that are numbers, JSON or
+# text, schemas valid and not (a CSV cell holds one as JSON text).
+match = st.sampled_from([*MATCH_NAMES, "fuzzy"])
+schema = st.sampled_from([{"type": "object"}, {"type": "object", "required": ["a"]}, {"type": 3},
+                          True, [1], '{"type": "array"}', "{oops", ""])
 junk = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | text,
     lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.sampled_from(FIELDS) | odd,
@@ -111,6 +122,7 @@ def row_strategy(content=text, well_formed: bool | None = None):
     conv = conversation(content=content, well_formed=well_formed)
     sharegpt = conversation(True, content, well_formed)
     either = content | conv
+    reference = content | st.integers(0, 99).map(str) | st.sampled_from(['{"a": 1}', "[1, 2]"])
     return st.one_of(
         st.fixed_dictionaries({"instruction": content, "output": content},
                               optional={"input": content, "system": content, "task": content}),
@@ -120,6 +132,11 @@ def row_strategy(content=text, well_formed: bool | None = None):
         st.fixed_dictionaries({"messages": sharegpt}),
         st.fixed_dictionaries({"prompt": either, "chosen": either, "rejected": either}),
         implicit_preference(content, well_formed),
+        st.fixed_dictionaries({"prompt": either, "completion": either, "label": label},
+                              optional={"system": content}),
+        st.fixed_dictionaries({"prompt": either, "match": match},
+                              optional={"reference": reference, "schema": schema,
+                                        "task": content, "system": content}),
     )
 
 
@@ -223,7 +240,8 @@ csv_text = valid_text | st.text(char | st.sampled_from(["\udc80", "\udcff", '"']
 csv_cell = prose | csv_text | conversation(content=csv_text).map(json.dumps)
 csv_header = st.sampled_from([["instruction", "input", "output"], ["prompt", "completion"],
                                ["messages"], ["conversations", "task"],
-                               ["prompt", "chosen", "rejected"]]) | st.lists(
+                               ["prompt", "chosen", "rejected"], ["prompt", "completion", "label"],
+                               ["prompt", "match", "reference"]]) | st.lists(
     st.sampled_from(FIELDS) | odd.filter(lambda s: not s.startswith("\ufeff")),
     min_size=1, max_size=5, unique=True)
 
@@ -255,15 +273,17 @@ def csv_file(draw) -> Input:
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SHAREGPT = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
 PARQUET_TYPES = {"string": pa.string(), "binary": pa.binary(), "int": pa.int64(),
-                 "messages": MESSAGES, "sharegpt": SHAREGPT}
+                 "bool": pa.bool_(), "messages": MESSAGES, "sharegpt": SHAREGPT}
 
 
 @st.composite
 def parquet_file(draw) -> Input:
     """Columns of one type each (Parquet has no mixed columns), any of them null in any row."""
     columns = draw(st.dictionaries(st.sampled_from(FIELDS), st.sampled_from(
-        ["string"] * 4 + ["binary", "int", "messages", "sharegpt"]), min_size=1, max_size=5))
+        ["string"] * 4 + ["binary", "int", "bool", "messages", "sharegpt"]), min_size=1,
+        max_size=5))
     values = {"string": valid_text, "binary": st.binary(max_size=8), "int": st.integers(-9, 9),
+              "bool": st.booleans(),
               "messages": conversation(content=valid_text),
               "sharegpt": conversation(True, valid_text)}
     n = draw(st.integers(0, 8))
@@ -379,7 +399,7 @@ def run_curation(paths: list[Path], opts: Options, counter: TokenCounter | None 
     out = paths[0].parent.parent / "out"
     out.mkdir()
     write_curation(result, out)
-    kept = read_lines(out / "sft.jsonl") + read_lines(out / "preferences.jsonl")
+    kept = [row for _, name in CURATED_FILES for row in read_lines(out / name)]
     return json.loads((out / "report.json").read_text()), kept, read_lines(out / "rejects.jsonl")
 
 
@@ -518,9 +538,19 @@ def test_a_row_is_canonical_or_a_row_error_with_a_reason(row, fmt):
     except RowError as err:
         assert REASON.fullmatch(err.reason) and err.detail.strip()
         return
-    answers = ("completion",) if norm.kind == "sft" else ("chosen", "rejected")
-    assert set(norm.content) == {"prompt", *answers}
-    for messages in norm.content.values():
+    answers = {"sft": ("completion",), "preference": ("chosen", "rejected"),
+               "unpaired": ("completion",), "task": ()}[norm.kind]
+    values = set(norm.content) - {"prompt", *answers}
+    if norm.kind == "unpaired":
+        assert values == {"label"} and isinstance(norm.content["label"], bool)
+    elif norm.kind == "task":
+        assert "match" in values <= {"match", "reference", "schema"}
+        assert norm.content["match"] in MATCH_NAMES and task_row_problem(norm.content) is None
+        assert norm.content["prompt"][-1]["role"] != "assistant"
+    else:
+        assert not values
+    for key in ("prompt", *answers):
+        messages = norm.content[key]
         assert messages and all(m["role"] in ROLES and isinstance(m["content"], str)
                                 and m["content"].strip() for m in messages)
     assert all(norm.content[a][-1]["role"] == "assistant" for a in answers)
@@ -547,7 +577,7 @@ def test_cli_on_malformed_files_exits_without_a_traceback(good, bad):
         assert "Traceback" not in done.stderr, done.stderr
         out = root / "out"
         report = json.loads((out / "report.json").read_text())
-        kept = read_lines(out / "sft.jsonl") + read_lines(out / "preferences.jsonl")
+        kept = [row for _, name in CURATED_FILES for row in read_lines(out / name)]
         check_accounts(report, kept, read_lines(out / "rejects.jsonl"), names)
         assert report["input_rows"] == sum(len(g.rows) for g in good)
         done = pedigree("curate", *names, "--out", "out2", cwd=root)

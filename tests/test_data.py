@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from pedigree.config import CurateConfig, DataConfig, NearDedupConfig, SourceConfig, SplitConfig
 from pedigree.data import sample
-from pedigree.data.curate import CurationResult, curate, eval_files
+from pedigree.data.curate import CurationResult, curate, eval_files, write_curation
 from pedigree.data.decontaminate import EvalIndex, EvalItem, eval_items
 from pedigree.data.formats import row_id
 from pedigree.data.lengths import TokenCounter
@@ -34,7 +34,7 @@ NO_LENGTHS = CurateConfig(tokenizer=None)
 
 
 def rows(result: CurationResult, kind: str = "sft") -> list[dict]:
-    return [json.loads(line) for line in (result.sft if kind == "sft" else result.preference)]
+    return [json.loads(line) for line in result.rows(kind)]
 
 
 def write_jsonl(path: Path, items: list) -> Path:
@@ -85,22 +85,27 @@ def test_auto_detection_says_which_format_it_chose(sample_result):
     assert set(sources["sft_alpaca.jsonl"]["detected_formats"]) == {"alpaca"}
     assert set(sources["sft_chat.jsonl"]["detected_formats"]) == {"messages"}
     assert set(sources["preferences.jsonl"]["detected_formats"]) == {"preference"}
+    assert set(sources["feedback.jsonl"]["detected_formats"]) == {"unpaired_preference"}
+    assert set(sources["tasks.jsonl"]["detected_formats"]) == {"task"}
 
 
 def test_planted_problems_are_caught(sample_result):
     dropped = sample_result.report()["dropped"]
     # What the generator plants: 12 exact duplicates, 8 near duplicates (punctuation differs),
-    # 10 eval leaks, 11 malformed SFT lines, 2 malformed preference pairs.
+    # 11 eval leaks (one of them a GRPO task), 11 malformed SFT lines, 2 malformed preference
+    # pairs, 2 bad feedback rows (a label that is no boolean, a desirable placeholder answer)
+    # and a task whose numeric check has no number.
     assert dropped["exact_duplicate"] == 12
     assert dropped["near_duplicate"] == 8
-    assert dropped["eval_contamination"] == 10
+    assert dropped["eval_contamination"] == 11
     assert dropped["invalid_json"] == 1
-    assert dropped["placeholder_output"] == 1
+    assert dropped["placeholder_output"] == 2
     assert dropped["chosen_equals_rejected"] == 1
     assert dropped["unknown_role"] == 1
     assert dropped["no_final_assistant"] == 1
-    assert sum(dropped.values()) == 12 + 8 + 10 + len(sample.MALFORMED_ALPACA) + len(
-        sample.MALFORMED_CHAT) + 2
+    assert dropped["bad_task"] == 1
+    assert sum(dropped.values()) == 12 + 8 + 11 + len(sample.MALFORMED_ALPACA) + len(
+        sample.MALFORMED_CHAT) + 2 + len(sample.MALFORMED_FEEDBACK) + len(sample.MALFORMED_TASKS)
 
 
 def test_rejects_name_file_line_reason_and_keep_the_row(sample_result):
@@ -126,7 +131,8 @@ def test_kept_rows_are_canonical_and_clean(sample_result):
     eval_prompts = {match_text(json.loads(line)["prompt"])
                     for line in (REPO / "data/eval/task.jsonl").read_text().splitlines()}
     sft, prefs = rows(sample_result), rows(sample_result, "preference")
-    ids = [r["id"] for r in sft + prefs]
+    unpaired, tasks = rows(sample_result, "unpaired"), rows(sample_result, "task")
+    ids = [r["id"] for r in sft + prefs + unpaired + tasks]
     assert len(ids) == len(set(ids))
     for row in sft:
         assert set(row) == {"id", "prompt", "completion", "source", "meta"}
@@ -138,6 +144,20 @@ def test_kept_rows_are_canonical_and_clean(sample_result):
     for row in prefs:
         assert set(row) == {"id", "prompt", "chosen", "rejected", "source", "meta"}
         assert row["chosen"] != row["rejected"]
+    # Every feedback and task row but the planted ones is kept: none is an eval or SFT prompt.
+    assert len(unpaired) == 60 and len(tasks) == 60
+    assert Counter(r["label"] for r in unpaired) == {True: 30, False: 30}
+    for row in unpaired:
+        assert set(row) == {"id", "prompt", "completion", "label", "source", "meta"}
+        content = {k: row[k] for k in ("prompt", "completion", "label")}
+        assert row["id"] == row_id(content) and row["source"] == "feedback.jsonl"
+    assert Counter(r["match"] for r in tasks) == {"numeric": 40, "json_valid": 20}
+    for row in tasks:
+        checks = {"reference"} if row["match"] == "numeric" else {"schema"}
+        assert set(row) == {"id", "prompt", "match", "source", "meta", *checks}
+        assert row["meta"]["task"] in ("add", "json") and row["source"] == "tasks.jsonl"
+    for row in unpaired + tasks:
+        assert match_text(row["prompt"][-1]["content"]) not in eval_prompts
 
 
 def test_invalid_utf8_and_json_arrays_are_accounted_for(tmp_path):
@@ -245,6 +265,104 @@ def test_dedup_fields_prompt_compares_prompts_only(tmp_path):
     by_prompt = CurateConfig(tokenizer=None, dedup_fields="prompt")
     result = curate([Source("p", (path,))], by_prompt)
     assert [r["reason"] for r in result.rejects] == ["exact_duplicate"]
+
+
+# ----------------------------------------------------------------------------- unpaired, task
+def kto(prompt: str, completion: str, label) -> dict:
+    return {"prompt": prompt, "completion": completion, "label": label}
+
+
+def test_only_desirable_unpaired_answers_are_filtered(tmp_path):
+    loop = " ".join(["the answer is yes"] * 10)
+    path = write_jsonl(tmp_path / "k.jsonl", [
+        kto("Describe it.", "n/a", True),
+        kto("Describe it.", "n/a", False),  # a placeholder is a fair undesirable answer
+        kto("Loop.", loop, "TRUE"),
+        kto("Loop.", loop, "0"),
+        kto("Say hi.", "Hello!", "yes"),
+    ])
+    result = curate([Source("k", (path,))], NO_LENGTHS)
+    assert [(r["line"], r["reason"]) for r in result.rejects] == [
+        (1, "placeholder_output"), (3, "repetitive"), (5, "wrong_type")]
+    assert "'label'" in result.rejects[2]["detail"]
+    assert [(r["meta"]["line"], r["label"]) for r in rows(result, "unpaired")] == [
+        (2, False), (4, False)]
+
+
+def test_the_label_is_part_of_an_unpaired_rows_exact_key(tmp_path):
+    answer = alpaca(1, words=40)["output"]
+    near = " ".join(["changed", *answer.split()[1:]])  # Jaccard 35/41 with `answer`
+    path = write_jsonl(tmp_path / "k.jsonl", [
+        kto("Summarise it.", answer, True),
+        kto("Summarise it.", answer, False),  # the same text, labelled otherwise: a contrast
+        kto("  SUMMARISE it. ", answer, 1),  # the first row again
+        kto("Summarise it.", near, True),  # a near duplicate of the first
+        kto("Summarise it.", near, "false"),  # ... of the second, not of the first
+    ])
+    result = curate([Source("k", (path,))], NO_LENGTHS)
+    by_line = {r["line"]: r["reason"] for r in result.rejects}
+    assert by_line == {3: "exact_duplicate", 4: "near_duplicate", 5: "near_duplicate"}
+    kept = rows(result, "unpaired")
+    assert [r["label"] for r in kept] == [True, False]
+    assert {r["line"]: r["duplicate_of"] for r in result.rejects} == {
+        3: kept[0]["id"], 4: kept[0]["id"], 5: kept[1]["id"]}
+    # Comparing prompts only, each label keeps its own row.
+    by_prompt = CurateConfig(tokenizer=None, dedup_fields="prompt")
+    assert [r["label"] for r in rows(curate([Source("k", (path,))], by_prompt), "unpaired")] == [
+        True, False]
+
+
+def test_task_rows_are_checked_deduplicated_and_decontaminated(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [
+        {"prompt": "Add 12 and 30, then say the sum.", "match": "numeric", "reference": "42",
+         "task": "add"},
+        {"prompt": "add 12 and 30,  then SAY the sum.", "match": "numeric", "reference": "42"},
+        {"prompt": "Add 12 and 30, then say the sum.", "match": "exact", "reference": "42"},
+        {"prompt": "Give a record of a person.", "match": "json_valid",
+         "schema": {"type": "object"}},
+        {"prompt": "What is two plus three?", "match": "numeric", "reference": "5"},
+        {"prompt": "Add 1 and 1.", "match": "numeric"},
+        {"prompt": "Add 1 and 2.", "match": "fuzzy", "reference": "3"},
+    ])
+    index = EvalIndex([EvalItem("eval.jsonl:1", "What is two plus three?")])
+    no_near = CurateConfig(tokenizer=None, near_dedup=NearDedupConfig(enabled=False))
+    result = curate([Source("t", (path,))], no_near, index)
+    assert [(r["line"], r["reason"]) for r in result.rejects] == [
+        (2, "exact_duplicate"), (5, "eval_contamination"), (6, "bad_task"), (7, "bad_task")]
+    assert "reference" in result.rejects[2]["detail"] and "match" in result.rejects[3]["detail"]
+    kept = rows(result, "task")
+    assert [r["meta"]["line"] for r in kept] == [1, 3, 4]  # another check is another row
+    assert kept[0]["meta"]["task"] == "add" and kept[0]["reference"] == "42"
+    assert kept[2]["schema"] == {"type": "object"} and "reference" not in kept[2]
+    # Near duplicates compare words: the same prompt with another check is one.
+    result = curate([Source("t", (path,))], NO_LENGTHS, index)
+    assert {r["line"]: r["reason"] for r in result.rejects}[3] == "near_duplicate"
+
+
+def test_every_kind_is_written_and_split(sample_result, tmp_path):
+    curated, out = tmp_path / "curated", tmp_path / "split"
+    curated.mkdir(), out.mkdir()
+    report = write_curation(sample_result, curated)
+    assert (report["kept_unpaired_rows"], report["kept_task_rows"]) == (60, 60)
+    assert report["kept_rows"] == sum(report[f"kept_{k}_rows"]
+                                      for k in ("sft", "preference", "unpaired", "task"))
+    assert len((curated / "tasks.jsonl").read_text().splitlines()) == 60
+    kinds = split_curated(curated, out, SplitConfig(), {})["kinds"]
+    assert set(kinds) == {"sft", "preference", "unpaired", "task"}
+    for kind, file in (("unpaired", "unpaired.jsonl"), ("task", "tasks.jsonl")):
+        train = [json.loads(line) for line in (out / f"{kind}_train.jsonl").read_text().split("\n")
+                 if line]
+        validation = [json.loads(line) for line
+                      in (out / f"{kind}_validation.jsonl").read_text().split("\n") if line]
+        assert train and validation and len(train) + len(validation) == 60
+        assert {r["id"] for r in train + validation} == {
+            json.loads(line)["id"] for line in (curated / file).read_text().splitlines()}
+    # A curation without such rows still writes their (empty) files.
+    path = write_jsonl(tmp_path / "a.jsonl", [alpaca(1)])
+    only_sft = tmp_path / "only_sft"
+    only_sft.mkdir()
+    write_curation(curate([Source("a", (path,))], NO_LENGTHS), only_sft)
+    assert (only_sft / "unpaired.jsonl").read_text() == (only_sft / "tasks.jsonl").read_text() == ""
 
 
 # ----------------------------------------------------------------------------- decontamination
@@ -390,7 +508,7 @@ def test_split_errors_are_clear(tmp_path):
 # ----------------------------------------------------------------------------- command line
 def pedigree(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pedigree.cli", *args], cwd=cwd,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
 
 
 def test_cli_curate_and_split_run_the_library_on_any_files(tmp_path):

@@ -20,6 +20,7 @@ from pedigree.evals.scorers import (
     numeric_match,
     row_score,
     score_task_rows,
+    task_row_problem,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,11 +67,26 @@ def test_row_score_uses_the_rows_matcher():
      "reference is not valid JSON"),
     ({"id": "a", "task": "t", "prompt": "p", "match": "json_valid", "schema": {"type": 3}},
      "schema: not a valid JSON Schema"),
+    ({"id": "a", "task": "t", "prompt": "p", "match": "json_valid", "schema": True},
+     "schema: a JSON Schema object is required, not bool"),
+    ({"id": "a", "task": "t", "prompt": "p", "match": "json_valid", "reference": ["x"]},
+     "reference: must be a string, not list"),
 ])
 def test_bad_task_rows_are_named(row, expected):
     with pytest.raises(ValueError, match="task.jsonl:7: ") as err:
         check_task_row(row, "data/eval/task.jsonl:7")
     assert expected in str(err.value)
+    # The same rule, without the place, is what curation rejects a GRPO task row for.
+    if "missing fields" not in expected:
+        assert expected in task_row_problem(row)
+
+
+def test_a_usable_task_check_has_no_problem():
+    assert task_row_problem({"match": "numeric", "reference": "1.5"}) is None
+    assert task_row_problem({"reference": "x"}) is None  # match defaults to exact
+    assert task_row_problem({"match": "json_valid", "schema": SCHEMA}) is None
+    assert task_row_problem({"match": "json", "reference": "[" * 100_000}) == (
+        "reference is not valid JSON (match=json)")  # nested too deep: not a crash
 
 
 def test_score_task_rows_keeps_every_row():

@@ -284,9 +284,62 @@ def test_implicit_prompt_preference():
         msg(A, "5"), msg(U, "sure?"), msg(A, "yes")]
 
 
+def test_unpaired_rows_with_strings_and_message_lists():
+    expected = {"prompt": [msg(S, "Be brief."), msg(U, "2 + 3?")], "completion": [msg(A, "6")],
+                "label": False}
+    row = {"system": "Be brief.", "prompt": "2 + 3?", "completion": "6", "label": False}
+    assert normalise_row(row, "auto") == Normalised("unpaired", "unpaired_preference", expected)
+    assert normalise_row(row, "unpaired") == Normalised("unpaired", "unpaired", expected)
+    lists = {"prompt": expected["prompt"], "completion": expected["completion"], "label": False}
+    assert normalise_row(lists, "auto").content == expected
+    # The same answer labelled otherwise is another row.
+    assert row_id(normalise_row({**row, "label": True}, "auto").content) != row_id(expected)
+
+
+@pytest.mark.parametrize("label, value", [
+    (True, True), (False, False), ("true", True), ("False", False), (" TRUE ", True), ("1", True),
+    ("0", False), (1, True), (0, False)])
+def test_unpaired_labels_as_csv_and_json_give_them(label, value):
+    row = {"prompt": "2 + 3?", "completion": "5", "label": label}
+    assert normalise_row(row, "auto").content["label"] is value
+
+
+def test_unpaired_labels_read_from_csv(tmp_path):
+    path = tmp_path / "kto.csv"
+    path.write_text("prompt,completion,label\n2 + 3?,5,true\n2 + 3?,6,False\n2 + 2?,4,1\n")
+    labels = [normalise_row(r.value, "auto").content["label"] for r in rows_of(path)]
+    assert labels == [True, False, True]
+
+
+def test_task_rows_with_strings_and_message_lists():
+    row = {"id": "add-1", "task": "add", "prompt": "Add 2 and 3.", "match": "numeric",
+           "reference": "5", "system": "Answer with a number."}
+    expected = {"prompt": [msg(S, "Answer with a number."), msg(U, "Add 2 and 3.")],
+                "match": "numeric", "reference": "5"}
+    assert normalise_row(row, "auto") == Normalised("task", "task", expected)
+    lists = {"prompt": expected["prompt"], "match": "numeric", "reference": "5"}
+    assert normalise_row(lists, "task").content == expected
+    schema = {"type": "object", "required": ["name"]}
+    row = {"prompt": "A record, please.", "match": "json_valid", "schema": schema}
+    assert normalise_row(row, "auto").content == {"prompt": [msg(U, "A record, please.")],
+                                                  "match": "json_valid", "schema": schema}
+    # json with a reference and a schema; a schema in a CSV cell is JSON text; an empty cell is
+    # no value.
+    row = {"prompt": "A record.", "match": "json", "reference": '{"name": "x"}',
+           "schema": json.dumps(schema)}
+    assert normalise_row(row, "task").content["schema"] == schema
+    row = {"prompt": "Add 2 and 3.", "match": "numeric", "reference": "5", "schema": ""}
+    assert set(normalise_row(row, "task").content) == {"prompt", "match", "reference"}
+
+
 def test_auto_detects_each_row():
     assert detect_format({"instruction": "x", "output": "y"}) == "alpaca"
     assert detect_format({"prompt": "x", "completion": "y"}) == "prompt_completion"
+    assert detect_format({"prompt": "x", "completion": "y", "label": True}) == (
+        "unpaired_preference")
+    assert detect_format({"prompt": "x", "completion": "y", "label": None}) == "prompt_completion"
+    assert detect_format({"prompt": "x", "match": "exact", "reference": "y"}) == "task"
+    assert detect_format({"prompt": "x", "match": None, "completion": "y"}) == "prompt_completion"
     assert detect_format({"messages": [msg(U, "x")]}) == "messages"
     assert detect_format({"conversations": []}) == "sharegpt"
     assert detect_format({"chosen": "x"}) == "preference"
@@ -389,6 +442,44 @@ ROW_ERRORS = [
      "no_prompt", "chosen[2] is a user turn"),
     ({"chosen": [msg(S, "x"), msg(A, "y")], "rejected": [msg(S, "x"), msg(A, "z")]}, "auto",
      "no_prompt", "no user turn"),
+    # unpaired: the prompt_completion fields, then the label
+    ({"prompt": "x", "completion": "y", "label": "maybe"}, "auto", "wrong_type",
+     "field 'label' must be true or false"),
+    ({"prompt": "x", "completion": "y", "label": 2}, "auto", "wrong_type", "'label'"),
+    ({"prompt": "x", "completion": "y", "label": 1.0}, "auto", "wrong_type", "'label'"),
+    ({"prompt": "x", "completion": "y", "label": ""}, "auto", "wrong_type", "'label'"),
+    ({"prompt": "x", "completion": "y", "label": [True]}, "auto", "wrong_type", "'label'"),
+    ({"prompt": "x", "completion": "y"}, "unpaired", "missing_field", "'label'"),
+    ({"prompt": "x", "label": True}, "unpaired", "missing_field", "'completion'"),
+    ({"prompt": "", "completion": "y", "label": True}, "auto", "empty_content", "'prompt'"),
+    ({"prompt": "x", "completion": [msg(U, "y")], "label": True}, "auto", "no_final_assistant",
+     "completion[0]"),
+    # task: the eval's rules for its check
+    ({"prompt": "x", "match": "fuzzy", "reference": "y"}, "auto", "bad_task",
+     "match='fuzzy': expected one of exact, normalised, numeric, contains, json, json_valid"),
+    ({"prompt": "x", "match": "exact"}, "auto", "bad_task",
+     "reference: a string is required for match='exact'"),
+    ({"prompt": "x", "match": "exact", "reference": 5}, "auto", "bad_task",
+     "reference: a string is required"),
+    ({"prompt": "x", "match": "json_valid", "reference": 5}, "auto", "bad_task",
+     "reference: must be a string, not int"),
+    ({"prompt": "x", "match": "numeric", "reference": "ten"}, "auto", "bad_task",
+     "reference='ten' is not a number (match=numeric)"),
+    ({"prompt": "x", "match": "json", "reference": "{"}, "auto", "bad_task",
+     "reference is not valid JSON (match=json)"),
+    ({"prompt": "x", "match": "json_valid", "schema": {"type": 3}}, "auto", "bad_task",
+     "schema: not a valid JSON Schema"),
+    ({"prompt": "x", "match": "json_valid", "schema": [1]}, "auto", "bad_task",
+     "schema: a JSON Schema object is required, not list"),
+    ({"prompt": "x", "match": "json_valid", "schema": "{oops"}, "auto", "bad_task",
+     "schema: a JSON Schema object is required; it is a string that is not JSON"),
+    ({"prompt": "x", "reference": "y"}, "task", "missing_field", "'match'"),
+    ({"match": "exact", "reference": "y"}, "task", "missing_field", "'prompt'"),
+    ({"prompt": 5, "match": "exact", "reference": "y"}, "auto", "wrong_type", "'prompt'"),
+    ({"prompt": [msg(U, "x"), msg(A, "y")], "match": "exact", "reference": "y"}, "auto",
+     "no_prompt", "prompt[1] is an assistant turn"),
+    ({"prompt": [msg(S, "x")], "match": "exact", "reference": "y"}, "auto", "no_prompt",
+     "no user turn"),
 ]
 
 
@@ -405,5 +496,5 @@ def test_every_reason_is_covered_and_short():
     assert covered == {
         "invalid_json", "invalid_utf8", "malformed_csv", "not_an_object", "unknown_format",
         "missing_field", "wrong_type", "empty_content", "unknown_role", "no_final_assistant",
-        "no_prompt", "chosen_equals_rejected"}
+        "no_prompt", "chosen_equals_rejected", "bad_task"}
     assert all(re.fullmatch("[a-z0-9]+(_[a-z0-9]+)*", r) for r in covered)

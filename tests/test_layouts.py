@@ -66,6 +66,12 @@ CASES = [
      {"instruction": "Who wrote it?", "context": "Hamlet is a play.", "response": "Shakespeare.",
       "category": "closed_qa"},
      sft([msg(U, "Who wrote it?\n\nHamlet is a play.")], "Shakespeare.")),
+    ("unpaired_preference",  # trl-lib/kto-mix-14k: message lists and a boolean label
+     {"prompt": [msg(U, "Is 7 prime?")], "completion": [msg(A, "No.")], "label": False},
+     {"prompt": [msg(U, "Is 7 prime?")], "completion": [msg(A, "No.")], "label": False}),
+    ("task",  # a GRPO prompt with its check, as data/eval/task.jsonl's rows
+     {"id": "add-7", "task": "add", "prompt": "2 + 3?", "match": "numeric", "reference": "5"},
+     {"prompt": [msg(U, "2 + 3?")], "match": "numeric", "reference": "5"}),
     ("orca",
      {"id": "niv.1", "system_prompt": "You are helpful.", "question": "Translate: chat",
       "response": "cat"},

@@ -118,7 +118,7 @@ def _lineage(args: argparse.Namespace) -> int:
         try:
             for m in chain:
                 m["mlflow_runs"] = runs_for_output(Path("."), m["outputs_sha256"])
-        except Exception as err:  # a store that cannot answer: the lineage stands without runs
+        except Exception as err:  # noqa: BLE001 - a store that cannot answer: no runs shown
             print(f"pedigree lineage: MLflow runs not looked up ({type(err).__name__}: {err})",
                   file=sys.stderr)
     if args.format == "json":
@@ -253,6 +253,7 @@ def _curate(args: argparse.Namespace) -> int:
     from pedigree.data.lengths import TokenCounter
     from pedigree.data.sources import sources_from_paths
     from pedigree.data.tools import ToolSupport
+    from pedigree.data_layouts import CURATED_FILES
     from pedigree.files import atomic_dir
 
     tokenizer = args.tokenizer
@@ -287,7 +288,8 @@ def _curate(args: argparse.Namespace) -> int:
     print(summary(report))
     print(f"length bounds: {f'tokens of {tokenizer}' if tokenizer else 'off (no --tokenizer)'}; "
           f"decontaminated against {len(against)} file(s)")
-    print(f"wrote {args.out}/ (sft.jsonl, preferences.jsonl, rejects.jsonl, report.json)")
+    print(f"wrote {args.out}/ ({', '.join(name for _, name in CURATED_FILES)}, rejects.jsonl, "
+          "report.json)")
     check_kept(result, cfg.min_kept_fraction)  # after writing: the rejects are there to read
     return EXIT_OK
 

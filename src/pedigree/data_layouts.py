@@ -16,10 +16,22 @@ from typing import Any, NamedTuple
 
 from pedigree.errors import PedigreeError
 
-FORMATS = ("alpaca", "prompt_completion", "messages", "sharegpt", "preference", "transcript")
+FORMATS = ("alpaca", "prompt_completion", "messages", "sharegpt", "preference", "unpaired",
+           "task", "transcript")
 # The field names `columns` may map to (canonical name -> the source's field name).
 CANONICAL_FIELDS = ("instruction", "input", "output", "system", "prompt", "completion",
-                    "messages", "conversations", "chosen", "rejected", "text")
+                    "messages", "conversations", "chosen", "rejected", "label", "match",
+                    "reference", "schema", "text")
+# The kinds of canonical row curation writes, each to its own file (split writes
+# {kind}_train.jsonl and {kind}_validation.jsonl of each): sft (prompt, completion), preference
+# (prompt, chosen, rejected), unpaired (prompt, completion, label: KTO's desirable or not) and
+# task (prompt, match, reference and/or schema: a prompt and the check its answers are rewarded
+# by, for GRPO).
+CURATED_FILES = (("sft", "sft.jsonl"), ("preference", "preferences.jsonl"),
+                 ("unpaired", "unpaired.jsonl"), ("task", "tasks.jsonl"))
+# The fields of canonical content that are lists of messages, in conversation order; the others
+# (an unpaired row's label, a task's match, reference, schema) are values, not text.
+MESSAGE_FIELDS = ("prompt", "completion", "chosen", "rejected")
 
 
 class ColumnsError(PedigreeError, ValueError):
@@ -60,6 +72,12 @@ LAYOUTS: tuple[Layout, ...] = (
     # `instruction` alone is enough: a row without its output is an alpaca row missing it.
     Layout("alpaca", "alpaca", ("instruction",), {},
            "tatsu-lab/alpaca, yahma/alpaca-cleaned, sahil2801/CodeAlpaca-20k, WizardLM"),
+    # Before prompt_completion: KTO rows are prompt/completion rows with a label, and a task row
+    # names the check (`match`) its answers are rewarded by.
+    Layout("unpaired_preference", "unpaired", ("prompt", "completion", "label"), {},
+           "trl-lib/kto-mix-14k (TRL's unpaired preference format: label true is desirable)"),
+    Layout("task", "task", ("prompt", "match"), {},
+           "GRPO prompts checked as data/eval/task.jsonl's (match, reference and/or schema)"),
     Layout("orca", "prompt_completion", ("question", "response"),
            {"prompt": "question", "completion": "response", "system": "system_prompt"},
            "Open-Orca/OpenOrca (system_prompt, question, response)"),

@@ -1,8 +1,9 @@
 """Curation: every raw row is validated, normalised, filtered, decontaminated and deduplicated,
 or quarantined.
 
-Every input row ends in exactly one place: the curated SFT or preference file, or `rejects.jsonl`
-with its file, line, reason, detail and the row as it was. The report reconciles:
+Every input row ends in exactly one place: the curated file of its kind (SFT, preference,
+unpaired or task rows: `data_layouts.CURATED_FILES`), or `rejects.jsonl` with its file, line,
+reason, detail and the row as it was. The report reconciles:
 `input_rows == kept_rows + sum(dropped.values())`.
 
 The checks run in this order, so a row's reason is the first problem it has:
@@ -38,6 +39,7 @@ from pedigree.data.sources import Source, readable_files
 from pedigree.data.suggest import suggest
 from pedigree.data.text import match_text, normalise_text, repetition
 from pedigree.data.tools import ToolSupport
+from pedigree.data_layouts import CURATED_FILES, MESSAGE_FIELDS
 from pedigree.errors import PedigreeError
 from pedigree.lineage import canonical_json, sha256_bytes
 
@@ -62,11 +64,12 @@ class _Candidate:
     file: str
     line: int
     raw: str | None  # the row as it appeared in its file (None once spooled)
-    kind: str  # "sft" or "preference"
+    kind: str  # "sft", "preference", "unpaired" or "task"
     format: str  # the format the row was read as (detected when the source says auto)
     id: str
     row: str | None  # the canonical row, as JSON (None once spooled)
     exact_key: bytes
+    group: str  # rows are near duplicates only within a group: their kind (and label)
     dedup_text: str  # match text of the compared fields (near duplicates)
     row_text: str  # match text of the whole row (decontamination)
     prompt_text: str  # match text of the prompt (exact eval-prompt matches)
@@ -81,6 +84,8 @@ class CurationResult:
     sources: list[Source]
     sft: list[str] = field(default_factory=list)  # canonical rows as JSON lines
     preference: list[str] = field(default_factory=list)
+    unpaired: list[str] = field(default_factory=list)
+    task: list[str] = field(default_factory=list)
     rejects: list[dict[str, Any]] = field(default_factory=list)
     counts: list[Counter] = field(default_factory=list)  # per source
     truncated: list[bool] = field(default_factory=list)  # per source: its limit cut rows off
@@ -89,9 +94,14 @@ class CurationResult:
     unread: list[list[Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
+    def rows(self, kind: str) -> list[str]:
+        """The kept rows of a kind (one of data_layouts.CURATED_FILES)."""
+        return {"sft": self.sft, "preference": self.preference, "unpaired": self.unpaired,
+                "task": self.task}[kind]
+
     def report(self) -> dict[str, Any]:
         dropped = Counter(r["reason"] for r in self.rejects)
-        kept = len(self.sft) + len(self.preference)
+        kept = sum(len(self.rows(kind)) for kind, _ in CURATED_FILES)
         sources = {}
         for src, counts, truncated in zip(self.sources, self.counts, self.truncated, strict=True):
             sources[src.name] = {
@@ -115,6 +125,8 @@ class CurationResult:
             "kept_rows": kept,
             "kept_sft_rows": len(self.sft),
             "kept_preference_rows": len(self.preference),
+            "kept_unpaired_rows": len(self.unpaired),
+            "kept_task_rows": len(self.task),
             "dropped": dict(sorted(dropped.items())),
             "sources": sources,
             **self.details,
@@ -143,17 +155,21 @@ def _unspool(spool: IO[bytes], candidates: list[_Candidate], result: CurationRes
             parsed = json.loads(row)
             parsed["meta"]["cluster"] = c.cluster
             row = canonical_json(parsed)
-        (result.sft if c.kind == "sft" else result.preference).append(row)
+        result.rows(c.kind).append(row)
 
 
 def _answers(kind: str, content: dict[str, Any]) -> list[str]:
     """The texts a filter on answers looks at: the chosen answer of a preference row; every
     target turn (an assistant turn not marked weight 0) of an SFT row, the last one first,
-    since training may learn each."""
-    if kind != "sft":
+    since training may learn each; the completion of an unpaired row labelled desirable (a bad
+    answer labelled undesirable is a legitimate negative, as a preference pair's rejected
+    answer is). A task row has no answer."""
+    if kind == "preference":
         return [content["chosen"][-1]["content"]]
-    turns = [*content["prompt"], *content["completion"]][::-1]
-    return [m["content"] for m in turns
+    if kind == "task" or (kind == "unpaired" and not content["label"]):
+        return []
+    turns = [*content["prompt"], *content["completion"]] if kind == "sft" else content["completion"]
+    return [m["content"] for m in turns[::-1]
             if m["role"] == "assistant" and "weight" not in m and m["content"]]
 
 
@@ -162,11 +178,20 @@ def _joined(messages: list[dict[str, str]]) -> str:
 
 
 def _exact_key(kind: str, content: dict[str, Any], fields: str) -> bytes:
-    keys = ["prompt"] if fields == "prompt" else sorted(content)
+    """The normalised text of the compared message fields (the prompt, or every one), then the
+    values that are not text as canonical JSON: an unpaired row's label always (the same answer
+    labelled desirable and undesirable is two rows), a task's match, reference and schema when
+    whole rows are compared."""
+    keys = ["prompt"] if fields == "prompt" else [k for k in sorted(content)
+                                                  if k in MESSAGE_FIELDS]
     # NUL separates the parts: unlike \x1f it is not white space, so normalising keeps it.
-    text = "\0".join([kind] + [" ".join(f"{m['role']}: {m['content']}" for m in content[k])
-                                for k in keys])
-    return hashlib.blake2b(normalise_text(text).encode(), digest_size=16).digest()
+    text = normalise_text("\0".join([kind] + [
+        " ".join(f"{m['role']}: {m['content']}" for m in content[k]) for k in keys]))
+    values = {k: v for k, v in content.items()
+              if k not in MESSAGE_FIELDS and (fields != "prompt" or k == "label")}
+    if values:
+        text += "\0" + canonical_json(values)
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 def _encode_row(content: dict[str, Any], source: str, meta: dict[str, Any]) -> tuple[str, str]:
@@ -222,16 +247,18 @@ class _RowChecker:
                                    f"(> curate.max_repetition={self.cfg.max_repetition})")
         # In conversation order, prompt then answer(s): the shingles across a boundary are the
         # words of the prompt's end and the answer's start, whatever the source's key order.
-        parts = {k: match_text(_joined(content[k]))
-                 for k in ("prompt", "completion", "chosen", "rejected") if k in content}
+        parts = {k: match_text(_joined(content[k])) for k in MESSAGE_FIELDS if k in content}
         prompt_text, row_text = parts["prompt"], " ".join(p for p in parts.values() if p)
         return _Candidate(
             source=src_index, file=raw.file, line=raw.line, raw=raw.text, kind=kind,
             format=norm.format, id=rid, row=row,
             exact_key=_exact_key(kind, content, self.cfg.dedup_fields),
+            # Two answers to one prompt, one desirable and one not, are a contrast to learn
+            # from however alike their words (as a preference pair's are): never near duplicates.
+            group=f"unpaired:{content['label']}" if kind == "unpaired" else kind,
             dedup_text=prompt_text if self.cfg.dedup_fields == "prompt" else row_text,
             row_text=row_text, prompt_text=prompt_text,
-            text="\n".join(_joined(content[k]) for k in content),
+            text="\n".join(_joined(content[k]) for k in content if k in MESSAGE_FIELDS),
         )
 
 
@@ -385,8 +412,8 @@ def _deduplicate(candidates: list[_Candidate], cfg: CurateConfig,
                 why[pos] = ("exact_duplicate", "same normalised text as a kept row", {})
     if cfg.near_dedup.enabled:
         nd, stats = cfg.near_dedup, Counter()
-        for kind in ("sft", "preference"):
-            positions = [p for p, r in enumerate(rep) if r == p and candidates[p].kind == kind]
+        for group in dict.fromkeys(c.group for c in candidates):
+            positions = [p for p, r in enumerate(rep) if r == p and candidates[p].group == group]
             found = dedup.near_duplicates(
                 [candidates[p].dedup_text for p in positions], threshold=nd.threshold,
                 ngram=nd.ngram, bands=nd.bands, rows=nd.rows, seed=nd.seed, cluster=nd.cluster)
@@ -474,10 +501,12 @@ def eval_files(eval_dir: Path, more: list[Path] | None = None) -> list[Path]:
 
 
 def write_curation(result: CurationResult, out_dir: Path) -> dict[str, Any]:
-    """sft.jsonl, preferences.jsonl, rejects.jsonl and report.json in `out_dir`."""
-    for name, lines in (("sft.jsonl", result.sft), ("preferences.jsonl", result.preference)):
+    """The kept rows of each kind (sft.jsonl, preferences.jsonl, unpaired.jsonl, tasks.jsonl:
+    `data_layouts.CURATED_FILES`, each written even when empty), rejects.jsonl and report.json
+    in `out_dir`."""
+    for kind, name in CURATED_FILES:
         with open(out_dir / name, "w", encoding="utf-8") as f:
-            f.writelines(line + "\n" for line in lines)
+            f.writelines(line + "\n" for line in result.rows(kind))
     write_jsonl(out_dir / "rejects.jsonl", result.rejects)
     report = result.report()
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -487,7 +516,8 @@ def write_curation(result: CurationResult, out_dir: Path) -> dict[str, Any]:
 def summary(report: dict[str, Any]) -> str:
     """A few readable lines: what came in, what was kept, what was dropped and why."""
     lines = [(f"kept {report['kept_rows']} of {report['input_rows']} rows "
-              f"({report['kept_sft_rows']} SFT, {report['kept_preference_rows']} preference)")]
+              f"({report['kept_sft_rows']} SFT, {report['kept_preference_rows']} preference, "
+              f"{report['kept_unpaired_rows']} unpaired, {report['kept_task_rows']} task)")]
     for name, src in report["sources"].items():
         formats = ", ".join(f"{f} {n}" for f, n in src["detected_formats"].items()) or "none"
         cut = f", cut at limit {src['limit']}" if src["truncated_by_limit"] else ""

@@ -3,10 +3,14 @@
 Canonical SFT row:        {"id", "prompt": [messages], "completion": [messages], "source", "meta"}
 Canonical preference row: {"id", "prompt": [messages], "chosen": [messages],
                            "rejected": [messages], "source", "meta"}
+Canonical unpaired row:   {"id", "prompt": [messages], "completion": [messages], "label": bool,
+                           "source", "meta"}  (KTO: label true is a desirable answer)
+Canonical task row:       {"id", "prompt": [messages], "match": str, "reference": str (when
+                           given), "schema": {...} (when given), "source", "meta"}  (GRPO)
 
-This is TRL's conversational prompt/completion and preference format. A row id is the sha256 of
-the normalised row's content (not of its source or position), so the same example from two files
-has the same id.
+This is TRL's conversational prompt/completion, preference and unpaired preference format. A
+row id is the sha256 of the normalised row's content (not of its source or position), so the
+same example from two files has the same id.
 
 Formats (`normalise_row`), with the fields each reads; a field is present when it is not null:
   alpaca             instruction, input (optional), output, system (optional)
@@ -15,6 +19,11 @@ Formats (`normalise_row`), with the fields each reads; a field is present when i
   sharegpt           conversations, or messages, whose items are [{"from", "value"}]
   preference         prompt, chosen, rejected: strings or lists of messages; or no prompt and
                      chosen/rejected full conversations sharing the prompt turns
+  unpaired           prompt, completion (as prompt_completion), label: true/false (also the
+                     strings "true"/"false"/"1"/"0" and the integers 1/0: CSV has no booleans)
+  task               prompt (string or messages), match (one of the eval scorers' matchers),
+                     reference (a string; not needed for json_valid) and/or schema (a JSON
+                     Schema), as data/eval/task.jsonl's rows and held to the same rules
 A field that must be a list (messages, conversations; chosen/rejected without a prompt) may also
 be a string holding that list as JSON: CSV has no lists. A string is never parsed where it is a
 valid value as it is (prompt, completion, chosen, rejected with a prompt): an answer such as
@@ -43,13 +52,16 @@ from pedigree.data_layouts import (  # noqa: F401 - also this module's interface
     check_format,
     parse_columns,
 )
+from pedigree.evals.scorers import task_row_problem
 from pedigree.lineage import canonical_json, sha256_bytes
 
 
 class Normalised(NamedTuple):
-    kind: str  # "sft" or "preference"
+    kind: str  # "sft", "preference", "unpaired" or "task" (data_layouts.CURATED_FILES)
     format: str  # the layout the row was read as (layouts.LAYOUTS), or its format (FORMATS)
-    content: dict[str, Any]  # prompt/completion or prompt/chosen/rejected, as lists of messages
+    # prompt/completion or prompt/chosen/rejected as lists of messages; prompt/completion and a
+    # label; or a prompt and its check (match, reference, schema)
+    content: dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- columns
@@ -134,6 +146,50 @@ def _prompt_completion(row: dict[str, Any]) -> Normalised:
     completion = _as_messages(row.get("completion"), "completion", "assistant")
     _ends_with_answer(completion, "completion")
     return Normalised("sft", "prompt_completion", {"prompt": prompt, "completion": completion})
+
+
+_LABELS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _unpaired(row: dict[str, Any]) -> Normalised:
+    """KTO's unpaired preference: a prompt, one answer and whether it is desirable."""
+    content = _prompt_completion(row).content
+    label = row.get("label")
+    if label is None:
+        raise RowError("missing_field", "field 'label' is missing")
+    if isinstance(label, str):
+        label = _LABELS.get(label.strip().lower(), label)
+    elif type(label) is int and label in (0, 1):  # not a float, and a bool is already one
+        label = bool(label)
+    if not isinstance(label, bool):
+        raise RowError("wrong_type", "field 'label' must be true or false (or \"true\", "
+                       f"\"false\", 1, 0), not {_shown(row['label'])}")
+    return Normalised("unpaired", "unpaired", {**content, "label": label})
+
+
+def _task(row: dict[str, Any]) -> Normalised:
+    """A prompt and the check its answers are rewarded by (GRPO), in the fields of the eval's
+    task rows, checked by the same rules (`scorers.task_row_problem`)."""
+    prompt = _with_system(row, _as_messages(row.get("prompt"), "prompt", "user"))
+    _has_user_turn(prompt, "prompt")
+    if prompt[-1]["role"] == "assistant":
+        raise RowError("no_prompt", f"prompt[{len(prompt) - 1}] is an assistant turn: a task's "
+                       "prompt ends with what the answer responds to")
+    if row.get("match") is None:
+        raise RowError("missing_field", "field 'match' is missing")
+    # An empty CSV cell means none; a schema in a CSV cell is JSON text (CSV has no objects).
+    check = {k: row[k] for k in ("match", "reference", "schema")
+             if row.get(k) is not None and not (k != "match" and _blank(row[k]))}
+    if isinstance(check.get("schema"), str):
+        try:
+            check["schema"] = json.loads(check["schema"])
+        except (ValueError, RecursionError):
+            raise RowError("bad_task", "schema: a JSON Schema object is required; it is a "
+                           "string that is not JSON") from None
+    problem = task_row_problem(check)  # starts with the field's name
+    if problem is not None:
+        raise RowError("bad_task", problem if len(problem) <= 300 else problem[:297] + "...")
+    return Normalised("task", "task", {"prompt": prompt, **check})
 
 
 def _conversation(row: dict[str, Any]) -> Normalised:
@@ -242,7 +298,8 @@ def _full_conversation(row: dict[str, Any], field: str) -> list[dict[str, Any]]:
 
 _READERS = {"alpaca": _alpaca, "prompt_completion": _prompt_completion,
             "messages": _conversation, "sharegpt": _conversation,  # either style, either name
-            "preference": _preference, "transcript": _transcript}
+            "preference": _preference, "unpaired": _unpaired, "task": _task,
+            "transcript": _transcript}
 
 
 # ----------------------------------------------------------------------------- fields
@@ -266,6 +323,16 @@ def _with_system(row: dict[str, Any], prompt: list[dict[str, Any]]) -> list[dict
     if not system or system.isspace() or prompt[0]["role"] == "system":
         return prompt
     return [{"role": "system", "content": system}, *prompt]
+
+
+def _blank(value: Any) -> bool:
+    return isinstance(value, str) and (not value or value.isspace())
+
+
+def _shown(value: Any) -> str:
+    """A value as an error detail shows it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _as_messages(value: Any, field: str, role: str) -> list[dict[str, Any]]:
@@ -319,5 +386,5 @@ def _has_user_turn(prompt: list[dict[str, Any]], where: str) -> None:
 
 
 def row_id(content: dict[str, Any]) -> str:
-    """Content hash of the normalised row (prompt/completion or prompt/chosen/rejected)."""
+    """Content hash of the normalised row (its `Normalised.content`)."""
     return sha256_bytes(canonical_json(content).encode())

@@ -7,7 +7,8 @@ Writes, from one seed:
 - `data/raw/`: SFT rows for four automatically checkable tasks (addition, JSON formatting, list
   reversal, sorting) in two formats (alpaca, chat messages), and preference pairs; with planted
   exact duplicates, near duplicates, malformed rows and rows copied from the eval set, so that
-  curation has real work to do;
+  curation has real work to do; KTO feedback (`feedback.jsonl`: answers labelled desirable or
+  not) and GRPO task prompts with their checks (`tasks.jsonl`), on prompts of their own;
 - `data/eval/task.jsonl`: held-out task prompts with references and how to match them;
 - `data/eval/general.jsonl`: held-out general text, the forgetting probe;
 - `data/eval/general_tasks.jsonl`: cloze prompts about facts and phrases of the general text,
@@ -212,12 +213,67 @@ MALFORMED_CHAT = [
 ]
 
 
+# Planted in the KTO feedback: a label that is not true or false, and a placeholder answer
+# labelled desirable (labelled undesirable, a placeholder is a fair negative and is kept).
+MALFORMED_FEEDBACK = [
+    '{"prompt": "Add the two numbers.\\n\\n8 + 9", "completion": "17", "label": "maybe"}',
+    '{"prompt": "Add the two numbers.\\n\\n9 + 8", "completion": "n/a", "label": true}',
+]
+# Planted in the GRPO tasks: a numeric check whose reference is not a number.
+MALFORMED_TASKS = [
+    '{"prompt": "Add the two numbers.\\n\\n7 + 6", "match": "numeric", "reference": "thirteen"}',
+]
+EVASIVE = ["I am not able to add numbers.", "Please use a calculator for that.", "n/a"]
+
+
 # The JSON task's answers: a record with exactly these fields (task_json_valid checks it).
 RECORD_SCHEMA = {"type": "object", "required": ["name", "age", "city"],
                  "additionalProperties": False,
                  "properties": {"name": {"type": "string"},
                                 "age": {"type": "integer", "minimum": 0},
                                 "city": {"type": "string"}}}
+
+
+def _fresh(rng: random.Random, task: str, n: int, taken: set[str]) -> list[dict]:
+    """n examples of `task` whose prompts are in no other file (eval, SFT, preferences)."""
+    rows = []
+    while len(rows) < n:
+        instruction, input_text, answer = TASKS[task][0](rng)
+        prompt = prompt_text(instruction, input_text)
+        if prompt not in taken:
+            taken.add(prompt)
+            rows.append({"task": task, "prompt": prompt, "output": answer})
+    return rows
+
+
+def feedback(rng: random.Random, taken: set[str]) -> list[dict]:
+    """KTO rows: each prompt answered once well (label true) and once badly (label false): a
+    wrong sum or an evasion, an invalid or unasked-for record."""
+    rows = []
+    for r in _fresh(rng, "add", 20, taken) + _fresh(rng, "json", 10, taken):
+        good, bad = r["output"], _wrong_answer(r["task"], r["output"], rng)
+        if r["task"] == "add":
+            if rng.random() < 0.5:
+                a, b = r["prompt"].split("\n\n")[1].split(" + ")
+                good = f"{a} + {b} = {good}"
+            if rng.random() < 0.3:
+                bad = rng.choice(EVASIVE)
+        elif rng.random() < 0.3:
+            record = json.loads(good)
+            bad = f"{record['name']} is {record['age']} and lives in {record['city']}."
+        rows.append({"prompt": r["prompt"], "completion": good, "label": True, "task": r["task"]})
+        rows.append({"prompt": r["prompt"], "completion": bad, "label": False, "task": r["task"]})
+    return rows
+
+
+def grpo_tasks(rng: random.Random, taken: set[str]) -> list[dict]:
+    """GRPO prompts with the check that rewards an answer, as the eval's task rows give it:
+    sums checked as numbers, records checked against RECORD_SCHEMA."""
+    rows: list = [{"task": "add", "prompt": r["prompt"], "match": "numeric",
+                   "reference": r["output"]} for r in _fresh(rng, "add", 40, taken)]
+    rows += [{"task": "json", "prompt": r["prompt"], "match": "json_valid",
+              "schema": RECORD_SCHEMA} for r in _fresh(rng, "json", 20, taken)]
+    return rows
 
 
 def general_tasks() -> list[dict]:
@@ -316,12 +372,23 @@ def generate(root: Path, seed: int = SEED) -> dict[str, Path]:
                   "reference": r["output"], "match": r["match"],
                   **({"schema": RECORD_SCHEMA} if r["match"] == "json" else {})}
                  for i, r in enumerate(eval_rows)]
+    # Their own generators, after every other file's prompts are taken: those files keep their
+    # bytes, and no prompt here is an eval, SFT or preference prompt (but one planted eval leak).
+    feedback_rng, tasks_rng = random.Random(seed + 3), random.Random(seed + 4)
+    feedback_lines: list = feedback(feedback_rng, taken) + MALFORMED_FEEDBACK
+    feedback_rng.shuffle(feedback_lines)
+    leak = next(r for r in task_eval if r["task"] == "add")
+    task_lines: list = grpo_tasks(tasks_rng, taken) + MALFORMED_TASKS + [
+        {k: leak[k] for k in ("task", "prompt", "match", "reference")}]
+    tasks_rng.shuffle(task_lines)
 
     files = {
         "corpus": root / "data/corpus/general.txt",
         "sft_alpaca": root / "data/raw/sft_alpaca.jsonl",
         "sft_chat": root / "data/raw/sft_chat.jsonl",
         "preferences": root / "data/raw/preferences.jsonl",
+        "feedback": root / "data/raw/feedback.jsonl",
+        "tasks": root / "data/raw/tasks.jsonl",
         "task_eval": root / "data/eval/task.jsonl",
         "general_eval": root / "data/eval/general.jsonl",
         "general_tasks": root / "data/eval/general_tasks.jsonl",
@@ -332,6 +399,8 @@ def generate(root: Path, seed: int = SEED) -> dict[str, Path]:
         "sft_alpaca": _jsonl(alpaca_lines),
         "sft_chat": _jsonl(chat_lines),
         "preferences": _jsonl(prefs),
+        "feedback": _jsonl(feedback_lines),
+        "tasks": _jsonl(task_lines),
         "task_eval": _jsonl(task_eval),
         "general_eval": _jsonl(general),
         "general_tasks": _jsonl(general_tasks()),

@@ -24,6 +24,7 @@ from typing import Any
 
 from pedigree.config import SplitConfig
 from pedigree.data.jsonl import read_jsonl, write_jsonl
+from pedigree.data_layouts import CURATED_FILES
 from pedigree.errors import PedigreeError
 
 ASSIGNMENTS = "assignments.tsv"
@@ -132,7 +133,7 @@ def apply_weights(rows: list[dict[str, Any]], weights: dict[str, float],
     return out
 
 
-KINDS = (("sft", "sft.jsonl"), ("preference", "preferences.jsonl"))
+KINDS = CURATED_FILES  # (kind, curated file name): each kind is split on its own
 
 
 def split_curated(curated_dir: Path, out_dir: Path, cfg: SplitConfig,

@@ -27,7 +27,9 @@ def suggest(rows: list[Any], fmt: str, columns: Mapping[str, str]) -> str | None
     `fmt` and `columns` could not read), as the config and command line spell it; None when
     nothing tried reads them all."""
     rows = [r for r in rows if isinstance(r, dict)]
-    if not rows:
+    if not rows or any(r.get("label") is not None for r in rows):
+        # Labelled rows are KTO feedback with labels not understood: a mapping that reads them
+        # without their label would teach the undesirable answers as good ones.
         return None
     if (fmt != "auto" or columns) and _reads(rows, "auto", {}):
         found = Counter(normalise_row(r, "auto").format for r in rows).most_common(1)[0][0]

@@ -12,6 +12,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from pedigree.data_layouts import MESSAGE_FIELDS
+
 _CALL, _RESULT = "pedigree_probe_call", "pedigree_probe_result"
 
 
@@ -23,7 +25,8 @@ class ToolSupport:
     def problem(self, content: dict[str, Any]) -> tuple[str, str] | None:
         """(reason, detail) when a message of `content` holds what the template cannot
         render; None otherwise (and for rows without tools, without probing)."""
-        messages = [m for turns in content.values() for m in turns]
+        messages = [m for field, turns in content.items() if field in MESSAGE_FIELDS
+                    for m in turns]
         if any("tool_calls" in m for m in messages) and not self.renders["tool_calls"]:
             return ("tool_calls_not_rendered", (f"the chat template of {self.dir} does not "
                     "render assistant tool_calls: the model would not see its own calls"

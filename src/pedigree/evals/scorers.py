@@ -75,7 +75,8 @@ def _parse(answer: str) -> tuple[bool, Any]:
     for text in (answer, _FENCE.sub("", answer)):
         try:
             return True, json.loads(text)
-        except json.JSONDecodeError:
+        # ValueError: also an integer of too many digits; RecursionError: nesting too deep
+        except (ValueError, RecursionError):
             continue
     return False, None
 
@@ -109,32 +110,48 @@ MATCHERS: dict[str, Callable[[str, str], bool]] = {
 MATCH_NAMES = (*MATCHERS, "json_valid")
 
 
-def check_task_row(row: dict[str, Any], where: str) -> None:
-    """Raise EvalSetError naming `where` (file:line) and the field when a task row is unusable."""
-    missing = {"id", "task", "prompt"} - set(row)
-    if missing:
-        raise EvalSetError(f"{where}: missing fields {sorted(missing)}")
+def task_row_problem(row: dict[str, Any]) -> str | None:
+    """What makes a task row's check unusable, starting with the field's name (match, reference,
+    schema); None when its answers can be scored. The eval's task rows and curated GRPO task rows
+    (`formats`) are held to these same rules; `match` defaults to exact."""
     match = row.get("match", "exact")
     if match not in MATCH_NAMES:
-        raise EvalSetError(f"{where}: match={match!r}: expected one of {', '.join(MATCH_NAMES)}")
-    if match != "json_valid" and not isinstance(row.get("reference"), str):
-        raise EvalSetError(f"{where}: reference: a string is required for match={match!r}")
+        return f"match={match!r}: expected one of {', '.join(MATCH_NAMES)}"
+    reference = row.get("reference")
+    if match != "json_valid" and not isinstance(reference, str):
+        return f"reference: a string is required for match={match!r}"
+    if reference is not None and not isinstance(reference, str):
+        return f"reference: must be a string, not {type(reference).__name__}"
     if match == "numeric":
         try:
-            float(row["reference"])
+            float(reference)
         except ValueError:
-            raise EvalSetError(f"{where}: reference={row['reference']!r} is not a number "
-                             "(match=numeric)") from None
-    if match == "json" and not _parse(row["reference"])[0]:
-        raise EvalSetError(f"{where}: reference is not valid JSON (match=json)")
+            return f"reference={reference!r} is not a number (match=numeric)"
+    if match == "json" and not _parse(reference)[0]:
+        return "reference is not valid JSON (match=json)"
     schema = row.get("schema")
     if schema is not None:
+        if not isinstance(schema, dict):
+            return f"schema: a JSON Schema object is required, not {type(schema).__name__}"
         from jsonschema import Draft202012Validator, SchemaError
 
         try:
             Draft202012Validator.check_schema(schema)
         except SchemaError as err:
-            raise EvalSetError(f"{where}: schema: not a valid JSON Schema: {err.message}") from None
+            return f"schema: not a valid JSON Schema: {err.message}"
+        except RecursionError:
+            return "schema: nested too deep to check"
+    return None
+
+
+def check_task_row(row: dict[str, Any], where: str) -> None:
+    """Raise EvalSetError naming `where` (file:line) and the field when a task row is unusable."""
+    missing = {"id", "task", "prompt"} - set(row)
+    if missing:
+        raise EvalSetError(f"{where}: missing fields {sorted(missing)}")
+    problem = task_row_problem(row)
+    if problem is not None:
+        raise EvalSetError(f"{where}: {problem}")
 
 
 def expects_json(row: dict[str, Any]) -> bool:
