@@ -1,8 +1,10 @@
-"""Stage `align`: preference tuning of the SFT policy with a LoRA -> models/align/ (when
-align.enabled).
+"""Stage `align`: alignment of the SFT policy with a LoRA -> models/align/ (when align.enabled).
 
 Run alone:  dvc repro align       (or: python stages/align.py)
-Method:     dvc exp run -S align.method=orpo     (dpo, orpo, simpo, kto)
+Method:     dvc exp run -S align.method=orpo     (dpo, orpo, simpo, kto, grpo)
+
+Each method learns from its kinds of split rows (train.align.METHOD_KINDS): the paired methods
+from preference pairs, kto from unpaired rows and pairs, grpo from task prompts.
 
 policy.json records the chain that makes the final policy (model/policy.py): the SFT result
 (trained weights or an adapter), then the alignment adapter when it ran, with its method. With
@@ -33,18 +35,22 @@ with stage_run("align") as run:
         from pedigree.model.load import load_tokenizer
         from pedigree.model.policy import load_sft
         from pedigree.model.trained import save_trained
-        from pedigree.train.align import train_align
+        from pedigree.train.align import METHOD_KINDS, train_align
         from pedigree.train.checkpoints import CheckpointStore, fingerprint
         from pedigree.train.trainer import curve_csv
 
-        train = read_jsonl(split / "preference_train.jsonl")
-        validation = read_jsonl(split / "preference_validation.jsonl")
-        if not train or not validation:
+        kinds = METHOD_KINDS[cfg.method]
+        train, validation = ({kind: read_jsonl(path) if (path := split / f"{kind}_{side}.jsonl")
+                              .exists() else [] for kind in kinds}
+                             for side in ("train", "validation"))
+        n_train, n_val = (sum(map(len, rows.values())) for rows in (train, validation))
+        if not n_train or not n_val:
             raise PedigreeError(
-                f"align.enabled, but the split has {len(train)} training and {len(validation)} "
-                f"validation preference rows ({split}/report.json; curation's reasons are in "
-                f"{stage_out('curate')}/report.json): add preference data to "
-                f"{params.data.raw_dir} or set align.enabled=false")
+                f"align.method={cfg.method} learns from {' and '.join(kinds)} rows, but the "
+                f"split has {n_train} training and {n_val} validation ones ({split}/report.json;"
+                f" curation's reasons are in {stage_out('curate')}/report.json): add such data "
+                f"to {params.data.raw_dir}, choose another align.method, or set "
+                "align.enabled=false")
         trust = params.model.trust_remote_code
         tokenizer = load_tokenizer(sft, trust)  # the chat template SFT trained with
         # Fold SFT in: alignment starts from (and dpo, kto are tied to) the SFT policy.

@@ -72,6 +72,13 @@ def test_a_source_below_min_kept_fraction_fails_and_zero_allows_it(tmp_path):
     check_kept(curate([Source("data", (path,))], NO_LENGTHS), 0.0)  # 0: only empty fails
 
 
+def test_feedback_with_labels_not_understood_gets_no_mapping_that_drops_them(tmp_path):
+    rows = [{"prompt": words(i), "completion": words(i + 100), "label": "good"} for i in range(5)]
+    message = failure(tmp_path, rows)
+    assert "main reason wrong_type (5 rows)" in message and "field 'label'" in message
+    assert "hint" not in message  # prompt_completion would read them, as if every answer were good
+
+
 def test_an_empty_file_fails(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     result = curate([Source("e", (tmp_path / "empty.jsonl",))], NO_LENGTHS)
@@ -134,6 +141,20 @@ def test_tool_turns_are_kept_only_when_the_template_renders_them(tmp_path, rende
     assert len(result.sft) == kept and result.report()["dropped"] == dropped
 
 
+def test_tool_checks_read_the_message_fields_only(tmp_path):
+    # A KTO label and a task's check are values, not turns; a task prompt's tool turn is one.
+    path = write_jsonl(tmp_path / "rows.jsonl", [
+        {"prompt": words(1), "completion": words(2), "label": True},
+        {"prompt": words(3), "match": "json_valid", "schema": {"type": "object"}},
+        {"prompt": [{"role": "user", "content": words(5)}, {"role": "tool", "content": "7"}],
+         "match": "numeric", "reference": "7"},
+    ])
+    result = curate([Source("r", (path,))], NO_LENGTHS,
+                    tools=FakeTemplate({"tool_calls": False, "tool": False}))
+    assert (len(result.unpaired), len(result.task)) == (1, 1)
+    assert [(r["line"], r["reason"]) for r in result.rejects] == [(3, "tool_role_not_rendered")]
+
+
 @pytest.mark.skipif(not (BASE / "chat_template.jinja").is_file(), reason="no models/base")
 def test_probe_of_a_real_chat_template():
     # SmolLM2's ChatML template prints role and content: tool results show, tool calls do not.
@@ -142,12 +163,13 @@ def test_probe_of_a_real_chat_template():
     assert ToolSupport(BASE).renders == {"tool_calls": False, "tool": True}
 
 
-def test_align_on_without_preference_rows_fails_before_loading_a_model(tmp_path):
+@pytest.mark.parametrize(("method", "kinds"), [("dpo", "preference"), ("grpo", "task")])
+def test_align_without_rows_of_its_kind_fails_before_loading_a_model(tmp_path, method, kinds):
     repo = Path(__file__).resolve().parents[1]
     params = (repo / "params.yaml").read_text()
-    assert "align:\n  enabled: true" in params  # the default this test relies on
-    (tmp_path / "params.yaml").write_text(params.replace("tracking:\n  enabled: true",
-                                                         "tracking:\n  enabled: false"))
+    assert "align:\n  enabled: true\n  method: dpo" in params  # the default this test relies on
+    params = params.replace("tracking:\n  enabled: true", "tracking:\n  enabled: false")
+    (tmp_path / "params.yaml").write_text(params.replace("method: dpo", f"method: {method}"))
     (tmp_path / "dvc.yaml").write_text((repo / "dvc.yaml").read_text())  # the stage's contract
     for d in ("models/base", "models/sft", "data/split"):
         (tmp_path / d).mkdir(parents=True)
@@ -157,8 +179,8 @@ def test_align_on_without_preference_rows_fails_before_loading_a_model(tmp_path)
     done = subprocess.run([sys.executable, str(repo / "stages/align.py")], cwd=tmp_path,
                           capture_output=True, text=True, check=False)
     assert done.returncode == 1, done.stderr
-    assert "align.enabled, but the split has 0 training and 0 validation preference rows" \
-        in done.stderr
+    assert (f"align.method={method} learns from {kinds} rows, but the split has 0 training and "
+            "0 validation ones") in done.stderr
     assert not (tmp_path / "models/align").exists()
 
 

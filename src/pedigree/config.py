@@ -357,8 +357,12 @@ DPO_LOSSES = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust"
                      "sppo_hard", "aot", "apo_zero", "apo_down", "discopop", "sigmoid_norm"]
 # The teaching signals of the align stage. dpo and kto tie the policy to a reference (the SFT
 # policy: the adapter switched off, no second copy in memory); orpo and simpo need none.
-ALIGN_METHODS = ("dpo", "orpo", "simpo", "kto")
+ALIGN_METHODS = ("dpo", "orpo", "simpo", "kto", "grpo")
 REFERENCE_FREE = ("orpo", "simpo")
+# GRPO's rewards (train/rewards.py): the row's own matcher, one of the eval scorers
+# (evals/scorers.py) applied to every row, or a regular expression the answer must match.
+GRPO_REWARDS = ("match", "exact", "normalised", "numeric", "contains", "json", "json_valid",
+                "format")
 
 
 class DPOSettings(Section):
@@ -390,26 +394,79 @@ class KTOSettings(Section):
         "rarer, so that the two weighted counts are about equal)")
 
 
+def _known_rewards(weights: dict[str, float]) -> dict[str, float]:
+    unknown = sorted(set(weights) - set(GRPO_REWARDS))
+    if unknown:
+        raise ValueError(f"unknown rewards {unknown}; allowed: {', '.join(GRPO_REWARDS)}")
+    if not any(weights.values()):
+        raise ValueError("no reward with a non-zero weight: nothing to learn from")
+    return weights
+
+
+class GRPOSettings(Section):
+    """align.method=grpo: TRL's GRPOTrainer on task prompts (the split's task rows). For each
+    prompt it samples num_generations answers with the model's own generate, scores them with
+    the rewards, and raises the answers that score above their group's mean."""
+
+    num_generations: int = Field(4, ge=2, description="answers sampled per prompt (the group); "
+                                 "align.batch_size must be a multiple of it")
+    # SmolLM2 on 2 cores: ~10 tokens/s per answer, generated in one batch of batch_size answers.
+    max_completion_length: int = Field(32, ge=1, description="tokens per sampled answer")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the answers")
+    rewards: Annotated[dict[str, float], AfterValidator(_known_rewards)] = Field(
+        default_factory=lambda: {"match": 1.0},
+        description="reward name -> weight, summed: match (the row's own `match`), exact, "
+        "normalised, numeric, contains, json, json_valid (the eval scorers, on every row), "
+        "format (the answer matches format_regex)")
+    format_regex: str | None = Field(
+        None, description="the `format` reward's regular expression (Python re.fullmatch over "
+        "the stripped answer)")
+
+    @model_validator(mode="after")
+    def _regex(self) -> GRPOSettings:
+        if "format" in self.rewards and self.format_regex is None:
+            raise ValueError("rewards names 'format' but format_regex is not set")
+        if self.format_regex is not None:
+            try:
+                re.compile(self.format_regex)
+            except re.error as err:
+                raise ValueError(f"format_regex {self.format_regex!r}: {err}") from None
+        return self
+
+
 class AlignConfig(Section):
     """Preference tuning of a LoRA adapter on top of the SFT policy, by one of the methods."""
 
     enabled: bool = Field(True, description="false: no training, the SFT model is the policy")
     method: Literal[ALIGN_METHODS] = Field(  # type: ignore[valid-type]
-        "dpo", description="dpo, orpo, simpo (reference-free), kto (unpaired answers)")
-    beta: float = Field(0.1, gt=0, description="dpo, kto: strength of the tie to the SFT policy; "
-                        "orpo: weight of the odds-ratio term; simpo: the reward scale")
+        "dpo", description="dpo, orpo, simpo (reference-free), kto (unpaired answers), grpo "
+        "(task prompts and rewards)")
+    beta: float = Field(0.1, ge=0, description="dpo, kto, grpo: strength of the tie to the SFT "
+                        "policy (grpo: KL weight, 0 = no reference); orpo: weight of the "
+                        "odds-ratio term; simpo: the reward scale")
     # Higher rates pulled the SFT answers apart on the sample.
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="peak learning rate")
     # SmolLM2: ~6 s a step at batch 4 on 2 CPU cores.
     max_steps: int = Field(8, ge=1, description="optimizer steps of training")
-    batch_size: int = Field(4, ge=2, description="preference pairs (kto: answers) per device "
-                            "per step; kto needs 2 or more")
+    batch_size: int = Field(4, ge=2, description="preference pairs (kto: answers; grpo: sampled "
+                            "answers, num_generations per prompt) per device per step")
     max_length: int = Field(128, ge=16, description="tokens per prompt and answer; truncated")
     save_steps: int = Field(4, ge=1, description="checkpoint every N steps, for resume")
     lora: LoraConfig = Field(LoraConfig(r=8, alpha=16), description="the adapter trained")
     dpo: DPOSettings = Field(DPOSettings(), description="method=dpo")
     simpo: SimPOSettings = Field(SimPOSettings(), description="method=simpo")
     kto: KTOSettings = Field(KTOSettings(), description="method=kto")
+    grpo: GRPOSettings = Field(GRPOSettings(), description="method=grpo")
+
+    @model_validator(mode="after")
+    def _method_fits(self) -> AlignConfig:
+        if self.beta == 0 and self.method != "grpo":
+            raise ValueError(f"beta=0 is for grpo only; {self.method} needs beta > 0")
+        if self.method == "grpo" and self.batch_size % self.grpo.num_generations:
+            raise ValueError(f"batch_size={self.batch_size} is not a multiple of "
+                             f"grpo.num_generations={self.grpo.num_generations}: each step "
+                             "samples whole groups of answers")
+        return self
 
 
 # ----------------------------------------------------------------------------- export

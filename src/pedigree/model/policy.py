@@ -1,7 +1,7 @@
 """The policy a pipeline run produces, as a chain over the base model.
 
     base  ->  SFT (trained weights laid over the base, or an adapter)
-          ->  alignment adapter (optional: dpo, orpo, simpo or kto)
+          ->  alignment adapter (optional: dpo, orpo, simpo, kto or grpo)
 
 `models/align/policy.json` (`records.Policy`) records the chain: `weights` names the directory
 whose trained tensors replace base weights (partial or full SFT), `adapters` the LoRA/DoRA
