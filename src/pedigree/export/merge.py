@@ -3,12 +3,17 @@
 The policy is a chain (model/policy.py): the SFT adapter, then (when the align stage ran) its
 adapter trained on the SFT-merged weights. LoRA updates add up, so the merged model must equal the base
 with every adapter of the chain active at once; the check compares exactly that, on held-out rows.
-When SFT trained base weights directly (partial or full), the caller passes the base with those
-weights applied, and only the adapters on top (if any) are folded in.
+An adapter of another family (IA3 rescales, LoHa and LoKr are not B @ A, AdaLoRA and VeRA hold
+other tensors) cannot be active together with a LoRA in one PEFT model: the chain is folded stack
+by stack (`adapter_stacks`), each fold with its own check, which is what the align stage trained
+on (the SFT adapter folded in). When SFT trained base weights directly (partial or full), the
+caller passes the base with those weights applied, and only the adapters on top (if any) are
+folded in.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +37,49 @@ class ParityError(PedigreeError, RuntimeError):
     """The merged model does not behave like base + adapters; nothing may use it."""
 
 
-def with_adapters(base, adapters: list[Path]):
-    """The base (fp32) with every adapter of the chain loaded and active together, unmerged."""
-    from peft import PeftModel
+def peft_type(adapter: Path) -> str:
+    """The adapter's family as PEFT names it (LORA also for DoRA and QLoRA adapters)."""
+    return json.loads((Path(adapter) / "adapter_config.json").read_text())["peft_type"]
 
-    if not adapters:
-        return base, []
+
+def adapter_stacks(adapters: list[Path]) -> list[list[Path]]:
+    """The chain in the groups PEFT holds active at once: consecutive LoRA adapters (their
+    updates add up); an adapter of any other family stands alone."""
+    stacks: list[list[Path]] = []
     for path in adapters:
         check_adapter_dir(Path(path))
-    names = [f"adapter{i}" for i in range(len(adapters))]
-    model = PeftModel.from_pretrained(base, str(adapters[0]), adapter_name=names[0])
-    for name, path in zip(names[1:], adapters[1:], strict=True):
+        lora = peft_type(path) == "LORA"
+        if lora and stacks and peft_type(stacks[-1][-1]) == "LORA":
+            stacks[-1].append(Path(path))
+        else:
+            stacks.append([Path(path)])
+    return stacks
+
+
+def _activate(model, stack: list[Path]):
+    """`model` with the adapters of one stack loaded and active together, unmerged."""
+    from peft import PeftModel
+
+    names = [f"adapter{i}" for i in range(len(stack))]
+    model = PeftModel.from_pretrained(model, str(stack[0]), adapter_name=names[0])
+    for name, path in zip(names[1:], stack[1:], strict=True):
         model.load_adapter(str(path), adapter_name=name)
     model.base_model.set_adapter(names)  # LoRA layers sum the deltas of all active adapters
     return model, names
+
+
+def with_adapters(base, adapters: list[Path]):
+    """The base (fp32) with every adapter of the chain: the last stack active, unmerged; the
+    stacks before it (adapters of a family other than LoRA) folded in, as the align stage
+    trained on them."""
+    if not adapters:
+        return base, []
+    stacks = adapter_stacks(adapters)
+    model = base
+    for stack in stacks[:-1]:
+        model, names = _activate(model, stack)
+        model = model.merge_and_unload(adapter_names=names)
+    return _activate(model, stacks[-1])
 
 
 class CombineError(PedigreeError, ValueError):
@@ -81,15 +115,28 @@ def merge_policy(
     tolerance = tolerance if tolerance is not None else DEFAULT_TOLERANCE[dtype]
     if combine is not None:
         adapters = [*adapters, *(Path(a) for a in combine.adapters)]
-    model, names = with_adapters(base, adapters)
+    stacks = adapter_stacks(adapters) if adapters else [[]]
+    families = sorted({peft_type(a) for a in adapters})
+    if combine is not None and families != ["LORA"]:
+        raise CombineError(
+            f"merge.combine: PEFT's weighted merge (add_weighted_adapter) takes LoRA adapters only "
+            f"(lora, qlora, dora), got {families}: set merge.combine=null, or train the SFT "
+            "adapter with sft=lora")
+    model, folds = base, []
+    for stack in stacks[:-1]:  # another family below the last stack: folded first, in fp32
+        model, names = _activate(model, stack)
+        model, parity = _fold(model, names, tokenizer, rows, max_length, torch.float32)
+        folds.append(parity)
+    model, names = _activate(model, stacks[-1]) if stacks[-1] else (model, [])
     if combine is not None:
         names = combine_adapters(model, names, combine)
-    # The reference logits come first: merging rewrites the same base weights in place.
-    reference, mask = chat_logits(model, tokenizer, rows, max_length)
-    merged = model.merge_and_unload(adapter_names=names) if names else model
-    merged = merged.to(DTYPES[dtype])
-    candidate, _ = chat_logits(merged, tokenizer, rows, max_length)
-    parity = compare_logits(reference, candidate, mask)
+    merged, parity = _fold(model, names, tokenizer, rows, max_length, DTYPES[dtype])
+    if folds:  # the worst of the folds: each must pass
+        folds.append(parity)
+        parity = {"max_abs_logit_diff": max(f["max_abs_logit_diff"] for f in folds),
+                  "mean_abs_logit_diff": max(f["mean_abs_logit_diff"] for f in folds),
+                  "top1_agreement": min(f["top1_agreement"] for f in folds),
+                  "tokens": parity["tokens"], "folds": folds}
     parity.update({"dtype": dtype, "tolerance": tolerance, "adapters": len(adapters),
                    "combine": combine.model_dump() if combine else None})
     if parity["max_abs_logit_diff"] > tolerance:
@@ -99,3 +146,13 @@ def merge_policy(
             f"(dtype {dtype}); raise the tolerance for low-precision dtypes or investigate"
         )
     return merged, parity
+
+
+def _fold(model, names: list[str], tokenizer, rows, max_length: int, dtype):
+    """(the active adapters merged into the weights, cast to `dtype`; their logit parity)."""
+    # The reference logits come first: merging rewrites the same base weights in place.
+    reference, mask = chat_logits(model, tokenizer, rows, max_length)
+    merged = model.merge_and_unload(adapter_names=names) if names else model
+    merged = merged.to(dtype)
+    candidate, _ = chat_logits(merged, tokenizer, rows, max_length)
+    return merged, compare_logits(reference, candidate, mask)

@@ -17,7 +17,12 @@ from pedigree.config import SFTConfig
 from pedigree.errors import PedigreeError
 from pedigree.model.chat import encode_turns
 from pedigree.train.checkpoints import CheckpointStore, EarlyStopping
-from pedigree.train.methods import parameter_counts
+from pedigree.train.methods import (
+    method_callbacks,
+    parameter_counts,
+    prepare_trainer,
+    resumable,
+)
 from pedigree.train.trainer import fit, run_settings, trainer_log
 
 
@@ -86,18 +91,21 @@ def sft_dataset(tokenizer, rows: list[dict[str, Any]], cfg: SFTConfig):
 def sft_trainer(model, tokenizer, peft_config, train_rows: list[dict[str, Any]],
                 val_rows: list[dict[str, Any]], cfg: SFTConfig, seed: int, output_dir: str,
                 callbacks: list | None = None):
-    """TRL's SFTTrainer on the rows, tokenized here (`sft_dataset`)."""
+    """TRL's SFTTrainer on the rows, tokenized here (`sft_dataset`), with what the method needs
+    of it (train/methods.py: AdaLoRA's callback, LoRA+'s optimizer, PiSSA's initial adapter)."""
     from trl import SFTTrainer
 
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=sft_args(cfg, seed, output_dir),
         train_dataset=sft_dataset(tokenizer, train_rows, cfg),
         eval_dataset=sft_dataset(tokenizer, val_rows, cfg),
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), *method_callbacks(cfg)],
     )
+    prepare_trainer(trainer, cfg)
+    return trainer
 
 
 def train_sft(
@@ -113,6 +121,9 @@ def train_sft(
 ) -> tuple[Any, dict[str, float], list[tuple[int, dict]]]:
     """Train `model` (wrapped in `peft_config` when given); returns (model, metrics, curve).
     `callbacks`: extra transformers TrainerCallbacks (the benchmarks evaluate mid-training)."""
+    if store is not None and not resumable(cfg):
+        print(f"[sft] {cfg.method}: no checkpoints, a stopped run starts over (methods.resumable)")
+        store = None
     with tempfile.TemporaryDirectory(prefix="pedigree-sft-") as scratch:
         output_dir = str(store.dir) if store else scratch
         trainer = sft_trainer(
@@ -126,7 +137,8 @@ def train_sft(
         )
         fit(trainer, store, "sft")
         after = final_eval_loss(trainer)
-    # The step-0 evaluation: the base model (a fresh LoRA is a no-op, B = 0).
+    # The step-0 evaluation: the base model (every fresh adapter is a no-op: LoRA's B = 0,
+    # IA3's scales 1, PiSSA's adapter plus the residual base = the base).
     before = next(e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e)
     trainable, total = parameter_counts(trainer.model)
     metrics = {
