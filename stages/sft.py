@@ -2,7 +2,8 @@
 
 Run alone:  dvc repro sft         (or: python stages/sft.py)
 Method:     dvc exp run -S sft=qlora      (lora, qlora, dora, ia3, loha, lokr, vera, adalora,
-                                          partial, full: conf/sft/)
+                                          prompt_tuning, prefix_tuning, p_tuning, partial, full:
+                                          conf/sft/)
 Try a value without editing conf/:  dvc exp run -S sft.learning_rate=1e-3
 
 Checkpoints go to checkpoints/sft/; a killed run resumes from the last one on the next

@@ -73,8 +73,8 @@ def test_every_field_has_a_description():
 
 def test_allowed_values_of_a_literal_are_printed(capsys):
     out = run(capsys, "sft.method")[1]
-    assert ("allowed: lora | qlora | dora | ia3 | loha | lokr | vera | adalora | partial | full"
-            in out)
+    assert ("allowed: lora | qlora | dora | ia3 | loha | lokr | vera | adalora | prompt_tuning | "
+            "prefix_tuning | p_tuning | partial | full" in out)
     assert "each: gguf-f32 | gguf-f16 | gguf-q8_0" in run(capsys, "quantize.formats")[1]
     assert "allowed: all-linear, or a list[str]" in run(capsys, "sft.lora.target_modules")[1]
     assert "allowed: source | task" in run(capsys, "split.stratify")[1]

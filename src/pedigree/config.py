@@ -378,11 +378,42 @@ class PartialConfig(Section):
     )
 
 
-# The adapter families (PEFT): an adapter saved beside the base, folded in by merge. The LoRA
-# ones (a low-rank B @ A added to the weight) can be combined and stacked with the align stage's
-# LoRA; the others fold on their own. partial and full train base weights directly.
+class SoftPromptConfig(Section):
+    """sft.method=prompt_tuning, prefix_tuning or p_tuning: learned virtual tokens in front of
+    every input, the base untouched (PEFT prompt learning). Nothing folds into the weights: the
+    deployable model is the base plus this adapter (merge, quantize and eval keep them together),
+    and the align stage cannot train on top of it (align.enabled=false)."""
+
+    num_virtual_tokens: int = Field(
+        16, ge=1, le=512, description="virtual tokens in front of every input; they take "
+        "context (prompt_tuning, p_tuning: input positions; prefix_tuning: a key and value per "
+        "layer)")
+    init: Literal["text", "sample_vocab", "random"] = Field(
+        "text", description="prompt_tuning: the virtual tokens start as the embeddings of "
+        "init_text's tokens (repeated or cut to num_virtual_tokens; the paper's best), of "
+        "random vocabulary tokens, or random normal vectors (std 1: far larger than word "
+        "embeddings)")
+    init_text: str = Field(
+        "Answer the question correctly and briefly.", min_length=1,
+        description="prompt_tuning with init=text: the text whose tokens start the prompt")
+    prefix_projection: bool = Field(
+        False, description="prefix_tuning: learn the prefix through an MLP of encoder_hidden_size "
+        "(the paper's reparameterisation; more parameters while training, same saved size)")
+    encoder: Literal["mlp", "lstm"] = Field(
+        "mlp", description="p_tuning: the network that generates the virtual tokens from learned "
+        "inputs (PEFT PromptEncoder)")
+    encoder_hidden_size: int = Field(
+        128, ge=1, description="p_tuning's encoder and prefix_tuning's projection: hidden width")
+    encoder_dropout: float = Field(0.0, ge=0, lt=1, description="p_tuning: encoder dropout")
+
+
+# The adapter families (PEFT): an adapter saved beside the base. The LoRA ones (a low-rank B @ A
+# added to the weight) can be combined and stacked with the align stage's LoRA; the next ones fold
+# on their own; the soft prompts fold into nothing (the base plus the adapter is the model).
+# partial and full train base weights directly.
 LORA_METHODS = ("lora", "qlora", "dora")
-ADAPTER_METHODS = (*LORA_METHODS, "ia3", "loha", "lokr", "vera", "adalora")
+SOFT_PROMPT_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning")
+ADAPTER_METHODS = (*LORA_METHODS, "ia3", "loha", "lokr", "vera", "adalora", *SOFT_PROMPT_METHODS)
 SFT_METHODS = (*ADAPTER_METHODS, "partial", "full")
 
 
@@ -392,8 +423,9 @@ class SFTConfig(Section):
     conf/experiment/."""
 
     method: Literal[SFT_METHODS] = Field(  # type: ignore[valid-type]
-        "lora", description="how trainable parameters enter the model: an adapter (lora, qlora, "
-        "dora, ia3, loha, lokr, vera, adalora) or base weights (partial, full)"
+        "lora", description="how trainable parameters enter the model: an adapter that folds "
+        "into the base (lora, qlora, dora, ia3, loha, lokr, vera, adalora), a soft prompt that "
+        "stays beside it (prompt_tuning, prefix_tuning, p_tuning) or base weights (partial, full)"
     )
     # SmolLM2-135M: validation loss 0.82 -> 0.11 in 40 steps at 1e-3; ~2e-4 suits 1B+ models.
     learning_rate: float = Field(1e-3, gt=0, lt=1, description="peak learning rate")
@@ -428,6 +460,8 @@ class SFTConfig(Section):
     partial: PartialConfig = Field(PartialConfig(), description="partial: what trains")
     ia3: IA3Config = Field(IA3Config(), description="ia3: which activations are rescaled")
     adalora: AdaLoraSettings = Field(AdaLoraSettings(), description="adalora: the rank budget")
+    soft_prompt: SoftPromptConfig = Field(
+        SoftPromptConfig(), description="prompt_tuning, prefix_tuning, p_tuning: the virtual tokens")
 
     @model_validator(mode="after")
     def _method_fits(self) -> SFTConfig:
@@ -437,6 +471,10 @@ class SFTConfig(Section):
         if self.lora.plus_lr_ratio is not None and self.method not in LORA_METHODS:
             raise ValueError(f"lora.plus_lr_ratio (LoRA+) is for {', '.join(LORA_METHODS)}; "
                              f"method {self.method} has no B matrices: set it to null")
+        if self.method in SOFT_PROMPT_METHODS and self.packing:
+            raise ValueError(f"packing: {self.method} cannot train on packed rows (PEFT prompt "
+                             "learning does not keep the position ids that hold packed rows "
+                             "apart): set packing=false")
         if self.method == "adalora":
             if self.adalora.init_r <= self.lora.r:
                 raise ValueError(f"adalora.init_r={self.adalora.init_r} must exceed lora.r="
@@ -734,6 +772,18 @@ class Params(Section):
     accelerate: AccelerateConfig = Field(
         AccelerateConfig(), description="the training stages under `accelerate launch`")
 
+    @model_validator(mode="after")
+    def _align_fits_sft(self) -> Params:
+        # The align stage trains its LoRA on the SFT policy folded into the base weights; a soft
+        # prompt folds into nothing, and PEFT cannot hold it and a LoRA in one model.
+        if self.sft.method in SOFT_PROMPT_METHODS and self.align.enabled:
+            raise ValueError(
+                f"sft.method={self.sft.method} with align.enabled=true: the align stage trains a "
+                "LoRA on the SFT model folded into the base, and a soft prompt folds into nothing "
+                "(PEFT cannot stack it with a LoRA): set align.enabled=false (conf/sft/"
+                f"{self.sft.method}.yaml does)")
+        return self
+
 
 class ConfigError(PedigreeError, ValueError):
     """A params file that does not match the schema; the message is meant for the user."""
@@ -756,6 +806,8 @@ def format_errors(path: Path, err: ValidationError) -> str:
             lines.append(f"  {key}: unknown key (value {value!r}); check its spelling in conf/")
         elif e["type"] == "missing":
             lines.append(f"  {key}: missing")
+        elif not e["loc"]:  # a check across sections: the value is the whole file
+            lines.append(f"  {allowed.removeprefix('Value error, ')}")
         else:
             lines.append(f"  {key} = {value!r}: {allowed}")
     return "\n".join(lines)

@@ -9,11 +9,16 @@ by stack (`adapter_stacks`), each fold with its own check, which is what the ali
 on (the SFT adapter folded in). When SFT trained base weights directly (partial or full), the
 caller passes the base with those weights applied, and only the adapters on top (if any) are
 folded in.
+
+A soft prompt (prompt tuning, prefix tuning, p-tuning) folds into no weight: the deployable
+model is the base plus the adapter. Merge then writes the base weights (in merge.dtype) with the
+soft prompt in a `soft_prompt/` subdirectory (`save_merged`; `model.load.load_deployable` reads
+both back), and its check compares that pair, in merge.dtype, with the policy in fp32. The align stage cannot
+train on top of a soft prompt (config.Params refuses it), so it is the chain's only adapter.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,12 @@ import torch
 
 from pedigree.config import CombineConfig
 from pedigree.errors import PedigreeError
-from pedigree.model.load import check_adapter_dir
+from pedigree.model.load import (
+    SOFT_PROMPT_DIR,
+    check_adapter_dir,
+    is_soft_prompt,
+    peft_type,
+)
 from pedigree.model.measure import chat_logits, compare_logits
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -35,11 +45,6 @@ DEFAULT_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.5, "float16": 0.1}
 
 class ParityError(PedigreeError, RuntimeError):
     """The merged model does not behave like base + adapters; nothing may use it."""
-
-
-def peft_type(adapter: Path) -> str:
-    """The adapter's family as PEFT names it (LORA also for DoRA and QLoRA adapters)."""
-    return json.loads((Path(adapter) / "adapter_config.json").read_text())["peft_type"]
 
 
 def adapter_stacks(adapters: list[Path]) -> list[list[Path]]:
@@ -115,6 +120,17 @@ def merge_policy(
     tolerance = tolerance if tolerance is not None else DEFAULT_TOLERANCE[dtype]
     if combine is not None:
         adapters = [*adapters, *(Path(a) for a in combine.adapters)]
+    soft = [a for a in adapters if is_soft_prompt(a)]
+    if soft and combine is None:
+        if len(adapters) > 1:
+            raise MergeError(f"{soft[0]}: a soft prompt cannot be merged with other adapters "
+                             f"(the chain is {[str(a) for a in adapters]}); it must be the only "
+                             "one: set align.enabled=false")
+        merged, parity = _keep_soft_prompt(base, soft[0], tokenizer, rows, max_length,
+                                           DTYPES[dtype])
+        parity.update({"dtype": dtype, "tolerance": tolerance, "adapters": 1, "combine": None})
+        _check_tolerance(parity, tolerance, dtype)
+        return merged, parity
     stacks = adapter_stacks(adapters) if adapters else [[]]
     families = sorted({peft_type(a) for a in adapters})
     if combine is not None and families != ["LORA"]:
@@ -139,13 +155,52 @@ def merge_policy(
                   "tokens": parity["tokens"], "folds": folds}
     parity.update({"dtype": dtype, "tolerance": tolerance, "adapters": len(adapters),
                    "combine": combine.model_dump() if combine else None})
+    _check_tolerance(parity, tolerance, dtype)
+    return merged, parity
+
+
+def _check_tolerance(parity: dict[str, Any], tolerance: float, dtype: str) -> None:
     if parity["max_abs_logit_diff"] > tolerance:
         raise ParityError(
             f"merged model differs from base+adapters: max |logit diff| "
             f"{parity['max_abs_logit_diff']:.3g} > merge.parity_tolerance={tolerance} "
             f"(dtype {dtype}); raise the tolerance for low-precision dtypes or investigate"
         )
-    return merged, parity
+
+
+class MergeError(PedigreeError, ValueError):
+    """A policy chain that cannot be merged into one deployable model."""
+
+
+def _keep_soft_prompt(base, adapter: Path, tokenizer, rows, max_length: int, dtype):
+    """(base + soft prompt in `dtype`, as a PeftModel; its parity with the policy in fp32).
+    Nothing is folded: the check measures what casting base and prompt to `dtype` changes."""
+    from peft import PeftModel
+
+    check_adapter_dir(adapter)
+    policy = PeftModel.from_pretrained(base, str(adapter))
+    reference, mask = chat_logits(policy, tokenizer, rows, max_length)
+    deployable = policy.to(dtype)  # the same weights, as save_merged writes them
+    candidate, _ = chat_logits(deployable, tokenizer, rows, max_length)
+    parity = compare_logits(reference, candidate, mask)
+    parity["soft_prompt"] = {"peft_type": peft_type(adapter), "folded": False,
+                             "dir": SOFT_PROMPT_DIR,
+                             "deploy": "the base weights plus the soft prompt in "
+                                       f"{SOFT_PROMPT_DIR}/ (PEFT PeftModel.from_pretrained)"}
+    return deployable, parity
+
+
+def save_merged(model, out: Path, max_shard_size: str | int) -> None:
+    """The merged model's weights in `out`; for a soft-prompt policy, the base weights there and
+    the soft prompt in out/soft_prompt/ (PEFT layout)."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        model.save_pretrained(out, max_shard_size=max_shard_size)  # + generation_config
+        return
+    model.get_base_model().save_pretrained(out, max_shard_size=max_shard_size)
+    model.save_pretrained(out / SOFT_PROMPT_DIR)
+    (out / SOFT_PROMPT_DIR / "README.md").unlink(missing_ok=True)  # PEFT's empty card template
 
 
 def _fold(model, names: list[str], tokenizer, rows, max_length: int, dtype):

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pedigree.config import SFTConfig
+from pedigree.config import SOFT_PROMPT_METHODS, SFTConfig
 from pedigree.errors import PedigreeError
 from pedigree.model.chat import encode_turns
 from pedigree.train.checkpoints import CheckpointStore, EarlyStopping
@@ -44,6 +44,17 @@ def final_eval_loss(trainer) -> float:
     if last is not None and last.get("step") == state.global_step:
         return last["eval_loss"]
     return trainer.evaluate()["eval_loss"]
+
+
+def base_eval_loss(trainer, cfg: SFTConfig) -> float:
+    """Validation loss of the base model. The step-0 evaluation is the base for every method
+    but the soft prompts (a fresh adapter is a no-op: LoRA's B = 0, IA3's scales 1, PiSSA's
+    adapter plus the residual base = the base); a fresh soft prompt already shifts every input,
+    so the base is evaluated with it disabled (after training: its base weights never move)."""
+    if cfg.method not in SOFT_PROMPT_METHODS:
+        return next(e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e)
+    with trainer.model.disable_adapter():
+        return trainer.evaluate(metric_key_prefix="base")["base_loss"]
 
 
 def sft_args(cfg: SFTConfig, seed: int, output_dir: str):
@@ -137,9 +148,7 @@ def train_sft(
         )
         fit(trainer, store, "sft")
         after = final_eval_loss(trainer)
-    # The step-0 evaluation: the base model (every fresh adapter is a no-op: LoRA's B = 0,
-    # IA3's scales 1, PiSSA's adapter plus the residual base = the base).
-    before = next(e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e)
+        before = base_eval_loss(trainer, cfg)
     trainable, total = parameter_counts(trainer.model)
     metrics = {
         "val_loss_base": float(before),
