@@ -6,7 +6,9 @@ Run alone:  dvc repro merge       (or: python stages/merge.py)
 The fold is done in fp32; the result is saved in merge.dtype. Fails, and publishes nothing, when
 the merged model's logits differ from base + adapters by more than the parity tolerance on
 held-out rows. A QLoRA adapter folds onto the dequantized 4-bit base it trained against unless
-merge.qlora_base=original; the manifest says which.
+merge.qlora_base=original; the manifest says which. A soft prompt (sft=prompt_tuning,
+prefix_tuning, p_tuning) folds into nothing: the output is the base weights plus the adapter in
+models/merged/soft_prompt/, and parity.json says so ("soft_prompt": folded false).
 """
 
 import json
@@ -15,7 +17,7 @@ from pathlib import Path
 from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
 from pedigree.export.card import model_card
-from pedigree.export.merge import merge_policy
+from pedigree.export.merge import merge_policy, save_merged
 from pedigree.files import read_json
 from pedigree.lineage import merge_roots
 from pedigree.model.load import load_tokenizer
@@ -40,7 +42,7 @@ with stage_run("merge", extra_inputs=extra) as run:
         [Path(a) for a in policy["adapters"]], rows, cfg.dtype, cfg.parity_tolerance,
         cfg.max_length, cfg.combine,
     )
-    merged.save_pretrained(run.dir, max_shard_size=cfg.max_shard_size)  # + generation_config
+    save_merged(merged, run.dir, cfg.max_shard_size)  # a soft prompt: base + soft_prompt/
     tokenizer.save_pretrained(run.dir)
     (run.dir / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
     training = {stage: read_json(out / "metrics.json")
@@ -54,5 +56,8 @@ with stage_run("merge", extra_inputs=extra) as run:
     run.details.update(policy=policy, parity=parity, merge_base=merge_base)
     run.metrics = {k: parity[k] for k in ("max_abs_logit_diff", "top1_agreement")}
     run.artifacts = ["parity.json", "README.md"]
+    if parity.get("soft_prompt"):
+        print(f"[merge] {parity['soft_prompt']['peft_type']}: nothing to fold; the model is the "
+              f"base weights plus {run.dir}/{parity['soft_prompt']['dir']}/")
     print(f"[merge] onto the {merge_base} base: max |logit diff| "
           f"{parity['max_abs_logit_diff']:.2e}, top-1 agreement {parity['top1_agreement']:.4f}")

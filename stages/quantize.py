@@ -5,6 +5,8 @@ Run alone:  dvc repro quantize    (or: python stages/quantize.py)
 Each format is read back by an independent reader and checked against the merged model:
 perplexity ratio, KL divergence, top-1 agreement and golden greedy answers (report.json,
 metrics.json). A format past its gate is kept and reported with passed=false, never promoted.
+A soft-prompt policy (models/merged/soft_prompt/) exports its base weights, ships the adapter in
+each format's soft_prompt/ and checks each format with it applied (export/quantize.py).
 """
 
 import json
@@ -13,7 +15,7 @@ from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
 from pedigree.export.card import quantized_card
 from pedigree.export.quantize import check_format, export_format, reference
-from pedigree.model.load import load_causal_lm, load_tokenizer
+from pedigree.model.load import load_deployable, load_tokenizer
 from pedigree.pipeline import stage_out
 from pedigree.stage import stage_run
 
@@ -21,7 +23,7 @@ params = load_params()
 cfg, merged_dir = params.quantize, stage_out("merge")
 
 with stage_run("quantize") as run:
-    merged = load_causal_lm(merged_dir, params.model.trust_remote_code)
+    merged = load_deployable(merged_dir, params.model.trust_remote_code)  # + its soft prompt
     tokenizer = load_tokenizer(merged_dir, params.model.trust_remote_code)
     held_out = read_jsonl(stage_out("split") / "sft_validation.jsonl")
     rows = held_out[: cfg.check_rows]

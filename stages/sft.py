@@ -1,7 +1,9 @@
 """Stage `sft`: supervised fine-tuning of models/base on data/split -> models/sft/.
 
 Run alone:  dvc repro sft         (or: python stages/sft.py)
-Method:     dvc exp run -S sft=qlora      (lora, qlora, dora, partial, full: conf/sft/)
+Method:     dvc exp run -S sft=qlora      (lora, qlora, dora, ia3, loha, lokr, vera, adalora,
+                                          prompt_tuning, prefix_tuning, p_tuning, partial, full:
+                                          conf/sft/)
 Try a value without editing conf/:  dvc exp run -S sft.learning_rate=1e-3
 
 Checkpoints go to checkpoints/sft/; a killed run resumes from the last one on the next

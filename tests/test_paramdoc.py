@@ -30,7 +30,9 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_a_leaf_prints_its_type_default_bounds_and_description(capsys):
     code, out, _ = run(capsys, "sft.lora.r")
     assert code == 0
-    assert out == "sft.lora.r: int = 16   allowed: >= 1\n    rank of the update\n"
+    assert out == ("sft.lora.r: int = 16   allowed: >= 1\n    rank of the update; also loha's and "
+                   "lokr's rank, vera's (shared random projections) and adalora's average rank "
+                   "after pruning\n")
     # A nested section's own default: DPO's adapter is smaller than SFT's.
     assert run(capsys, "align.lora.r")[1].startswith("align.lora.r: int = 8 ")
 
@@ -40,7 +42,8 @@ def test_a_section_prints_its_subtree(capsys):
     keys = [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")]
     assert code == 0
     assert keys == ["sft.lora", "sft.lora.r", "sft.lora.alpha", "sft.lora.dropout",
-                    "sft.lora.target_modules", "sft.lora.use_rslora"]
+                    "sft.lora.target_modules", "sft.lora.use_rslora", "sft.lora.init",
+                    "sft.lora.plus_lr_ratio"]
     # The entries of a list of sections, however the key is spelled.
     for spelling in ("data.sources", "data.sources[]", "data.sources.0"):
         out = run(capsys, spelling)[1]
@@ -70,7 +73,8 @@ def test_every_field_has_a_description():
 
 def test_allowed_values_of_a_literal_are_printed(capsys):
     out = run(capsys, "sft.method")[1]
-    assert "allowed: lora | qlora | dora | partial | full" in out
+    assert ("allowed: lora | qlora | dora | ia3 | loha | lokr | vera | adalora | prompt_tuning | "
+            "prefix_tuning | p_tuning | partial | full" in out)
     assert "each: gguf-f32 | gguf-f16 | gguf-q8_0" in run(capsys, "quantize.formats")[1]
     assert "allowed: all-linear, or a list[str]" in run(capsys, "sft.lora.target_modules")[1]
     assert "allowed: source | task" in run(capsys, "split.stratify")[1]

@@ -282,7 +282,7 @@ class SplitConfig(Section):
 
 # ----------------------------------------------------------------------------- training
 class LoraConfig(Section):
-    """The low-rank adapters (PEFT) of lora, qlora and dora."""
+    """A low-rank adapter (PEFT LoRA): the align stage's."""
 
     r: int = Field(16, ge=1, description="rank of the update")
     alpha: int = Field(32, ge=1, description="scale = alpha / r; usually alpha = 2 * r")
@@ -290,6 +290,75 @@ class LoraConfig(Section):
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="every linear layer, or module names, e.g. [q_proj, v_proj]")
     use_rslora: bool = Field(False, description="scale = alpha / sqrt(r): stable at high ranks")
+
+
+class SFTLoraConfig(LoraConfig):
+    """The low-rank adapters (PEFT) of lora, qlora and dora; the other adapter families share
+    the keys where PEFT has the same notion (each key says which)."""
+
+    r: int = Field(16, ge=1, description="rank of the update; also loha's and lokr's rank, "
+                   "vera's (shared random projections) and adalora's average rank after pruning")
+    alpha: int = Field(32, ge=1, description="scale = alpha / r; usually alpha = 2 * r; also "
+                       "loha, lokr and adalora (vera and ia3 have no scale)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input; also "
+                           "adalora and vera (loha and lokr: dropout of whole modules)")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="every linear layer, or module names, e.g. [q_proj, v_proj]; "
+        "also loha, lokr, vera and adalora (ia3: sft.ia3.target_modules)")
+    use_rslora: bool = Field(False, description="scale = alpha / sqrt(r): stable at high ranks; "
+                             "also loha and lokr")
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default", description="lora, qlora, dora: how A and B start. default: A Kaiming-uniform, "
+        "B zero; gaussian: A normal (std 1/r), B zero; pissa (lora only): A, B from the top r "
+        "singular vectors of each weight, which keeps the rest; olora (lora only): from its QR "
+        "decomposition. pissa and olora move part of the base into the adapter: the adapter is "
+        "saved as a plain LoRA (rank 2r) relative to the original base")
+    plus_lr_ratio: float | None = Field(
+        None, ge=1, description="LoRA+ (lora, qlora, dora): the B matrices learn at "
+        "learning_rate * this (16 in the paper); None: one learning rate for A and B")
+
+
+class IA3Config(Section):
+    """sft.method=ia3: learned vectors that rescale activations (PEFT IA3), one scalar per
+    channel; no rank, no scale, no dropout."""
+
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["k_proj", "v_proj", "down_proj"], min_length=1,
+        description="linear layers whose activations are rescaled (Llama names: keys, values "
+        "and the MLP's output projection, as in the paper)")
+    feedforward_modules: list[str] = Field(
+        default_factory=lambda: ["down_proj"],
+        description="those of target_modules that rescale their input (the MLP's hidden units), "
+        "not their output")
+
+    @model_validator(mode="after")
+    def _feedforward_targeted(self) -> IA3Config:
+        stray = sorted(set(self.feedforward_modules) - set(self.target_modules))
+        if stray:
+            raise ValueError(f"feedforward_modules {stray} are not in target_modules "
+                             f"{self.target_modules}")
+        return self
+
+
+class AdaLoraSettings(Section):
+    """sft.method=adalora: every target starts at rank init_r; after a warmup, the least
+    important singular directions are pruned step by step until the ranks average sft.lora.r,
+    then training continues at the final ranks (PEFT AdaLoRA). It writes no checkpoints: a
+    stopped run starts over (train/methods.py `resumable`)."""
+
+    init_r: int = Field(24, ge=1, description="rank every target starts at; > sft.lora.r")
+    warmup: float = Field(0.1, ge=0, lt=1, description="share of max_steps before pruning "
+                          "starts (PEFT tinit)")
+    final: float = Field(0.3, gt=0, lt=1, description="share of max_steps trained at the final "
+                         "ranks (PEFT tfinal; at least one step)")
+    interval: int = Field(1, ge=1, description="optimizer steps between two rank allocations "
+                          "(PEFT deltaT)")
+    orth_reg_weight: float = Field(0.5, ge=0, description="weight of the penalty keeping the "
+                                   "singular vectors orthogonal (training loss only)")
+
+    def schedule(self, max_steps: int) -> tuple[int, int]:
+        """(tinit, tfinal) in optimizer steps for a run of `max_steps`."""
+        return int(self.warmup * max_steps), max(1, round(self.final * max_steps))
 
 
 class QuantConfig(Section):
@@ -309,7 +378,43 @@ class PartialConfig(Section):
     )
 
 
-ADAPTER_METHODS = ("lora", "qlora", "dora")  # the others train base weights directly
+class SoftPromptConfig(Section):
+    """sft.method=prompt_tuning, prefix_tuning or p_tuning: learned virtual tokens in front of
+    every input, the base untouched (PEFT prompt learning). Nothing folds into the weights: the
+    deployable model is the base plus this adapter (merge, quantize and eval keep them together),
+    and the align stage cannot train on top of it (align.enabled=false)."""
+
+    num_virtual_tokens: int = Field(
+        16, ge=1, le=512, description="virtual tokens in front of every input; they take "
+        "context (prompt_tuning, p_tuning: input positions; prefix_tuning: a key and value per "
+        "layer)")
+    init: Literal["text", "sample_vocab", "random"] = Field(
+        "text", description="prompt_tuning: the virtual tokens start as the embeddings of "
+        "init_text's tokens (repeated or cut to num_virtual_tokens; the paper's best), of "
+        "random vocabulary tokens, or random normal vectors (std 1: far larger than word "
+        "embeddings)")
+    init_text: str = Field(
+        "Answer the question correctly and briefly.", min_length=1,
+        description="prompt_tuning with init=text: the text whose tokens start the prompt")
+    prefix_projection: bool = Field(
+        False, description="prefix_tuning: learn the prefix through an MLP of encoder_hidden_size "
+        "(the paper's reparameterisation; more parameters while training, same saved size)")
+    encoder: Literal["mlp", "lstm"] = Field(
+        "mlp", description="p_tuning: the network that generates the virtual tokens from learned "
+        "inputs (PEFT PromptEncoder)")
+    encoder_hidden_size: int = Field(
+        128, ge=1, description="p_tuning's encoder and prefix_tuning's projection: hidden width")
+    encoder_dropout: float = Field(0.0, ge=0, lt=1, description="p_tuning: encoder dropout")
+
+
+# The adapter families (PEFT): an adapter saved beside the base. The LoRA ones (a low-rank B @ A
+# added to the weight) can be combined and stacked with the align stage's LoRA; the next ones fold
+# on their own; the soft prompts fold into nothing (the base plus the adapter is the model).
+# partial and full train base weights directly.
+LORA_METHODS = ("lora", "qlora", "dora")
+SOFT_PROMPT_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning")
+ADAPTER_METHODS = (*LORA_METHODS, "ia3", "loha", "lokr", "vera", "adalora", *SOFT_PROMPT_METHODS)
+SFT_METHODS = (*ADAPTER_METHODS, "partial", "full")
 
 
 class SFTConfig(Section):
@@ -317,8 +422,10 @@ class SFTConfig(Section):
     the shipped sample, 2 CPU cores); a method's own values are in conf/sft/, a preset's in
     conf/experiment/."""
 
-    method: Literal["lora", "qlora", "dora", "partial", "full"] = Field(
-        "lora", description="how trainable parameters enter the model"
+    method: Literal[SFT_METHODS] = Field(  # type: ignore[valid-type]
+        "lora", description="how trainable parameters enter the model: an adapter that folds "
+        "into the base (lora, qlora, dora, ia3, loha, lokr, vera, adalora), a soft prompt that "
+        "stays beside it (prompt_tuning, prefix_tuning, p_tuning) or base weights (partial, full)"
     )
     # SmolLM2-135M: validation loss 0.82 -> 0.11 in 40 steps at 1e-3; ~2e-4 suits 1B+ models.
     learning_rate: float = Field(1e-3, gt=0, lt=1, description="peak learning rate")
@@ -347,9 +454,38 @@ class SFTConfig(Section):
         None, ge=1, description="stop after N evaluations without a lower validation loss"
     )
     save_steps: int = Field(10, ge=1, description="checkpoint every N steps, for resume")
-    lora: LoraConfig = Field(LoraConfig(), description="the adapters: lora, qlora, dora")
+    lora: SFTLoraConfig = Field(SFTLoraConfig(), description="the adapters: lora, qlora, dora (and "
+                             "the keys loha, lokr, vera, adalora share)")
     quant: QuantConfig = Field(QuantConfig(), description="qlora: how the base is loaded")
     partial: PartialConfig = Field(PartialConfig(), description="partial: what trains")
+    ia3: IA3Config = Field(IA3Config(), description="ia3: which activations are rescaled")
+    adalora: AdaLoraSettings = Field(AdaLoraSettings(), description="adalora: the rank budget")
+    soft_prompt: SoftPromptConfig = Field(
+        SoftPromptConfig(), description="prompt_tuning, prefix_tuning, p_tuning: the virtual tokens")
+
+    @model_validator(mode="after")
+    def _method_fits(self) -> SFTConfig:
+        if self.lora.init in ("pissa", "olora") and self.method != "lora":
+            raise ValueError(f"lora.init={self.lora.init} is for method=lora only (method is "
+                             f"{self.method}); use default or gaussian")
+        if self.lora.plus_lr_ratio is not None and self.method not in LORA_METHODS:
+            raise ValueError(f"lora.plus_lr_ratio (LoRA+) is for {', '.join(LORA_METHODS)}; "
+                             f"method {self.method} has no B matrices: set it to null")
+        if self.method in SOFT_PROMPT_METHODS and self.packing:
+            raise ValueError(f"packing: {self.method} cannot train on packed rows (PEFT prompt "
+                             "learning does not keep the position ids that hold packed rows "
+                             "apart): set packing=false")
+        if self.method == "adalora":
+            if self.adalora.init_r <= self.lora.r:
+                raise ValueError(f"adalora.init_r={self.adalora.init_r} must exceed lora.r="
+                                 f"{self.lora.r}, the average rank pruning ends at")
+            tinit, tfinal = self.adalora.schedule(self.max_steps)
+            if tinit >= self.max_steps - tfinal:
+                raise ValueError(
+                    f"adalora: warmup={self.adalora.warmup} and final={self.adalora.final} of "
+                    f"max_steps={self.max_steps} ({tinit} and {tfinal} steps) leave no steps to "
+                    "prune in: lower them or raise max_steps")
+        return self
 
 
 # The paired losses TRL's DPOTrainer offers (trl 1.16 DPOConfig.loss_type).
@@ -636,6 +772,18 @@ class Params(Section):
     accelerate: AccelerateConfig = Field(
         AccelerateConfig(), description="the training stages under `accelerate launch`")
 
+    @model_validator(mode="after")
+    def _align_fits_sft(self) -> Params:
+        # The align stage trains its LoRA on the SFT policy folded into the base weights; a soft
+        # prompt folds into nothing, and PEFT cannot hold it and a LoRA in one model.
+        if self.sft.method in SOFT_PROMPT_METHODS and self.align.enabled:
+            raise ValueError(
+                f"sft.method={self.sft.method} with align.enabled=true: the align stage trains a "
+                "LoRA on the SFT model folded into the base, and a soft prompt folds into nothing "
+                "(PEFT cannot stack it with a LoRA): set align.enabled=false (conf/sft/"
+                f"{self.sft.method}.yaml does)")
+        return self
+
 
 class ConfigError(PedigreeError, ValueError):
     """A params file that does not match the schema; the message is meant for the user."""
@@ -658,6 +806,8 @@ def format_errors(path: Path, err: ValidationError) -> str:
             lines.append(f"  {key}: unknown key (value {value!r}); check its spelling in conf/")
         elif e["type"] == "missing":
             lines.append(f"  {key}: missing")
+        elif not e["loc"]:  # a check across sections: the value is the whole file
+            lines.append(f"  {allowed.removeprefix('Value error, ')}")
         else:
             lines.append(f"  {key} = {value!r}: {allowed}")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from typing import Any
 from pedigree.export.merge import with_adapters
 from pedigree.export.quantize import load_format
 from pedigree.files import read_json
-from pedigree.model.load import load_causal_lm
+from pedigree.model.load import load_causal_lm, load_deployable
 from pedigree.model.policy import load_sft, policy_base
 from pedigree.pipeline import stage_out
 from pedigree.records import read_policy
@@ -17,7 +17,8 @@ from pedigree.records import read_policy
 
 def pipeline_models(root: Path, trust_remote_code: bool = False) -> dict[str, Callable[[], Any]]:
     """{name: loader}: base, sft, aligned (when the align stage trained), merged and each
-    quantized format."""
+    quantized format; a soft-prompt policy's merged model and formats with their soft prompt
+    applied (what would be deployed)."""
     out = {stage: root / stage_out(stage, root) for stage in ("base", "sft", "align", "merge",
                                                              "quantize")}
     base, trust = out["base"], trust_remote_code
@@ -26,7 +27,7 @@ def pipeline_models(root: Path, trust_remote_code: bool = False) -> dict[str, Ca
     models: dict[str, Callable[[], Any]] = {
         "base": lambda: load_causal_lm(base, trust),
         "sft": lambda: load_sft(base, out["sft"], trust),
-        "merged": lambda: load_causal_lm(out["merge"], trust),
+        "merged": lambda: load_deployable(out["merge"], trust),  # + its soft prompt, if any
     }
     if policy["align"]:
         models["aligned"] = lambda: with_adapters(policy_base(base, policy, trust),

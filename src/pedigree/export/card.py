@@ -59,6 +59,9 @@ def model_card(
         (f"| parity | max abs logit diff {parity['max_abs_logit_diff']:.3g} "
          f"(tolerance {parity['tolerance']:g}, {parity['dtype']}), "
          f"top-1 agreement {parity['top1_agreement']:.4f} |"),
+        *([(f"| soft prompt | {soft['peft_type']}, not folded: these are the base weights; the "
+            f"model is them plus the adapter in `{soft['dir']}/` (PEFT "
+            "`PeftModel.from_pretrained`) |")] if (soft := parity.get("soft_prompt")) else []),
     ]
     for stage, metrics in training.items():
         rows += _figures(stage, metrics)
@@ -87,6 +90,9 @@ def quantized_card(merged_card: str, fmt: str, result: dict[str, Any]) -> str:
         (f"| against the merged model | perplexity ratio {result['perplexity_ratio']:.4f} "
          f"(gate {result['max_perplexity_ratio']}), KL {result['kl_divergence']:.3g}, "
          f"top-1 agreement {result['top1_agreement']:.4f} |"),
+        *([(f"| soft prompt | `{soft['dir']}/`: these are the base weights; apply the adapter "
+            f"(PEFT) or they answer as the base. {soft['note']} |")]
+          if (soft := result.get("soft_prompt")) else []),
         f"| passed | {'yes' if result['passed'] else 'no: not for promotion'} |", "",
     ]
     return "\n".join(["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---"]) \

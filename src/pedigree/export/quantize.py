@@ -7,10 +7,18 @@ compared with the merged model on held-out rows: perplexity ratio, KL divergence
 agreement of the next-token distributions, and greedy answers to golden prompts through the chat
 template. A GGUF file's tokenizer must also encode the rows identically. A format past its
 perplexity gate is reported with `passed: false`; nothing downstream may promote it.
+
+A merged model with a soft prompt (merge writes the base weights plus `soft_prompt/`) is exported
+as its base weights, and the soft prompt is shipped beside each format (`<format>/soft_prompt/`):
+the format's model is read back with it applied and checked against the merged model with it
+applied, like with like. llama.cpp cannot apply a PEFT soft prompt (its `--lora` takes LoRA
+adapters only): its reading of a GGUF file is checked against the merged base weights alone, and
+no Ollama Modelfile is written (it would deploy the base without the prompt).
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +29,7 @@ from pedigree.export import kquants
 from pedigree.export.gguf import write_gguf
 from pedigree.lineage import sha256_file
 from pedigree.model.chat import encode_completion
+from pedigree.model.load import SOFT_PROMPT_DIR, soft_prompt_of, with_soft_prompt
 from pedigree.model.measure import chat_inputs, distribution_compare, greedy_answers, logits_of
 from pedigree.quant_formats import DEFAULT_PERPLEXITY_GATES, FORMATS
 
@@ -43,6 +52,7 @@ class Reference:
     prompts: list[list[dict[str, str]]]
     answers: list[str]
     texts: tuple[str, ...] = ()  # the rows as the chat template renders them, before tokenizing
+    base_logits: Any = None  # a soft-prompt model's base weights alone: what llama.cpp can run
 
 
 def reference(merged, tokenizer, rows: list[dict[str, Any]], cfg: QuantizeConfig) -> Reference:
@@ -53,7 +63,12 @@ def reference(merged, tokenizer, rows: list[dict[str, Any]], cfg: QuantizeConfig
                   for row in checked)
     prompts = [row["prompt"] for row in rows[: cfg.golden_prompts]]
     answers = greedy_answers(merged, tokenizer, prompts, cfg.max_new_tokens, len(prompts) or 1)
-    return Reference(ids, mask, logits_of(merged, ids, mask), prompts, answers, texts)
+    base_logits = None
+    if hasattr(merged, "disable_adapter"):  # base weights + soft prompt (load_deployable)
+        with merged.disable_adapter():
+            base_logits = logits_of(merged, ids, mask)
+    return Reference(ids, mask, logits_of(merged, ids, mask), prompts, answers, texts,
+                     base_logits)
 
 
 def gguf_path(out_dir: Path, fmt: str) -> Path:
@@ -91,8 +106,26 @@ READERS = {"gguf": _read_gguf, "transformers": _read_transformers}
 
 
 def load_format(fmt: str, out_dir: Path):
-    """The model of a written format, as its reader gives it back."""
-    return READERS[FORMATS[fmt].reader](fmt, out_dir)
+    """The model of a written format, as its reader gives it back, with the soft prompt shipped
+    beside it applied (when the policy has one)."""
+    return with_soft_prompt(READERS[FORMATS[fmt].reader](fmt, out_dir), out_dir / fmt)
+
+
+# What a soft-prompt export's report and card say about llama.cpp.
+LLAMA_CPP_SOFT_PROMPT = ("llama.cpp (and Ollama) cannot apply a PEFT soft prompt: a GGUF file "
+                         "of this policy runs there as the base model only.")
+
+
+def ship_soft_prompt(fmt: str, merged_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Copy the merged model's soft prompt (if any) into the format's directory; its facts."""
+    adapter = soft_prompt_of(merged_dir)
+    if adapter is None:
+        return {}
+    shutil.copytree(adapter, out_dir / fmt / SOFT_PROMPT_DIR, dirs_exist_ok=True)
+    gguf = FORMATS[fmt].reader == "gguf"
+    return {"soft_prompt": {"dir": SOFT_PROMPT_DIR, "note": "Load the format with transformers "
+                            "and apply it (pedigree.model.load.with_soft_prompt)."
+                            + (" " + LLAMA_CPP_SOFT_PROMPT if gguf else "")}}
 
 
 def _check_tokenizer(path: Path, tokenizer, exported, rows: list[dict[str, Any]],
@@ -159,12 +192,16 @@ def export_format(fmt: str, merged_dir: Path, out_dir: Path, tokenizer,
         path = gguf_path(out_dir, fmt)
         path.parent.mkdir(parents=True, exist_ok=True)
         info = write(fmt, merged_dir, path)
+        soft = ship_soft_prompt(fmt, merged_dir, out_dir)
         model, exported_tokenizer = load_gguf(path)
         _check_tokenizer(path, tokenizer, exported_tokenizer, rows, max_length)
-        return model, {"file": path.relative_to(out_dir).as_posix(), **info,
-                       **write_modelfile(path, tokenizer)}
+        modelfile = write_modelfile(path, tokenizer) if not soft else {
+            "modelfile": None, "modelfile_error": LLAMA_CPP_SOFT_PROMPT}
+        return with_soft_prompt(model, path.parent), {
+            "file": path.relative_to(out_dir).as_posix(), **info, **modelfile, **soft}
     info = write(fmt, merged_dir, out_dir / fmt)
-    return READERS[spec.reader](fmt, out_dir), {"file": fmt, **info}
+    soft = ship_soft_prompt(fmt, merged_dir, out_dir)
+    return load_format(fmt, out_dir), {"file": fmt, **info, **soft}
 
 
 def llama_cpp_available() -> bool:
@@ -237,8 +274,10 @@ def check_format(fmt: str, model, tokenizer, ref: Reference, cfg: QuantizeConfig
     llama_cpp = None
     if FORMATS[fmt].reader == "gguf" and out_dir is not None and llama_cpp_available():
         check_llama_cpp_tokens(gguf_path(out_dir, fmt), ref)
+        # llama.cpp runs the base weights only: with a soft prompt, against the merged base's
+        base = ref.logits if ref.base_logits is None else ref.base_logits
         theirs = llama_cpp_logits(gguf_path(out_dir, fmt), ref)
-        llama_cpp = distribution_compare(ref.logits, theirs, ref.ids, ref.mask)
+        llama_cpp = distribution_compare(base, theirs, ref.ids, ref.mask)
     answers = greedy_answers(model, tokenizer, ref.prompts, cfg.max_new_tokens,
                              len(ref.prompts) or 1)
     same = [a == b for a, b in zip(ref.answers, answers, strict=True)]

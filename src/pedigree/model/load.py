@@ -171,6 +171,44 @@ def from_pretrained(path: Path, **kwargs):
         raise ModelLoadError(f"{path}: cannot load the model ({err})") from None
 
 
+# A soft prompt (PEFT prompt tuning, prefix tuning, p-tuning) folds into no weight: a deployable
+# directory that needs one carries it in this subdirectory, beside the base weights it applies to.
+SOFT_PROMPT_DIR = "soft_prompt"
+SOFT_PROMPT_TYPES = ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING")
+
+
+def peft_type(adapter: Path) -> str:
+    """The adapter's family as PEFT names it (LORA also for DoRA and QLoRA adapters)."""
+    return json.loads((Path(adapter) / "adapter_config.json").read_text())["peft_type"]
+
+
+def is_soft_prompt(adapter: Path) -> bool:
+    return peft_type(adapter) in SOFT_PROMPT_TYPES
+
+
+def soft_prompt_of(model_dir: Path) -> Path | None:
+    """The soft prompt a model directory ships with, or None."""
+    path = Path(model_dir) / SOFT_PROMPT_DIR
+    return path if (path / "adapter_config.json").is_file() else None
+
+
+def with_soft_prompt(model, model_dir: Path):
+    """`model` (read from `model_dir`, in any format) with the soft prompt the directory ships
+    with applied (a PeftModel), or `model` itself when it ships none."""
+    adapter = soft_prompt_of(model_dir)
+    if adapter is None:
+        return model
+    from peft import PeftModel
+
+    check_adapter_dir(adapter)
+    return PeftModel.from_pretrained(model, str(adapter))
+
+
+def load_deployable(path: Path, trust_remote_code: bool = False):
+    """A merged model as it deploys: its weights (fp32), plus its soft prompt when it ships one."""
+    return with_soft_prompt(load_causal_lm(path, trust_remote_code), path)
+
+
 def load_tokenizer(path: Path, trust_remote_code: bool = False, require_template: bool = True):
     """The tokenizer, its chat template checked to render. `require_template=False` where the
     template may be missing or replaced (a base model: `sft.chat_template` may supply one, and

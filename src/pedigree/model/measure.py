@@ -17,6 +17,12 @@ from pedigree.model.chat import (
 )
 
 
+def input_logits(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The logits at the input's own positions. A soft prompt of PEFT (prompt tuning, p-tuning)
+    puts its virtual tokens in front of the input, and the model returns their logits too."""
+    return logits[:, logits.size(1) - ids.size(1):]
+
+
 def _batches(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -31,7 +37,7 @@ def row_nll(model, encoded: list[Encoded], pad_id: int, batch_size: int) -> list
         ids, mask, labels = pad_batch(batch, pad_id)
         device = next(model.parameters()).device  # quantized models may sit on CUDA
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        logits = logits[:, :-1].float().cpu()
+        logits = input_logits(logits, ids)[:, :-1].float().cpu()
         target = labels[:, 1:]
         nll = torch.nn.functional.cross_entropy(
             logits.transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none",
@@ -116,7 +122,8 @@ def chat_inputs(tokenizer, rows: list[dict[str, Any]], max_length: int):
 def logits_of(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     model.eval()
     device = next(model.parameters()).device
-    return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+    return input_logits(logits, ids).float().cpu()
 
 
 def chat_logits(model, tokenizer, rows: list[dict[str, Any]], max_length: int):

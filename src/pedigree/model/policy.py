@@ -4,10 +4,10 @@
           ->  alignment adapter (optional: dpo, orpo, simpo, kto or grpo)
 
 `models/align/policy.json` (`records.Policy`) records the chain: `weights` names the directory
-whose trained tensors replace base weights (partial or full SFT), `adapters` the LoRA/DoRA
-adapters active on top, in training order, `align` the alignment method when it ran, and `quant`
-the 4-bit settings when SFT was QLoRA. Merge, eval and the align stage build models from it, never
-from assumptions.
+whose trained tensors replace base weights (partial or full SFT), `adapters` the PEFT adapters on
+top (the SFT adapter of any family, then the alignment LoRA), in training order, `align` the
+alignment method when it ran, and `quant` the 4-bit settings when SFT was QLoRA. Merge, eval and
+the align stage build models from it, never from assumptions.
 
 A QLoRA adapter trained against the 4-bit base, so by default it sits on that base dequantized to
 fp32 (the weights it saw), not on the original weights.

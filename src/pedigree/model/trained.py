@@ -2,6 +2,11 @@
 partial and full fine-tuning, the trained tensors (`trained.safetensors`), which `apply_trained`
 lays back over the base; `training.json` says which of the two a directory holds (and for QLoRA
 the 4-bit settings of the base it trained against).
+
+Every adapter is saved relative to the original base: PiSSA and OLoRA start by moving part of
+each base weight into the adapter, so theirs is written as the plain LoRA that takes the original
+base to the trained model (PEFT's weight conversion, from the initial adapter kept in memory by
+`remember_initial_adapter`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from pedigree.model.load import check_safetensors
 
 TRAINED_WEIGHTS = "trained.safetensors"
 TRAINING_FILE = "training.json"
+# The attribute of a PeftModel holding its initial adapter's tensors (PiSSA, OLoRA).
+INITIAL_ADAPTER = "pedigree_initial_adapter"
 
 
 class TrainedWeightsError(PedigreeError, ValueError):
@@ -45,11 +52,13 @@ def state_digest(tensors: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def _check_gathered(tensors: dict[str, Any]) -> None:
+def _check_gathered(model) -> None:
     """Refuse to save shards: under FSDP or DeepSpeed ZeRO-3 each rank holds only a slice (or an
-    empty placeholder) of every weight, and saving it would write a broken model silently."""
-    sharded = [name for name, t in tensors.items()
-               if t.numel() == 0 or type(t).__name__ == "DTensor"]
+    empty placeholder) of every weight, and saving it would write a broken model silently. The
+    parameters are checked, not the state to save: AdaLoRA's saved state legitimately holds
+    empty tensors, for targets pruned to rank 0."""
+    sharded = [name for name, t in model.named_parameters()
+               if t.requires_grad and (t.numel() == 0 or type(t).__name__ == "DTensor")]
     if sharded:
         raise TrainedWeightsError(
             f"the trained weights are sharded ({sharded[0]} and {len(sharded) - 1} more): saving "
@@ -58,14 +67,42 @@ def _check_gathered(tensors: dict[str, Any]) -> None:
         )
 
 
+def remember_initial_adapter(model) -> None:
+    """Keep a copy of the adapter as it is now, before training: PiSSA and OLoRA subtracted it
+    from the base weights, and save_trained needs it to write the adapter relative to the
+    original base."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(model)
+    setattr(model, INITIAL_ADAPTER, {k: v.detach().clone().cpu() for k, v in state.items()})
+
+
+def _save_adapter(model, out: Path) -> None:
+    """save_pretrained; for PiSSA and OLoRA, as the plain LoRA of rank 2r that takes the original
+    base to the trained model (B' = [B | -B0], A' = [A ; A0]: B'A' = BA - B0A0)."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    initial = getattr(model, INITIAL_ADAPTER, None)
+    if initial is None:
+        model.save_pretrained(out)
+        return
+    with tempfile.TemporaryDirectory(prefix="pedigree-initial-") as scratch:
+        path = Path(scratch) / "initial"  # PEFT writes the config here and loads both back
+        path.mkdir()
+        save_file(initial, path / "adapter_model.safetensors")
+        model.save_pretrained(out, path_initial_model_for_weight_conversion=str(path))
+
+
 def save_trained(model, out: Path, method: str, quant: QuantConfig | None = None) -> None:
     """The adapter (PEFT layout) or the trained tensors, plus training.json naming the kind (and
     for QLoRA the 4-bit settings of the base it trained against)."""
     from safetensors.torch import save_file
 
-    _check_gathered(trained_state(model))
+    _check_gathered(model)
     if method in ADAPTER_METHODS:
-        model.save_pretrained(out)
+        _save_adapter(model, out)
         (out / "README.md").unlink(missing_ok=True)  # PEFT's empty card template
         _sort_target_modules(out / "adapter_config.json")
         kind = "adapter"

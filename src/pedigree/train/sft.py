@@ -13,11 +13,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pedigree.config import SFTConfig
+from pedigree.config import SOFT_PROMPT_METHODS, SFTConfig
 from pedigree.errors import PedigreeError
 from pedigree.model.chat import encode_turns
 from pedigree.train.checkpoints import CheckpointStore, EarlyStopping
-from pedigree.train.methods import parameter_counts
+from pedigree.train.methods import (
+    method_callbacks,
+    parameter_counts,
+    prepare_trainer,
+    resumable,
+)
 from pedigree.train.trainer import fit, run_settings, trainer_log
 
 
@@ -39,6 +44,17 @@ def final_eval_loss(trainer) -> float:
     if last is not None and last.get("step") == state.global_step:
         return last["eval_loss"]
     return trainer.evaluate()["eval_loss"]
+
+
+def base_eval_loss(trainer, cfg: SFTConfig) -> float:
+    """Validation loss of the base model. The step-0 evaluation is the base for every method
+    but the soft prompts (a fresh adapter is a no-op: LoRA's B = 0, IA3's scales 1, PiSSA's
+    adapter plus the residual base = the base); a fresh soft prompt already shifts every input,
+    so the base is evaluated with it disabled (after training: its base weights never move)."""
+    if cfg.method not in SOFT_PROMPT_METHODS:
+        return next(e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e)
+    with trainer.model.disable_adapter():
+        return trainer.evaluate(metric_key_prefix="base")["base_loss"]
 
 
 def sft_args(cfg: SFTConfig, seed: int, output_dir: str):
@@ -86,18 +102,21 @@ def sft_dataset(tokenizer, rows: list[dict[str, Any]], cfg: SFTConfig):
 def sft_trainer(model, tokenizer, peft_config, train_rows: list[dict[str, Any]],
                 val_rows: list[dict[str, Any]], cfg: SFTConfig, seed: int, output_dir: str,
                 callbacks: list | None = None):
-    """TRL's SFTTrainer on the rows, tokenized here (`sft_dataset`)."""
+    """TRL's SFTTrainer on the rows, tokenized here (`sft_dataset`), with what the method needs
+    of it (train/methods.py: AdaLoRA's callback, LoRA+'s optimizer, PiSSA's initial adapter)."""
     from trl import SFTTrainer
 
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=sft_args(cfg, seed, output_dir),
         train_dataset=sft_dataset(tokenizer, train_rows, cfg),
         eval_dataset=sft_dataset(tokenizer, val_rows, cfg),
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), *method_callbacks(cfg)],
     )
+    prepare_trainer(trainer, cfg)
+    return trainer
 
 
 def train_sft(
@@ -113,6 +132,9 @@ def train_sft(
 ) -> tuple[Any, dict[str, float], list[tuple[int, dict]]]:
     """Train `model` (wrapped in `peft_config` when given); returns (model, metrics, curve).
     `callbacks`: extra transformers TrainerCallbacks (the benchmarks evaluate mid-training)."""
+    if store is not None and not resumable(cfg):
+        print(f"[sft] {cfg.method}: no checkpoints, a stopped run starts over (methods.resumable)")
+        store = None
     with tempfile.TemporaryDirectory(prefix="pedigree-sft-") as scratch:
         output_dir = str(store.dir) if store else scratch
         trainer = sft_trainer(
@@ -126,8 +148,7 @@ def train_sft(
         )
         fit(trainer, store, "sft")
         after = final_eval_loss(trainer)
-    # The step-0 evaluation: the base model (a fresh LoRA is a no-op, B = 0).
-    before = next(e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e)
+        before = base_eval_loss(trainer, cfg)
     trainable, total = parameter_counts(trainer.model)
     metrics = {
         "val_loss_base": float(before),
