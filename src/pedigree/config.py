@@ -491,8 +491,9 @@ class SFTConfig(Section):
 # The paired losses TRL's DPOTrainer offers (trl 1.16 DPOConfig.loss_type).
 DPO_LOSSES = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
                      "sppo_hard", "aot", "apo_zero", "apo_down", "discopop", "sigmoid_norm"]
-# The teaching signals of the align stage. dpo and kto tie the policy to a reference (the SFT
-# policy: the adapter switched off, no second copy in memory); orpo and simpo need none.
+# The teaching signals of the align stage. dpo, kto and grpo (beta > 0) tie the policy to a
+# reference (the SFT policy: the adapter switched off, no second copy in memory); orpo and simpo
+# need none.
 ALIGN_METHODS = ("dpo", "orpo", "simpo", "kto", "grpo")
 REFERENCE_FREE = ("orpo", "simpo")
 # GRPO's rewards (train/rewards.py): the row's own matcher, one of the eval scorers

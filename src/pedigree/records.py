@@ -32,7 +32,7 @@ class Policy(TypedDict):
     adapter, then the alignment adapter. Paths are relative to the project root."""
 
     schema_version: Literal[POLICY_VERSION]
-    sft_method: str  # sft.method: an adapter family (lora, ..., adalora), partial or full
+    sft_method: str  # sft.method: an adapter family (lora ... p_tuning), partial or full
     quant: dict[str, Any] | None  # QLoRA: config.QuantConfig, the 4-bit base it trained on
     weights: str | None  # the directory whose trained tensors replace base weights
     adapters: list[str]  # adapter directories active on top, in training order
