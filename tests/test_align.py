@@ -167,7 +167,7 @@ def test_grpo_raises_the_reward_of_held_out_tasks(micro_model_dir):
                             "val_reward/format_before"}
 
 
-@pytest.mark.parametrize("method", ["orpo", "kto", "grpo"])
+@pytest.mark.parametrize("method", ALIGN_METHODS)
 def test_a_killed_run_resumes_to_the_same_adapter(micro_model_dir, tmp_path, method):
     """Killed after its step-6 checkpoint, a run resumes to the adapter it would have made."""
     import shutil
