@@ -5,6 +5,7 @@ Method:     dvc exp run -S sft=qlora      (lora, qlora, dora, ia3, loha, lokr, v
                                           prompt_tuning, prefix_tuning, p_tuning, partial, full:
                                           conf/sft/)
 Try a value without editing conf/:  dvc exp run -S sft.learning_rate=1e-3
+Against forgetting:  dvc exp run -S sft.replay.fraction=0.1   (general rows from data/replay/)
 
 Checkpoints go to checkpoints/sft/; a killed run resumes from the last one on the next
 `dvc repro`, unless the data, base model or params changed since.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
+from pedigree.data.replay import curated_replay, mix_replay, replay_sha256
 from pedigree.launch import gather, is_main_process, relaunch_under_accelerate
 from pedigree.model.load import check_chat_template, load_tokenizer
 from pedigree.model.trained import save_trained, state_digest, trained_state
@@ -40,7 +42,17 @@ with stage_run("sft", extra_inputs=template_file) as run:
         check_chat_template(tokenizer, template_file[0] if template_file else "sft.chat_template")
     model, peft_config, run.details["training"] = prepare_model(base, cfg, trust)
     train = read_jsonl(split / "sft_train.jsonl")
-    validation = read_jsonl(split / "sft_validation.jsonl")
+    validation = read_jsonl(split / "sft_validation.jsonl")  # the task's alone: no replay
+    replay = cfg.replay
+    if replay.fraction:
+        general, report = curated_replay(replay, params.curate, Path(params.data.eval_dir))
+        train, replayed = mix_replay(train, general, replay.fraction, params.seed)
+        run.roots["replay_sha256"] = replay_sha256(replay)
+        run.details["replay"] = {"source": replay.source, "fraction": replay.fraction,
+                                 "rows_kept": len(general), "rows_replayed": replayed,
+                                 "dropped": report["dropped"]}
+        print(f"[sft] replay: {replayed} rows of {replay.source} ({len(general)} kept) among "
+              f"{len(train)} training rows")
     store = CheckpointStore(Path("checkpoints/sft"),
                             fingerprint(run.input_hashes, run.recorded_params,
                                         run.code["source_sha256"]))
@@ -52,6 +64,11 @@ with stage_run("sft", extra_inputs=template_file) as run:
     # Every rank holds the weights; under DDP they must agree, and the manifest shows they do.
     run.details["training"]["rank_sha256"] = gather(state_digest(trained_state(trained)))
     save_trained(trained, run.dir, cfg.method, cfg.quant)
+    # On disk, what a deployment of this method ships beyond the base (the adapter, or every
+    # weight for partial and full): the comparison's "adapter size".
+    metrics["saved_weights_bytes"] = float(sum(
+        p.stat().st_size for p in run.dir.rglob("*.safetensors")))
+    metrics["replay_rows"] = float(run.details.get("replay", {}).get("rows_replayed", 0))
     tokenizer.save_pretrained(run.dir)  # with the chat template the model was trained on
     (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (run.dir / "train_loss.csv").write_text(curve_csv(curve, "loss"))

@@ -15,8 +15,9 @@ def _rev(rev: str, name: str | None, method: str | None, lr: float, gain: float 
         metrics = {
             "metrics/summary.json": {"data": {"gate_passed": passed, "sft": {
                 "task_gain": gain, "task_score_gain": 0.0, "general_loss_change": 1.5,
-                "general_task_score_change": -0.25}}},
-            "models/sft/metrics.json": {"data": {"trainable_params": float(trainable)}},
+                "general_task_score_change": -0.25, "general_chat_score_change": -0.1}}},
+            "models/sft/metrics.json": {"data": {"trainable_params": float(trainable),
+                                                 "saved_weights_bytes": 4.0 * trainable}},
             "perf/sft.json": {"data": {"seconds": seconds, "peak_rss_gib": 0.81}},
         }
     params = {"params.yaml": {"data": {"sft": {"method": method, "learning_rate": lr,
@@ -32,13 +33,15 @@ def _shown() -> list[dict]:
          "revs": [_rev("a" * 40, "olden-baby", "full", 3e-4, 6.9, 3_400_000, 40.2, 1)]},
         {"name": "queued-one", "executor": "workspace",
          "revs": [_rev("b" * 40, "queued-one", "dora", 2e-3, None, 0, 0)]},
+        {"name": "soft-one", "executor": None,
+         "revs": [_rev("c" * 40, "soft-one", "prompt_tuning", 2e-3, 1.0, 9216, 20.0)]},
     ]
     return [_rev("workspace", None, "lora", 2e-3, 7.5, 311296, 36.0), baseline]
 
 
 def test_rows_come_from_every_finished_experiment():
     rows = experiment_rows(_shown())
-    assert [r["name"] for r in rows] == ["workspace", "main", "olden-baby"]
+    assert [r["name"] for r in rows] == ["workspace", "main", "olden-baby", "soft-one"]
     assert rows[2]["params"]["sft.method"] == "full" and rows[2]["perf"]["seconds"] == 40.2
 
 
@@ -48,12 +51,15 @@ def test_table_has_the_varied_params_and_every_figure():
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[:3] == ["experiment", "sft.method", "sft.learning_rate"]  # what differs
     assert "sft.max_steps" not in header and "seed" not in header  # what does not
-    full = [c.strip() for c in lines[-1].strip("|").split("|")]
+    full = [c.strip() for c in lines[-2].strip("|").split("|")]
     assert full[:3] == ["olden-baby", "full", "0.0003"]
     values = dict(zip(header, full, strict=True))
     assert values["task gain"] == "+6.900" and values["trainable params"] == "3,400,000"
     assert values["general loss change"] == "+1.500" and values["gate"] == "pass"
-    assert values["train s"] == "40.2"
+    assert values["train s"] == "40.2" and values["general chat change"] == "-0.100"
+    assert values["saved MB"] == "13.60" and values["merges"] == "yes"
+    soft = dict(zip(header, [c.strip() for c in lines[-1].strip("|").split("|")], strict=True))
+    assert soft["merges"] == "no" and soft["saved MB"] == "0.04"  # beside the base, kilobytes
     assert "forgot" in text  # the legend says how to read the signs
 
 

@@ -57,10 +57,10 @@ def test_stage_deps_cover_its_imports(stage):
     assert not missing, f"dvc.yaml stage {stage}: add {sorted(missing)} to deps"
 
 
-def test_editing_the_csv_reader_reruns_curation_only(tmp_path):
+def test_editing_the_csv_reader_reruns_only_the_stages_that_read_files(tmp_path):
     """What a user sees: after an edit to a function of the file readers, `dvc status` names the
-    edited file for curate alone, not for any training stage (and when curate's output comes out
-    the same, DVC re-runs nothing downstream)."""
+    edited file for curate and for sft (which curates sft.replay's general rows), not for any
+    other stage (and when their outputs come out the same, DVC re-runs nothing downstream)."""
     import json
     import shutil
     import subprocess
@@ -82,7 +82,7 @@ def test_editing_the_csv_reader_reruns_curation_only(tmp_path):
     edited = "src/pedigree/data/readers.py"
     stages = {name for name, changes in status.items() for change in changes
               if isinstance(change, dict) and edited in change.get("changed deps", {})}
-    assert stages == {"curate"}
+    assert stages == {"curate", "sft"}
 
 
 # Modules every stage imports: they import nothing from the stage packages, so an edit there

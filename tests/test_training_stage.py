@@ -18,6 +18,9 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from pedigree.config import ReplayConfig
+from pedigree.data.replay import replay_count
+from pedigree.lineage import hash_of_hashes, sha256_file
 from pedigree.model.trained import state_digest
 from pedigree.train.checkpoints import COMPLETE
 from tests.micro_training import TRAIN, VALIDATION
@@ -35,6 +38,8 @@ def _project(root: Path, base: Path, **sft) -> Path:
     shutil.copytree(REPO / "stages", root / "stages")
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(base, root / "models/base")
+    for data in ("data/eval", "data/replay"):  # the stage's inputs for sft.replay
+        shutil.copytree(REPO / data, root / data)
     (root / "data/split").mkdir(parents=True)
     for name, rows in (("sft_train", TRAIN), ("sft_validation", VALIDATION)):
         (root / f"data/split/{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -115,6 +120,26 @@ def test_resume_refused_when_params_or_code_change(tmp_path, micro_model_dir, ch
     manifest = json.loads((root / "models/sft/lineage.json").read_text())
     if change == "params":
         assert manifest["params"]["sft"]["learning_rate"] == 1e-3
+
+
+def test_replay_mixes_general_rows_and_names_them_in_the_lineage(tmp_path, micro_model_dir):
+    root = _project(tmp_path / "p", micro_model_dir, max_steps=4, eval_steps=4,
+                    replay={"source": "data/replay", "fraction": 0.25})
+    out = _sft(root)
+    replayed = replay_count(len(TRAIN), 0.25)  # 16 general rows beside the 48 task rows
+    assert f"replay: {replayed} rows of data/replay (60 kept)" in out
+    manifest = json.loads((root / "models/sft/lineage.json").read_text())
+    want = ReplayConfig(source=str(root / "data/replay/general.jsonl"))
+    assert manifest["roots"]["replay_sha256"] == hash_of_hashes(
+        {"data/replay/general.jsonl": sha256_file(Path(want.source))})
+    assert manifest["details"]["replay"]["rows_replayed"] == replayed
+    metrics = json.loads((root / "models/sft/metrics.json").read_text())
+    assert metrics["replay_rows"] == replayed
+    assert metrics["saved_weights_bytes"] == (root / ADAPTER).stat().st_size
+    text = subprocess.run([sys.executable, "-m", "pedigree.cli", "lineage", "models/sft",
+                           "--no-mlflow"], cwd=root, env=_env(), capture_output=True, text=True,
+                          check=True).stdout
+    assert f"replay data  sha256 {manifest['roots']['replay_sha256']}" in text
 
 
 def test_two_cpu_processes_train_one_model(tmp_path, micro_model_dir):

@@ -103,6 +103,8 @@ def format_text(chain: list[dict]) -> str:
     base = roots.get("base_model") or {}
     lines.append("roots")
     lines.append(f"  raw data     sha256 {roots.get('data_sha256') or '-'}")
+    if roots.get("replay_sha256"):  # general data sft.replay mixed in
+        lines.append(f"  replay data  sha256 {roots['replay_sha256']}")
     lines.append(f"  base model   {base.get('id', '-')} @ {base.get('revision') or '-'} "
                  f"sha256 {base.get('sha256') or '-'}")
     if base.get("gguf"):

@@ -3,8 +3,9 @@
 Reads `dvc exp show --json` (the workspace, HEAD and every experiment on it, queued runs
 included once they finished), and for each: the SFT method and the params that differ between
 experiments, the SFT model's task gain and general-probe change over the base
-(metrics/summary.json), its trainable parameters (models/sft/metrics.json), training time and
-peak memory (perf/sft.json), and whether the promotion gate passed.
+(metrics/summary.json), its trainable parameters and the size of what it saved
+(models/sft/metrics.json), whether it folds into the base, training time and peak memory
+(perf/sft.json), and whether the promotion gate passed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pedigree.config import SOFT_PROMPT_METHODS
 from pedigree.errors import PedigreeError
 from pedigree.experiments import experiment_nodes, node_metrics, node_params, show_experiments
 from pedigree.perf import PERF_FILE
@@ -24,13 +26,27 @@ def _sft(key: str):
     return lambda r: r["summary"].get("sft", {}).get(key)
 
 
+def _saved_mb(row: dict[str, Any]) -> float | None:
+    size = row["sft"].get("saved_weights_bytes")
+    return None if size is None else size / 1e6
+
+
+def _merges(row: dict[str, Any]) -> str | None:
+    """Whether merge folds the method into the base weights; a soft prompt ships beside it."""
+    method = row["params"].get("sft.method")
+    return None if method is None else ("no" if method in SOFT_PROMPT_METHODS else "yes")
+
+
 # (header, getter on an experiment row, format): "signed" for gains and changes.
 COLUMNS = (
     ("task gain", _sft("task_gain"), "signed"),
     ("task score gain", _sft("task_score_gain"), "signed"),
     ("general loss change", _sft("general_loss_change"), "signed"),
     ("general task change", _sft("general_task_score_change"), "signed"),
+    ("general chat change", _sft("general_chat_score_change"), "signed"),
     ("trainable params", lambda r: r["sft"].get("trainable_params"), "count"),
+    ("saved MB", _saved_mb, "{:.2f}"),
+    ("merges", _merges, "{}"),
     ("train s", lambda r: r["perf"].get("seconds"), "{:.1f}"),
     ("peak RSS GiB", lambda r: r["perf"].get("peak_rss_gib"), "{:.2f}"),
     ("gate", lambda r: {1: "pass", 0: "fail"}.get(r["summary"].get("gate_passed")), "{}"),
@@ -92,7 +108,11 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     notes = ("task gain: the SFT model's gain over the base on gate.task_metric (positive = "
              "better); general loss change: nats/token on general text vs the base (positive = "
-             "forgot); general task change: cloze prompts the base completes (negative = forgot)")
+             "forgot); general task change: cloze prompts the base completes (negative = forgot); "
+             "general chat change: chat questions the base answers (negative = forgot); saved "
+             "MB: the SFT output's weights on disk (the adapter; every trained weight for "
+             "partial and full); merges: whether merge folds it into the base (a soft prompt "
+             "ships beside it)")
     return "\n".join(lines) + "\n\n" + notes + "\n"
 
 

@@ -417,6 +417,19 @@ ADAPTER_METHODS = (*LORA_METHODS, "ia3", "loha", "lokr", "vera", "adalora", *SOF
 SFT_METHODS = (*ADAPTER_METHODS, "partial", "full")
 
 
+class ReplayConfig(Section):
+    """General data mixed into SFT against forgetting: the model keeps seeing the kind of rows
+    it could answer before, beside the task's (data/replay.py)."""
+
+    source: str = Field(
+        "data/replay", description="a file or directory of SFT rows (instruction or chat, any "
+        "format curate reads), relative to the repository root; curated like data/raw (filters, "
+        "dedup, decontamination against data.eval_dir)")
+    fraction: float = Field(
+        0.0, ge=0, lt=1, description="share of the training rows that are replayed, so of each "
+        "batch on average (0.1: one row in ten); 0 reads no replay data")
+
+
 class SFTConfig(Section):
     """Supervised fine-tuning. The defaults are the default model's (SmolLM2-135M-Instruct on
     the shipped sample, 2 CPU cores); a method's own values are in conf/sft/, a preset's in
@@ -462,6 +475,8 @@ class SFTConfig(Section):
     adalora: AdaLoraSettings = Field(AdaLoraSettings(), description="adalora: the rank budget")
     soft_prompt: SoftPromptConfig = Field(
         SoftPromptConfig(), description="prompt_tuning, prefix_tuning, p_tuning: the virtual tokens")
+    replay: ReplayConfig = Field(ReplayConfig(), description="general data replayed against "
+                                 "forgetting")
 
     @model_validator(mode="after")
     def _method_fits(self) -> SFTConfig:
@@ -820,7 +835,7 @@ def format_errors(path: Path, err: ValidationError) -> str:
 # outside the project by design, and `accelerate.config_file` may be the machine's own (it says
 # how to launch, not what is computed); `sft.chat_template` is checked when it names a .jinja file.
 REPO_PATH_KEYS = ("data.raw_dir", "data.eval_dir", "curate.tokenizer", "model.build.corpus",
-                  "eval.harness.include_path", "sft.chat_template")
+                  "eval.harness.include_path", "sft.chat_template", "sft.replay.source")
 
 
 def _escapes(value: str) -> bool:

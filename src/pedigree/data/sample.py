@@ -15,7 +15,9 @@ Writes, from one seed:
   which the pretrained base completes (its "general tasks", the second forgetting probe);
 - `data/eval/general_chat.jsonl`: questions (facts, words, a translation) that the instruct base
   SmolLM2-135M-Instruct answers correctly through its chat template before fine-tuning: the
-  forgetting probe for abilities a real model had.
+  forgetting probe for abilities a real model had;
+- `data/replay/general.jsonl`: general questions and requests with plain answers (none about the
+  facts the chat probe asks), for `sft.replay` to mix into SFT against forgetting.
 
 The generator is part of the library so that the committed files can be re-created and checked
 (a test regenerates them and compares bytes).
@@ -323,6 +325,83 @@ GENERAL_CHAT = [
 ]
 
 
+# General chat rows to replay during SFT (sft.replay): everyday questions and requests answered
+# in plain sentences, the behaviour a task fine-tune wears away. None asks a chat-probe fact.
+REPLAY_CHAT = [
+    ("How many days are in a week?", "There are seven days in a week."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("What do bees make?", "Bees make honey."),
+    ("What is frozen water called?", "Frozen water is called ice."),
+    ("How many hours are in a day?", "There are 24 hours in a day."),
+    ("What gas do plants take in from the air?", "Plants take in carbon dioxide."),
+    ("What is the tallest animal?", "The giraffe is the tallest animal."),
+    ("How many continents are there?", "There are seven continents."),
+    ("What is the boiling point of water at sea level?",
+     "Water boils at 100 degrees Celsius at sea level."),
+    ("Which planet is closest to the Sun?", "Mercury is the planet closest to the Sun."),
+    ("What do cows drink?", "Cows drink water."),
+    ("How many sides does a triangle have?", "A triangle has three sides."),
+    ("What is the fastest land animal?", "The cheetah is the fastest land animal."),
+    ("What instrument has black and white keys?", "The piano has black and white keys."),
+    ("What do you call a baby cat?", "A baby cat is called a kitten."),
+    ("What do you call a baby dog?", "A baby dog is called a puppy."),
+    ("Which season comes after winter?", "Spring comes after winter."),
+    ("How many minutes are in an hour?", "There are 60 minutes in an hour."),
+    ("What is the largest planet in our solar system?", "Jupiter is the largest planet."),
+    ("What shape has four equal sides?", "A square has four equal sides."),
+    ("What do we call the study of living things?", "It is called biology."),
+    ("Which organ pumps blood through the body?", "The heart pumps blood through the body."),
+    ("What is the chemical symbol for gold?", "The chemical symbol for gold is Au."),
+    ("Who wrote Romeo and Juliet?", "William Shakespeare wrote Romeo and Juliet."),
+    ("What is the longest river in Africa?", "The Nile is the longest river in Africa."),
+    ("How many players are on a football team on the field?",
+     "A football team has eleven players on the field."),
+    ("What do caterpillars turn into?", "Caterpillars turn into butterflies or moths."),
+    ("What is the freezing point of water in Celsius?", "Water freezes at 0 degrees Celsius."),
+    ("Which bird is a symbol of peace?", "The dove is a symbol of peace."),
+    ("What is the main ingredient of bread?", "The main ingredient of bread is flour."),
+    ("How many wheels does a bicycle have?", "A bicycle has two wheels."),
+    ("What is the currency of Japan?", "The currency of Japan is the yen."),
+    ("What colour are most leaves in summer?", "Most leaves are green in summer."),
+    ("Which animal is known as the king of the jungle?",
+     "The lion is known as the king of the jungle."),
+    ("What do you use to write on a blackboard?", "You write on a blackboard with chalk."),
+    ("What is the hardest natural substance?", "Diamond is the hardest natural substance."),
+    ("How many strings does a standard guitar have?", "A standard guitar has six strings."),
+    ("What is the opposite of empty?", "The opposite of empty is full."),
+    ("What is the past tense of run?", "The past tense of run is ran."),
+    ("Translate 'thank you' into French.", "'Thank you' in French is 'merci'."),
+    ("Name a fruit that is yellow.", "A banana is a yellow fruit."),
+    ("Give me a word that rhymes with cat.", "Hat rhymes with cat."),
+    ("Write a short sentence about the sea.", "The sea is wide, deep and full of life."),
+    ("Suggest a name for a pet goldfish.", "You could call your goldfish Bubbles."),
+    ("Describe the Moon in one sentence.",
+     "The Moon is Earth's rocky satellite and shines by reflecting sunlight."),
+    ("List three colours of the rainbow.", "Red, green and violet are colours of the rainbow."),
+    ("Say good morning politely.", "Good morning! I hope you have a lovely day."),
+    ("What should I do if I feel tired?", "Rest, drink some water and get enough sleep."),
+    ("Give one tip for learning a language.", "Practise a little every day, out loud."),
+    ("What is a good way to stay healthy?", "Eat vegetables, move every day and sleep well."),
+    ("Explain what a library is.", "A library is a place where people borrow books to read."),
+    ("Why do we need sleep?", "Sleep lets the body and the brain rest and recover."),
+    ("What is rain?", "Rain is water that falls from clouds in drops."),
+    ("What is a noun?", "A noun is a word that names a person, place or thing."),
+    ("How do you greet someone in English?", "You can say hello or good afternoon."),
+    ("What is the sum of ten and five?", "Ten and five make fifteen."),
+    ("Count from one to five.", "One, two, three, four, five."),
+    ("What is the square root of nine?", "The square root of nine is three."),
+    ("Tell me one fact about the Sun.", "The Sun is a star at the centre of our solar system."),
+    ("What do fish breathe with?", "Fish breathe with their gills."),
+]
+
+
+def replay_chat() -> list[dict]:
+    """The general rows `sft.replay` mixes into SFT, as chat messages."""
+    return [{"messages": [{"role": "user", "content": prompt},
+                          {"role": "assistant", "content": answer}]}
+            for prompt, answer in REPLAY_CHAT]
+
+
 def general_chat() -> list[dict]:
     """The general-ability questions, scored by whether the answer contains the reference."""
     return [{"id": f"chat-{i:03d}", "task": "chat", "prompt": prompt, "reference": reference,
@@ -393,6 +472,7 @@ def generate(root: Path, seed: int = SEED) -> dict[str, Path]:
         "general_eval": root / "data/eval/general.jsonl",
         "general_tasks": root / "data/eval/general_tasks.jsonl",
         "general_chat": root / "data/eval/general_chat.jsonl",
+        "replay": root / "data/replay/general.jsonl",
     }
     contents = {
         "corpus": corpus,
@@ -405,6 +485,7 @@ def generate(root: Path, seed: int = SEED) -> dict[str, Path]:
         "general_eval": _jsonl(general),
         "general_tasks": _jsonl(general_tasks()),
         "general_chat": _jsonl(general_chat()),
+        "replay": _jsonl(replay_chat()),
     }
     for key, path in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
