@@ -299,8 +299,22 @@ def parquet_bytes(table: pa.Table, **options: Any) -> bytes:
     return out.getvalue().to_pybytes()
 
 
+@st.composite
+def txt_file(draw) -> Input:
+    """Plain text, one document a line: prose, loops, placeholders, any text (line breaks of
+    every kind in it), bytes that are not UTF-8; some lines again (exact duplicates)."""
+    line = st.one_of(prose, prose, loop, placeholder, odd).map(str.encode) | st.binary(max_size=6)
+    lines = draw(st.lists(line, max_size=10))
+    if lines:
+        lines += [lines[i] for i in draw(st.lists(st.integers(0, len(lines) - 1), max_size=3))]
+    data = BOM * draw(st.booleans()) + b"\n".join(lines) + draw(st.sampled_from([b"", b"\n"]))
+    if draw(st.booleans()):
+        data = data.replace(b"\n", b"\r\n")
+    return Input(".txt", data, jsonl_rows(data))  # as JSONL: every line not blank is a row
+
+
 readable_file = st.one_of(jsonl_file(), jsonl_file(), json_array_file(), csv_file(),
-                          parquet_file())
+                          parquet_file(), txt_file())
 
 
 @st.composite
@@ -509,7 +523,7 @@ def corrupted_file(draw) -> Input:
         else:
             data[at:at] = draw(st.binary(min_size=1, max_size=8))
     data = bytes(data)
-    return Input(inp.suffix, data, jsonl_rows(data) if inp.suffix == ".jsonl" else [])
+    return Input(inp.suffix, data, jsonl_rows(data) if inp.suffix in (".jsonl", ".txt") else [])
 
 
 @settings(PROPERTY, max_examples=150)
@@ -522,11 +536,11 @@ def test_corrupted_files_give_rows_or_one_clear_error(inp):
         try:
             report, kept, rejects = run_curation(paths, Options())
         except PedigreeError as err:
-            # Only a file that has to be read whole can be unusable whole: never JSONL.
-            assert inp.suffix != ".jsonl" and paths[0].as_posix() in str(err)
+            # Only a file that has to be read whole can be unusable whole: never JSONL or text.
+            assert inp.suffix not in (".jsonl", ".txt") and paths[0].as_posix() in str(err)
             return
         check_accounts(report, kept, rejects, [paths[0].as_posix()])
-        if inp.suffix == ".jsonl":
+        if inp.suffix in (".jsonl", ".txt"):
             assert report["input_rows"] == len(inp.rows)
 
 
@@ -537,6 +551,9 @@ def test_a_row_is_canonical_or_a_row_error_with_a_reason(row, fmt):
         norm = normalise_row(row, fmt)
     except RowError as err:
         assert REASON.fullmatch(err.reason) and err.detail.strip()
+        return
+    if norm.kind == "text":  # a document: one string, not blank, and no messages
+        assert set(norm.content) == {"text"} and norm.content["text"].strip()
         return
     answers = {"sft": ("completion",), "preference": ("chosen", "rejected"),
                "unpaired": ("completion",), "task": ()}[norm.kind]

@@ -41,7 +41,8 @@ def names(paths, root):
     ("a.jsonl.gz", ".jsonl.gz"), ("a.JSON.GZ", ".json.gz"), ("a.jsonl.zst", ".jsonl.zst"),
     ("a.csv.gz", ".csv.gz"), ("a.json", ".json"), ("v1.2.jsonl", ".jsonl"),
     ("data-00000-of-00001.arrow", ".arrow"),
-    ("a.gz", None), ("a.parquet.gz", None), ("a.txt", None), (".jsonl", None),
+    ("a.txt", ".txt"), ("a.txt.zst", ".txt.zst"),
+    ("a.gz", None), ("a.parquet.gz", None), ("a.md", None), (".jsonl", None),
 ])
 def test_readable_suffix_is_the_whole_suffix(tmp_path, name, suffix):
     assert readable_suffix(tmp_path / name) == suffix
@@ -271,7 +272,7 @@ def test_one_source_per_dataset_under_raw_dir(tmp_path):
     quiet_save(datasets.DatasetDict(train=datasets.Dataset.from_list(ROWS[:2]),
                                     validation=datasets.Dataset.from_list(ROWS[2:])), raw / "dd")
     (raw / "a.jsonl.gz").write_bytes(gzip.compress(jsonl(ROWS)))
-    (raw / "notes.txt").write_text("not data")
+    (raw / "NOTES").write_text("not data")
     (raw / "hub/README.md").write_text("---\nlicense: mit\n---\n")  # as the Hub has them
     (raw / "hub/dataset_infos.json").write_text('{"default": {"features": {}}}')
     (raw / ".hidden").mkdir()

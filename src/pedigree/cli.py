@@ -403,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(src/pedigree/config.py), not params.yaml's value.")
     p = sub.add_parser("curate", help="validate, filter, deduplicate and decontaminate files",
                        description=schema_defaults)
-    p.add_argument("inputs", nargs="+", help=".jsonl/.json/.parquet/.csv files or directories")
+    p.add_argument("inputs", nargs="+", help=".jsonl/.json/.parquet/.csv/.arrow files, .txt (one "
+                   "document a line), or directories")
     p.add_argument("--out", required=True, help="output directory (replaced atomically)")
     p.add_argument("--format", help="auto (the default: each row's layout is detected), a "
                    f"format ({', '.join(FORMATS)}) or a layout name from the README's table")

@@ -16,21 +16,25 @@ from typing import Any, NamedTuple
 
 from pedigree.errors import PedigreeError
 
+# `text` (plain documents, for continued pretraining) is a format but no layout: a row of prose
+# has no field to tell it by, and a {"text"} row under auto is a transcript (guanaco's layout).
+# It is read by `format: text`, and is what auto means for a source of .txt files alone.
 FORMATS = ("alpaca", "prompt_completion", "messages", "sharegpt", "preference", "unpaired",
-           "task", "transcript")
+           "task", "transcript", "text")
 # The field names `columns` may map to (canonical name -> the source's field name).
 CANONICAL_FIELDS = ("instruction", "input", "output", "system", "prompt", "completion",
                     "messages", "conversations", "chosen", "rejected", "label", "match",
                     "reference", "schema", "text")
 # The kinds of canonical row curation writes, each to its own file (split writes
 # {kind}_train.jsonl and {kind}_validation.jsonl of each): sft (prompt, completion), preference
-# (prompt, chosen, rejected), unpaired (prompt, completion, label: KTO's desirable or not) and
-# task (prompt, match, reference and/or schema: a prompt and the check its answers are rewarded
-# by, for GRPO).
+# (prompt, chosen, rejected), unpaired (prompt, completion, label: KTO's desirable or not), task
+# (prompt, match, reference and/or schema: a prompt and the check its answers are rewarded by,
+# for GRPO) and text (text: one plain document, for continued pretraining).
 CURATED_FILES = (("sft", "sft.jsonl"), ("preference", "preferences.jsonl"),
-                 ("unpaired", "unpaired.jsonl"), ("task", "tasks.jsonl"))
+                 ("unpaired", "unpaired.jsonl"), ("task", "tasks.jsonl"), ("text", "text.jsonl"))
 # The fields of canonical content that are lists of messages, in conversation order; the others
-# (an unpaired row's label, a task's match, reference, schema) are values, not text.
+# (an unpaired row's label, a task's match, reference, schema) are values, and a document's
+# `text` is one string, not messages.
 MESSAGE_FIELDS = ("prompt", "completion", "chosen", "rejected")
 
 

@@ -2,12 +2,13 @@
 or quarantined.
 
 Every input row ends in exactly one place: the curated file of its kind (SFT, preference,
-unpaired or task rows: `data_layouts.CURATED_FILES`), or `rejects.jsonl` with its file, line,
-reason, detail and the row as it was. The report reconciles:
+unpaired, task or text rows: `data_layouts.CURATED_FILES`), or `rejects.jsonl` with its file,
+line, reason, detail and the row as it was. The report reconciles:
 `input_rows == kept_rows + sum(dropped.values())`.
 
 The checks run in this order, so a row's reason is the first problem it has:
   1. per row, while reading: parse, validate and normalise, placeholder answer, repetition
+     (of an answer, or of a whole document)
   2. length in base-model tokens (batched)
   3. decontamination against the eval sets (n-gram overlap)
   4. exact duplicates on normalised text (the first occurrence is kept)
@@ -64,7 +65,7 @@ class _Candidate:
     file: str
     line: int
     raw: str | None  # the row as it appeared in its file (None once spooled)
-    kind: str  # "sft", "preference", "unpaired" or "task"
+    kind: str  # "sft", "preference", "unpaired", "task" or "text"
     format: str  # the format the row was read as (detected when the source says auto)
     id: str
     row: str | None  # the canonical row, as JSON (None once spooled)
@@ -86,6 +87,7 @@ class CurationResult:
     preference: list[str] = field(default_factory=list)
     unpaired: list[str] = field(default_factory=list)
     task: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
     rejects: list[dict[str, Any]] = field(default_factory=list)
     counts: list[Counter] = field(default_factory=list)  # per source
     truncated: list[bool] = field(default_factory=list)  # per source: its limit cut rows off
@@ -97,7 +99,7 @@ class CurationResult:
     def rows(self, kind: str) -> list[str]:
         """The kept rows of a kind (one of data_layouts.CURATED_FILES)."""
         return {"sft": self.sft, "preference": self.preference, "unpaired": self.unpaired,
-                "task": self.task}[kind]
+                "task": self.task, "text": self.text}[kind]
 
     def report(self) -> dict[str, Any]:
         dropped = Counter(r["reason"] for r in self.rejects)
@@ -127,6 +129,7 @@ class CurationResult:
             "kept_preference_rows": len(self.preference),
             "kept_unpaired_rows": len(self.unpaired),
             "kept_task_rows": len(self.task),
+            "kept_text_rows": len(self.text),
             "dropped": dict(sorted(dropped.items())),
             "sources": sources,
             **self.details,
@@ -163,10 +166,11 @@ def _answers(kind: str, content: dict[str, Any]) -> list[str]:
     target turn (an assistant turn not marked weight 0) of an SFT row, the last one first,
     since training may learn each; the completion of an unpaired row labelled desirable (a bad
     answer labelled undesirable is a legitimate negative, as a preference pair's rejected
-    answer is). A task row has no answer."""
+    answer is). A task row has no answer, and neither has a document (its repetition is checked
+    on the whole text)."""
     if kind == "preference":
         return [content["chosen"][-1]["content"]]
-    if kind == "task" or (kind == "unpaired" and not content["label"]):
+    if kind in ("task", "text") or (kind == "unpaired" and not content["label"]):
         return []
     turns = [*content["prompt"], *content["completion"]] if kind == "sft" else content["completion"]
     return [m["content"] for m in turns[::-1]
@@ -181,7 +185,11 @@ def _exact_key(kind: str, content: dict[str, Any], fields: str) -> bytes:
     """The normalised text of the compared message fields (the prompt, or every one), then the
     values that are not text as canonical JSON: an unpaired row's label always (the same answer
     labelled desirable and undesirable is two rows), a task's match, reference and schema when
-    whole rows are compared."""
+    whole rows are compared. A document is compared whole, whatever `fields` says: it has no
+    prompt."""
+    if kind == "text":
+        text = f"{kind}\0{normalise_text(content['text'])}"
+        return hashlib.blake2b(text.encode(), digest_size=16).digest()
     keys = ["prompt"] if fields == "prompt" else [k for k in sorted(content)
                                                   if k in MESSAGE_FIELDS]
     # NUL separates the parts: unlike \x1f it is not white space, so normalising keeps it.
@@ -192,6 +200,14 @@ def _exact_key(kind: str, content: dict[str, Any], fields: str) -> bytes:
     if values:
         text += "\0" + canonical_json(values)
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def _texts(kind: str, content: dict[str, Any]) -> dict[str, str]:
+    """The texts of a row by field, in conversation order (prompt, then answers): a document is
+    its one text."""
+    if kind == "text":
+        return {"text": content["text"]}
+    return {k: _joined(content[k]) for k in MESSAGE_FIELDS if k in content}
 
 
 def _encode_row(content: dict[str, Any], source: str, meta: dict[str, Any]) -> tuple[str, str]:
@@ -237,18 +253,17 @@ class _RowChecker:
             if normalise_text(answer) in self.placeholders:
                 return _reject(raw.file, raw.line, raw.text, "placeholder_output",
                                f"{which} is {answer!r}")
-            # Words with their punctuation: "a-z0-9" in a regex is one word, not four.
-            answer_words = normalise_text(answer)
-            if len(answer_words.split()) >= REPETITION_MIN_WORDS:
-                rep = repetition(answer_words, above=self.cfg.max_repetition)
-                if rep > self.cfg.max_repetition:
-                    return _reject(raw.file, raw.line, raw.text, "repetitive",
-                                   f"{rep:.2f} of {which}'s word 3-grams repeat "
-                                   f"(> curate.max_repetition={self.cfg.max_repetition})")
+            if problem := self._repetitive(answer, which):
+                return _reject(raw.file, raw.line, raw.text, "repetitive", problem)
+        # A document looping on itself is the classic filter of pretraining text.
+        if kind == "text" and (problem := self._repetitive(content["text"], "the document")):
+            return _reject(raw.file, raw.line, raw.text, "repetitive", problem)
         # In conversation order, prompt then answer(s): the shingles across a boundary are the
         # words of the prompt's end and the answer's start, whatever the source's key order.
-        parts = {k: match_text(_joined(content[k])) for k in MESSAGE_FIELDS if k in content}
-        prompt_text, row_text = parts["prompt"], " ".join(p for p in parts.values() if p)
+        texts = _texts(kind, content)
+        parts = {k: match_text(v) for k, v in texts.items()}
+        # A document has no prompt: "" matches no eval text (EvalIndex keeps none of no words).
+        prompt_text, row_text = parts.get("prompt", ""), " ".join(p for p in parts.values() if p)
         return _Candidate(
             source=src_index, file=raw.file, line=raw.line, raw=raw.text, kind=kind,
             format=norm.format, id=rid, row=row,
@@ -256,10 +271,25 @@ class _RowChecker:
             # Two answers to one prompt, one desirable and one not, are a contrast to learn
             # from however alike their words (as a preference pair's are): never near duplicates.
             group=f"unpaired:{content['label']}" if kind == "unpaired" else kind,
-            dedup_text=prompt_text if self.cfg.dedup_fields == "prompt" else row_text,
+            # A document is compared whole, whatever curate.dedup_fields says.
+            dedup_text=(prompt_text if self.cfg.dedup_fields == "prompt" and kind != "text"
+                        else row_text),
             row_text=row_text, prompt_text=prompt_text,
-            text="\n".join(_joined(content[k]) for k in content if k in MESSAGE_FIELDS),
+            text="\n".join(texts.values()),
         )
+
+    def _repetitive(self, text: str, which: str) -> str | None:
+        """Why `text` is a degenerate loop (more than curate.max_repetition of its word 3-grams
+        repeat), or None; a text under REPETITION_MIN_WORDS words is not checked."""
+        # Words with their punctuation: "a-z0-9" in a regex is one word, not four.
+        words = normalise_text(text)
+        if len(words.split()) < REPETITION_MIN_WORDS:
+            return None
+        rep = repetition(words, above=self.cfg.max_repetition)
+        if rep <= self.cfg.max_repetition:
+            return None
+        return (f"{rep:.2f} of {which}'s word 3-grams repeat "
+                f"(> curate.max_repetition={self.cfg.max_repetition})")
 
 
 def _read_source(src: Source) -> tuple[itertools.chain[RawRow], Callable[[], bool]]:
@@ -501,9 +531,9 @@ def eval_files(eval_dir: Path, more: list[Path] | None = None) -> list[Path]:
 
 
 def write_curation(result: CurationResult, out_dir: Path) -> dict[str, Any]:
-    """The kept rows of each kind (sft.jsonl, preferences.jsonl, unpaired.jsonl, tasks.jsonl:
-    `data_layouts.CURATED_FILES`, each written even when empty), rejects.jsonl and report.json
-    in `out_dir`."""
+    """The kept rows of each kind (sft.jsonl, preferences.jsonl, unpaired.jsonl, tasks.jsonl,
+    text.jsonl: `data_layouts.CURATED_FILES`, each written even when empty), rejects.jsonl and
+    report.json in `out_dir`."""
     for kind, name in CURATED_FILES:
         with open(out_dir / name, "w", encoding="utf-8") as f:
             f.writelines(line + "\n" for line in result.rows(kind))
@@ -517,7 +547,8 @@ def summary(report: dict[str, Any]) -> str:
     """A few readable lines: what came in, what was kept, what was dropped and why."""
     lines = [(f"kept {report['kept_rows']} of {report['input_rows']} rows "
               f"({report['kept_sft_rows']} SFT, {report['kept_preference_rows']} preference, "
-              f"{report['kept_unpaired_rows']} unpaired, {report['kept_task_rows']} task)")]
+              f"{report['kept_unpaired_rows']} unpaired, {report['kept_task_rows']} task, "
+              f"{report['kept_text_rows']} text)")]
     for name, src in report["sources"].items():
         formats = ", ".join(f"{f} {n}" for f, n in src["detected_formats"].items()) or "none"
         cut = f", cut at limit {src['limit']}" if src["truncated_by_limit"] else ""

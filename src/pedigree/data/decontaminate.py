@@ -99,7 +99,8 @@ class EvalIndex:
         self.item_words = np.split(words, np.cumsum(counts)[:-1]) if texts else []
         for i, (text, w) in enumerate(zip(texts, self.item_words, strict=True)):
             if len(w) < min_words:
-                self.short.setdefault(text, i)
+                if text:  # an item of no words ("[]") matches nothing: not every wordless prompt
+                    self.short.setdefault(text, i)
                 continue
             k = min(ngram, len(w))
             for _, hashes in _grams(w, [k]):

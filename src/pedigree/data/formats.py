@@ -7,6 +7,8 @@ Canonical unpaired row:   {"id", "prompt": [messages], "completion": [messages],
                            "source", "meta"}  (KTO: label true is a desirable answer)
 Canonical task row:       {"id", "prompt": [messages], "match": str, "reference": str (when
                            given), "schema": {...} (when given), "source", "meta"}  (GRPO)
+Canonical text row:       {"id", "text": str, "source", "meta"}  (a plain document: continued
+                           pretraining)
 
 This is TRL's conversational prompt/completion, preference and unpaired preference format. A
 row id is the sha256 of the normalised row's content (not of its source or position), so the
@@ -24,6 +26,8 @@ Formats (`normalise_row`), with the fields each reads; a field is present when i
   task               prompt (string or messages), match (one of the eval scorers' matchers),
                      reference (a string; not needed for json_valid) and/or schema (a JSON
                      Schema), as data/eval/task.jsonl's rows and held to the same rules
+  text               text: one plain document (never detected: a `.txt` source, one document
+                     a line, is read so under auto; a JSONL source must say `format: text`)
 A field that must be a list (messages, conversations; chosen/rejected without a prompt) may also
 be a string holding that list as JSON: CSV has no lists. A string is never parsed where it is a
 valid value as it is (prompt, completion, chosen, rejected with a prompt): an answer such as
@@ -57,10 +61,10 @@ from pedigree.lineage import canonical_json, sha256_bytes
 
 
 class Normalised(NamedTuple):
-    kind: str  # "sft", "preference", "unpaired" or "task" (data_layouts.CURATED_FILES)
+    kind: str  # "sft", "preference", "unpaired", "task" or "text" (data_layouts.CURATED_FILES)
     format: str  # the layout the row was read as (layouts.LAYOUTS), or its format (FORMATS)
     # prompt/completion or prompt/chosen/rejected as lists of messages; prompt/completion and a
-    # label; or a prompt and its check (match, reference, schema)
+    # label; a prompt and its check (match, reference, schema); or a document's text
     content: dict[str, Any]
 
 
@@ -192,6 +196,11 @@ def _task(row: dict[str, Any]) -> Normalised:
     return Normalised("task", "task", {"prompt": prompt, **check})
 
 
+def _document(row: dict[str, Any]) -> Normalised:
+    """`text`: one plain document, learnt whole (continued pretraining): no prompt, no answer."""
+    return Normalised("text", "text", {"text": _text(row, "text")})
+
+
 def _conversation(row: dict[str, Any]) -> Normalised:
     """OpenAI `messages` or ShareGPT `conversations`/`messages`."""
     field = "messages" if row.get("messages") is not None else "conversations"
@@ -299,7 +308,7 @@ def _full_conversation(row: dict[str, Any], field: str) -> list[dict[str, Any]]:
 _READERS = {"alpaca": _alpaca, "prompt_completion": _prompt_completion,
             "messages": _conversation, "sharegpt": _conversation,  # either style, either name
             "preference": _preference, "unpaired": _unpaired, "task": _task,
-            "transcript": _transcript}
+            "transcript": _transcript, "text": _document}
 
 
 # ----------------------------------------------------------------------------- fields

@@ -1,9 +1,10 @@
 """Reading the rows of a raw dataset file, one at a time and in file order.
 
-Readers (`read_rows`): JSONL, JSON array, Parquet, CSV and Arrow IPC (the `.arrow` files of
-`datasets`' `save_to_disk`, stream or file format). JSONL, JSON and CSV may come compressed as
-they are published, `.gz` or `.zst` (`train.jsonl.gz`): the file is decompressed as it is read,
-and the suffix inside (`.jsonl`) picks the reader. A bad row becomes a `RawRow` with an `error`
+Readers (`read_rows`): JSONL, JSON array, Parquet, CSV, Arrow IPC (the `.arrow` files of
+`datasets`' `save_to_disk`, stream or file format) and plain text (`.txt`, one document a line:
+the row `{"text": line}`). JSONL, JSON, CSV and text may come compressed as they are published,
+`.gz` or `.zst` (`train.jsonl.gz`): the file is decompressed as it is read, and the suffix inside
+(`.jsonl`) picks the reader. A bad row becomes a `RawRow` with an `error`
 (counted and quarantined by curation); only a file that cannot be read at all raises
 `InputError`, and so does compressed data that turns out corrupt or truncated part way (the
 message says how far reading got; the rows before it are not a partial result to trust).
@@ -29,7 +30,7 @@ from typing import Any, NamedTuple
 from pedigree.data.jsonl import LONE_SURROGATE
 from pedigree.errors import PedigreeError
 
-_TEXT_SUFFIXES = (".jsonl", ".json", ".csv")  # the formats that are published compressed
+_TEXT_SUFFIXES = (".jsonl", ".json", ".csv", ".txt")  # the formats published compressed
 _COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
 READABLE_SUFFIXES = (*_TEXT_SUFFIXES, ".parquet", ".arrow",
                      *(s + c for c in _COMPRESSIONS for s in _TEXT_SUFFIXES))
@@ -76,6 +77,11 @@ def readable_suffix(path: Path) -> str | None:
     return None
 
 
+def is_plain_text(path: Path) -> bool:
+    """Whether `path` is read as plain text, one document a line (`.txt`, compressed or not)."""
+    return (readable_suffix(path) or "").startswith(".txt")
+
+
 def read_rows(path: Path, rel: str) -> Iterator[RawRow]:
     """The rows of one file, in file order, one at a time (`rel` names the file in rows and
     errors). Blank lines are not rows. A file of no readable suffix is read as JSONL."""
@@ -93,6 +99,8 @@ def read_rows(path: Path, rel: str) -> Iterator[RawRow]:
         return _read_arrow(path, rel)
     elif suffix == ".csv":
         rows = _read_csv(path, rel, compression)
+    elif suffix == ".txt":
+        rows = _read_text(path, rel, compression)
     else:
         rows = _read_jsonl(path, rel, compression)
     return _decompressed(rows, rel, compression) if compression else rows
@@ -193,24 +201,13 @@ def _read_jsonl(path: Path, rel: str, compression: str | None = None) -> Iterato
     scan = json.JSONDecoder().scan_once
     number = 0
     with _open_binary(path, compression) as f:
-        for block in _line_blocks(f):
-            if number == 0:
-                block = block.removeprefix(b"\xef\xbb\xbf")  # a byte order mark (Windows tools)
-            try:
-                lines: list[str] | list[bytes] = block.decode("utf-8").split("\n")
-            except UnicodeDecodeError:
-                lines = block.split(b"\n")
-            if block.endswith(b"\n"):
-                lines.pop()  # the empty string after the last newline is not a line
+        for lines in _lines(f):
             for line in lines:
                 number += 1
                 if line.__class__ is bytes:  # only in a block that is not all UTF-8
-                    try:
-                        line = line.decode("utf-8")
-                    except UnicodeDecodeError as err:
-                        shown = line.decode("utf-8", errors="replace")
-                        yield RawRow(rel, number, shown, error=RowError(
-                            "invalid_utf8", f"byte {err.start} of the line: {err.reason}"))
+                    line = _decode_line(line, rel, number)  # type: ignore[arg-type]
+                    if line.__class__ is RawRow:
+                        yield line  # type: ignore[misc]
                         continue
                 try:
                     # json's C scanner, without json.loads's Python wrapper (a third of its
@@ -230,6 +227,53 @@ def _read_jsonl(path: Path, rel: str, compression: str | None = None) -> Iterato
                 yield RawRow(rel, number, line, value)  # type: ignore[arg-type]
 
 
+def _read_text(path: Path, rel: str, compression: str | None = None) -> Iterator[RawRow]:
+    """Plain text, one document a line (as pretraining text is published): each line that is
+    not blank is the row {"text": line}, as it is in the file. Lines end at "\\n" alone, as in
+    JSONL (not also at U+2028 or a form feed, as str.splitlines() would): line numbers are an
+    editor's."""
+    number = 0
+    with _open_binary(path, compression) as f:
+        for lines in _lines(f):
+            for line in lines:
+                number += 1
+                if line.__class__ is bytes:
+                    line = _decode_line(line, rel, number)  # type: ignore[arg-type]
+                    if line.__class__ is RawRow:
+                        yield line  # type: ignore[misc]
+                        continue
+                if line and not line.isspace():
+                    yield RawRow(rel, number, line, {"text": line})  # type: ignore[arg-type]
+
+
+def _lines(f: io.BufferedIOBase) -> Iterator[list[str] | list[bytes]]:
+    """The file's lines a block at a time (`_line_blocks`), without their line ends and without
+    a leading byte order mark (Windows tools write one). A block is decoded at once (one call
+    instead of one a line); one with bytes that are not UTF-8 comes as bytes, for
+    `_decode_line` to decode line by line, so that only the bad lines are bad rows."""
+    first = True
+    for block in _line_blocks(f):
+        if first:
+            block, first = block.removeprefix(b"\xef\xbb\xbf"), False
+        try:
+            lines: list[str] | list[bytes] = block.decode("utf-8").split("\n")
+        except UnicodeDecodeError:
+            lines = block.split(b"\n")
+        if block.endswith(b"\n"):
+            lines.pop()  # the empty string after the last newline is not a line
+        yield lines
+
+
+def _decode_line(line: bytes, rel: str, number: int) -> str | RawRow:
+    """A line of a block that is not all UTF-8: its text, or the bad row it is."""
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        shown = line.decode("utf-8", errors="replace")
+        return RawRow(rel, number, shown, error=RowError(
+            "invalid_utf8", f"byte {err.start} of the line: {err.reason}"))
+
+
 def _json_error(err: ValueError | RecursionError) -> RowError:
     """A line that is not JSON; or JSON that Python will not hold: an integer of more than 4300
     digits (a ValueError) or arrays and objects nested about a thousand deep (a RecursionError)."""
@@ -242,7 +286,8 @@ def _json_error(err: ValueError | RecursionError) -> RowError:
 
 def _line_blocks(f: io.BufferedIOBase) -> Iterator[bytes]:
     """The file in blocks that end at a newline (the last one may not), so no line is split.
-    Windows line ends become "\\n" (a raw CR cannot be inside a JSON string, so it is safe)."""
+    Windows line ends become "\\n" (a raw CR cannot be inside a JSON string, so it is safe; in
+    plain text a CR before a line end is part of the line end)."""
     tail = b""
     while chunk := f.read(_BLOCK):
         cut = chunk.rfind(b"\n")

@@ -17,6 +17,7 @@ from pedigree.config import CurateConfig, ReplayConfig
 from pedigree.data.curate import check_kept, curate, eval_files
 from pedigree.data.decontaminate import EvalIndex, eval_items
 from pedigree.data.sources import sources_from_paths
+from pedigree.data_layouts import CURATED_FILES
 from pedigree.errors import PedigreeError
 from pedigree.lineage import hash_of_hashes, sha256_file
 
@@ -34,16 +35,17 @@ def replay_sha256(cfg: ReplayConfig) -> str:
 
 def curated_replay(cfg: ReplayConfig, curate_cfg: CurateConfig, eval_dir: Path
                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The replay source's kept SFT rows and its curation report. Preference, unpaired or task
-    rows are an error: replay teaches by SFT only, and nothing read is silently ignored."""
+    """The replay source's kept SFT rows and its curation report. Rows of another kind
+    (preference, unpaired, task, text) are an error: replay teaches by SFT only, and nothing read
+    is silently ignored."""
     decon = curate_cfg.decontaminate
     index = (EvalIndex(eval_items(eval_files(eval_dir)), decon.ngram, decon.min_words)
              if decon.enabled else None)
     result = curate(sources_from_paths([Path(cfg.source)]), curate_cfg, index)
     check_kept(result, curate_cfg.min_kept_fraction)
     report = result.report()
-    others = {kind: report[f"kept_{kind}_rows"] for kind in ("preference", "unpaired", "task")
-              if report[f"kept_{kind}_rows"]}
+    others = {kind: report[f"kept_{kind}_rows"] for kind, _ in CURATED_FILES
+              if kind != "sft" and report[f"kept_{kind}_rows"]}
     if others:
         found = ", ".join(f"{n} {kind}" for kind, n in others.items())
         raise PedigreeError(f"sft.replay.source {cfg.source}: {found} rows; replay takes SFT "

@@ -17,7 +17,11 @@ Writes, from one seed:
   SmolLM2-135M-Instruct answers correctly through its chat template before fine-tuning: the
   forgetting probe for abilities a real model had;
 - `data/replay/general.jsonl`: general questions and requests with plain answers (none about the
-  facts the chat probe asks), for `sft.replay` to mix into SFT against forgetting.
+  facts the chat probe asks), for `sft.replay` to mix into SFT against forgetting;
+- `data/text/domain.txt`: plain prose about the four tasks, one document a line, on examples of
+  its own: text for continued pretraining (copied into data/raw, curation reads it as format
+  text); with planted exact and near duplicates and a copied eval prompt, so that curation has
+  work to do. It is not in data/raw, so the shipped pipeline's curation stays as it is.
 
 The generator is part of the library so that the committed files can be re-created and checked
 (a test regenerates them and compares bytes).
@@ -278,6 +282,63 @@ def grpo_tasks(rng: random.Random, taken: set[str]) -> list[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------- domain text
+# The first sentence of a document about each task: what the operation is.
+TOPICS = {
+    "add": "Addition combines two numbers into their total, whatever their order.",
+    "json": "JSON writes a record as an object whose strings are quoted and whose numbers are not.",
+    "reverse": "Reversing a list keeps every item and turns their order around.",
+    "sort": "Sorting puts numbers in ascending order, from the smallest to the largest.",
+}
+
+
+def _and(items: list[str]) -> str:
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _domain_sentence(row: dict, rng: random.Random) -> str:
+    """One example of a task (a `_fresh` row) told in prose. Lists are joined with "and", so no
+    run of their words is an eval answer's (a list of five is matched as a 5-gram)."""
+    given, out, form = row["prompt"].split("\n\n")[1], row["output"], rng.randrange(2)
+    if row["task"] == "add":
+        a, b = given.split(" + ")
+        return f"Adding {a} and {b} gives {out}." if form else \
+            f"{a} plus {b} makes {out}, and so does {b} plus {a}."
+    if row["task"] == "json":
+        r = json.loads(out)
+        return (f"The record of {r['name']}, aged {r['age']}, from {r['city']}, is written in "
+                f"JSON as {out}.") if form else \
+            f"In {out}, the age {r['age']} is a number and the city {r['city']} is a string."
+    if row["task"] == "reverse":
+        items = given.split(", ")
+        return f"Reversed, the list {_and(items)} reads {_and(items[::-1])}." if form else \
+            f"The last of {_and(items)} is {items[-1]}, so it comes first when they are reversed."
+    numbers, ordered = given.split(), out.split()
+    return f"In ascending order, {_and(numbers)} become {_and(ordered)}." if form else \
+        f"The smallest of {_and(numbers)} is {ordered[0]} and the largest is {ordered[-1]}."
+
+
+def domain_text(rng: random.Random, taken: set[str], task_eval: list[dict]) -> list[str]:
+    """150 documents of prose about the tasks, on examples in no other file: 144 written, then
+    planted after their originals 3 exact duplicates (case and spacing differ) and 2 near
+    duplicates (a word added; commas dropped), and one eval prompt copied with its answer."""
+    docs = []
+    for _ in range(144):
+        task = rng.choice(list(TASKS))
+        examples = _fresh(rng, task, rng.randint(1, 3), taken)
+        docs.append(" ".join([TOPICS[task], *(_domain_sentence(r, rng) for r in examples)]))
+    # Long ones: a word added to a document of 25 words leaves Jaccard far above 0.8.
+    a, b, c, d, e = rng.sample([doc for doc in docs if len(doc.split()) >= 25], 5)
+    planted = [(a, a.upper()), (b, "  " + b.replace(" ", "  ")), (c, c.lower() + " "),
+               (d, d + " (reposted)"), (e, e.replace(",", ""))]
+    for original, copy in planted:
+        docs.insert(rng.randint(docs.index(original) + 1, len(docs)), copy)
+    leak = rng.choice(task_eval)
+    copied = leak["prompt"].replace("\n\n", " ")  # one line: the instruction, then its input
+    docs.insert(rng.randrange(len(docs) + 1), f"{copied} The answer is {leak['reference']}.")
+    return docs
+
+
 def general_tasks() -> list[dict]:
     """Cloze prompts in the general text's own phrasing (city facts, records, market sentences,
     fixed phrases), answered by plain-text continuation: what the base model can already do."""
@@ -460,6 +521,8 @@ def generate(root: Path, seed: int = SEED) -> dict[str, Path]:
     task_lines: list = grpo_tasks(tasks_rng, taken) + MALFORMED_TASKS + [
         {k: leak[k] for k in ("task", "prompt", "match", "reference")}]
     tasks_rng.shuffle(task_lines)
+    # Last, on prompts no other file has: the other files keep their bytes.
+    domain = domain_text(random.Random(seed + 5), taken, task_eval)
 
     files = {
         "corpus": root / "data/corpus/general.txt",
@@ -473,6 +536,7 @@ def generate(root: Path, seed: int = SEED) -> dict[str, Path]:
         "general_tasks": root / "data/eval/general_tasks.jsonl",
         "general_chat": root / "data/eval/general_chat.jsonl",
         "replay": root / "data/replay/general.jsonl",
+        "domain_text": root / "data/text/domain.txt",
     }
     contents = {
         "corpus": corpus,
@@ -486,6 +550,7 @@ def generate(root: Path, seed: int = SEED) -> dict[str, Path]:
         "general_tasks": _jsonl(general_tasks()),
         "general_chat": _jsonl(general_chat()),
         "replay": _jsonl(replay_chat()),
+        "domain_text": "\n".join(domain) + "\n",
     }
     for key, path in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)

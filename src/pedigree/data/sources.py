@@ -21,6 +21,9 @@ With no `data.sources`, `resolve_sources` makes one source per dataset found und
   suffix; also C4's `c4-train.00000-of-01024.json.gz`), named `dir/train`; shards of `train`
   and `test` side by side, as the Hub lays them out, are two sources. A missing shard is not
   an error: taking the first few shards of a large dataset is common.
+
+A source whose files are all plain text (`.txt`, one document a line) and whose format is auto
+is read with format text: its rows are documents (continued pretraining), not conversations.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pedigree.config import DataConfig
-from pedigree.data.readers import READABLE_SUFFIXES, readable_suffix
+from pedigree.data.readers import READABLE_SUFFIXES, is_plain_text, readable_suffix
 from pedigree.errors import MissingInputError, PedigreeError
 
 SAVED_STATE, SAVED_INFO, SAVED_DICT = "state.json", "dataset_info.json", "dataset_dict.json"
@@ -148,8 +151,8 @@ def resolve_sources(data: DataConfig) -> list[Source]:
         found = list(_datasets(raw_dir)) if raw_dir.is_dir() else []
         if not found:  # missing, empty, or a file: readable_files' error, or the file alone
             found = [(raw_dir, readable_files(raw_dir))]
-        sources = [Source(_name(where, raw_dir), tuple(files), data.format, dict(data.columns))
-                   for where, files in found]
+        sources = [Source(_name(where, raw_dir), tuple(files), _format(files, data.format),
+                          dict(data.columns)) for where, files in found]
         _check_names(sources, f"the datasets found under {raw_dir}")
         return sources
     sources = []
@@ -157,16 +160,23 @@ def resolve_sources(data: DataConfig) -> list[Source]:
         path = raw_dir / sc.path
         if not path.exists():
             raise MissingInputError(f"data.sources[{i}].path = {sc.path}: {path} does not exist")
+        files = readable_files(path)
         sources.append(Source(
             name=sc.name or sc.path,
-            files=tuple(readable_files(path)),
-            format=sc.format or data.format,
+            files=tuple(files),
+            format=_format(files, sc.format or data.format),
             columns=dict(data.columns if sc.columns is None else sc.columns),
             limit=sc.limit,
             weight=sc.weight,
         ))
     _check_names(sources, "data.sources")
     return sources
+
+
+def _format(files: list[Path], fmt: str) -> str:
+    """`fmt`, except that auto reads a source of plain text files alone (`.txt`: one document a
+    line) as format text: a line of prose has no fields to detect a layout by."""
+    return "text" if fmt == "auto" and files and all(map(is_plain_text, files)) else fmt
 
 
 def _name(where: Path, raw_dir: Path) -> str:
@@ -197,6 +207,7 @@ def sources_from_paths(paths: list[Path], fmt: str = "auto",
             new = [p for p in files if p not in seen]
             seen.update(new)
             if new:
-                sources.append(Source(where.as_posix(), tuple(new), fmt, dict(columns or {})))
+                sources.append(Source(where.as_posix(), tuple(new), _format(new, fmt),
+                                      dict(columns or {})))
     _check_names(sources, "the datasets named")
     return sources
