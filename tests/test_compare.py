@@ -33,6 +33,9 @@ def _shown() -> list[dict]:
          "revs": [_rev("a" * 40, "olden-baby", "full", 3e-4, 6.9, 3_400_000, 40.2, 1)]},
         {"name": "queued-one", "executor": "workspace",
          "revs": [_rev("b" * 40, "queued-one", "dora", 2e-3, None, 0, 0)]},
+        # still running: DVC shows it with the workspace's (stale) metrics
+        {"name": "running-one", "executor": {"state": "running", "name": "tempdir"},
+         "revs": [_rev("d" * 40, "running-one", "loha", 2e-3, 7.5, 311296, 36.0)]},
         {"name": "soft-one", "executor": None,
          "revs": [_rev("c" * 40, "soft-one", "prompt_tuning", 2e-3, 1.0, 9216, 20.0)]},
     ]

@@ -58,7 +58,7 @@ def experiment_rows(shown: list[dict[str, Any]], root: Path = Path(".")) -> list
     summary = f"{stage_out('eval', root).as_posix()}/summary.json"
     sft = f"{stage_out('sft', root).as_posix()}/metrics.json"
     rows, seen = [], set()
-    for node in experiment_nodes(shown):
+    for node in experiment_nodes(shown, finished=True):
         metrics = node_metrics(node)
         if not metrics.get(summary) or node.get("error"):
             continue  # not run yet, failed, or from before the evals wrote a summary

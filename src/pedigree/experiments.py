@@ -34,12 +34,18 @@ def show_experiments(root: Path) -> list[dict[str, Any]]:
     return json.loads(_dvc(root, "exp", "show", "--json"))
 
 
-def experiment_nodes(entries: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Every revision in `dvc exp show --json` output: baselines and their experiments."""
+def experiment_nodes(entries: list[dict[str, Any]], finished: bool = False
+                     ) -> Iterator[dict[str, Any]]:
+    """Every revision in `dvc exp show --json` output: baselines and their experiments; with
+    `finished`, not the queued or running ones (DVC shows those with the workspace's metrics)."""
     for entry in entries:
         yield entry
         for group in entry.get("experiments") or []:
-            yield from experiment_nodes(group.get("revs") or [])
+            executor = group.get("executor")
+            if finished and isinstance(executor, dict) and executor.get("state") in (
+                    "queued", "running"):
+                continue
+            yield from experiment_nodes(group.get("revs") or [], finished)
 
 
 def find_experiment(shown: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
