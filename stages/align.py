@@ -19,7 +19,7 @@ from pedigree.data.jsonl import read_jsonl
 from pedigree.errors import PedigreeError
 from pedigree.launch import relaunch_under_accelerate
 from pedigree.model.policy import describe, policy_chain
-from pedigree.pipeline import stage_out
+from pedigree.pipeline import stage_out, start_model
 from pedigree.records import write_policy
 from pedigree.stage import stage_run
 
@@ -27,7 +27,8 @@ params = load_params()
 cfg = params.align
 if cfg.enabled:
     relaunch_under_accelerate(params.accelerate)
-base, sft, split = stage_out("base"), stage_out("sft"), stage_out("split")
+# base: what SFT started from (models/cpt when continued pretraining ran)
+base, sft, split = start_model(), stage_out("sft"), stage_out("split")
 
 with stage_run("align") as run:
     policy = policy_chain(sft, None)

@@ -22,13 +22,14 @@ from pedigree.files import read_json
 from pedigree.lineage import merge_roots
 from pedigree.model.load import load_tokenizer
 from pedigree.model.policy import base_kind, policy_base
-from pedigree.pipeline import stage_out
+from pedigree.pipeline import stage_out, start_model
 from pedigree.records import read_policy
 from pedigree.stage import stage_run
 
 params = load_params()
 cfg, trust = params.merge, params.model.trust_remote_code
-base, sft, align = stage_out("base"), stage_out("sft"), stage_out("align")
+# base: what SFT started from (models/cpt when continued pretraining ran)
+base, sft, align = start_model(), stage_out("sft"), stage_out("align")
 
 # Adapters named in merge.combine are inputs too: their hashes go into the manifest.
 extra = cfg.combine.adapters if cfg.combine else []
@@ -50,7 +51,7 @@ with stage_run("merge", extra_inputs=extra) as run:
                 if (out / "metrics.json").is_file()}
     merge_base = base_kind(policy, cfg.qlora_base)
     params_hashes = {m["stage"]: m["params_sha256"] for m in run.upstream
-                     if m["stage"] in ("base", "sft", "align")}
+                     if m["stage"] in ("base", "cpt", "sft", "align")}
     (run.dir / "README.md").write_text(model_card(
         merge_roots(run.upstream, {}), policy, params_hashes, training, parity, merge_base))
     run.details.update(policy=policy, parity=parity, merge_base=merge_base)

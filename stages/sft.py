@@ -1,4 +1,5 @@
-"""Stage `sft`: supervised fine-tuning of models/base on data/split -> models/sft/.
+"""Stage `sft`: supervised fine-tuning of models/base (models/cpt when continued pretraining ran)
+on data/split -> models/sft/.
 
 Run alone:  dvc repro sft         (or: python stages/sft.py)
 Method:     dvc exp run -S sft=qlora      (lora, qlora, dora, ia3, loha, lokr, vera, adalora,
@@ -21,7 +22,7 @@ from pedigree.launch import gather, is_main_process, relaunch_under_accelerate
 from pedigree.model.load import check_chat_template, load_tokenizer
 from pedigree.model.trained import save_trained, state_digest, trained_state
 from pedigree.perf import measured, write_perf
-from pedigree.pipeline import stage_out
+from pedigree.pipeline import stage_out, start_model
 from pedigree.stage import stage_run
 from pedigree.train.checkpoints import CheckpointStore, fingerprint
 from pedigree.train.methods import prepare_model
@@ -31,7 +32,7 @@ from pedigree.train.trainer import curve_csv
 params = load_params()
 relaunch_under_accelerate(params.accelerate)
 cfg, trust = params.sft, params.model.trust_remote_code
-base, split = stage_out("base"), stage_out("split")
+base, split = start_model(), stage_out("split")  # models/cpt when it ran
 
 # A chat template file is an input: its hash goes into the manifest and the resume fingerprint.
 template_file = [cfg.chat_template] if (cfg.chat_template or "").endswith(".jinja") else []
@@ -41,6 +42,7 @@ with stage_run("sft", extra_inputs=template_file) as run:
         tokenizer.chat_template = chat_template(cfg.chat_template)
         check_chat_template(tokenizer, template_file[0] if template_file else "sft.chat_template")
     model, peft_config, run.details["training"] = prepare_model(base, cfg, trust)
+    run.details["start_model"] = base.as_posix()  # models/base, or models/cpt when it trained
     train = read_jsonl(split / "sft_train.jsonl")
     validation = read_jsonl(split / "sft_validation.jsonl")  # the task's alone: no replay
     replay = cfg.replay

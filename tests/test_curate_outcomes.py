@@ -171,7 +171,7 @@ def test_align_without_rows_of_its_kind_fails_before_loading_a_model(tmp_path, m
     params = params.replace("tracking:\n  enabled: true", "tracking:\n  enabled: false")
     (tmp_path / "params.yaml").write_text(params.replace("method: dpo", f"method: {method}"))
     (tmp_path / "dvc.yaml").write_text((repo / "dvc.yaml").read_text())  # the stage's contract
-    for d in ("models/base", "models/sft", "data/split"):
+    for d in ("models/base", "models/cpt", "models/sft", "data/split"):
         (tmp_path / d).mkdir(parents=True)
         (tmp_path / d / "x").write_text("x")
     (tmp_path / "data/split/preference_train.jsonl").write_text("")

@@ -658,3 +658,25 @@ def test_base_check_and_rebase_onto_a_new_revision(project, tmp_path, monkeypatc
     again = run(cli + ["rebase", "hubmicro", "--revision", rev2, *sets], project)
     assert "[rebase] re-ran: nothing" in again, again[-3000:]
     assert "| metric | base | champion | candidate | gate |" in again
+
+
+def test_continued_pretraining_runs_under_the_whole_dag(tmp_path):
+    """cpt.enabled with the sample's domain text in data/raw: curated as documents, the cpt
+    stage trains, and every stage after it sits on models/cpt (SFT starts from it, merge folds
+    onto it with parity, eval adds its row), with the lineage and audit intact."""
+    root = new_project(tmp_path / "cpt", "cpt.enabled=true", "cpt.max_steps=4",
+                       "cpt.block_size=64", "cpt.eval_steps=4", "cpt.learning_rate=3e-3")
+    shutil.copy2(root / "data/text/domain.txt", root / "data/raw/domain.txt")
+    commit(root, "domain text")
+    run([sys.executable, "-m", "dvc", "repro"], root)
+    assert json.loads((root / "data/curated/report.json").read_text())["kept_text_rows"] == 144
+    cpt = json.loads((root / "models/cpt/metrics.json").read_text())
+    assert cpt["val_loss"] < cpt["val_loss_base"]
+    assert manifest(root, "sft")["details"]["start_model"] == "models/cpt"
+    assert "cpt" in {u["stage"] for u in manifest(root, "merge")["upstream"]} or \
+        "cpt" in {u["stage"] for u in manifest(root, "align")["upstream"]}
+    parity = json.loads((root / "models/merged/parity.json").read_text())
+    assert parity["max_abs_logit_diff"] <= 1e-4  # the adapters fold onto models/cpt
+    evals = json.loads((root / "metrics/eval.json").read_text())
+    assert evals["cpt"]["task_loss"] != evals["base"]["task_loss"]
+    run([sys.executable, "-m", "pedigree.cli", "audit", "--no-mlflow"], root)

@@ -86,6 +86,17 @@ def stage_out(name: str, root: Path = Path(".")) -> Path:
     return Path(_entry_path(outs[0]))
 
 
+def start_model(root: Path = Path(".")) -> Path:
+    """The model SFT starts from, which its adapter sits on: the `cpt` stage's output when it
+    trained one (continued pretraining, a whole model directory), else the base. Relative to
+    `root`, like `stage_out`."""
+    if "cpt" in _stages(root):
+        cpt = stage_out("cpt", root)
+        if (root / cpt / "config.json").is_file():
+            return cpt
+    return stage_out("base", root)
+
+
 def stage_contract(name: str, root: Path = Path(".")) -> StageContract:
     """The contract of stage `name` as `root/dvc.yaml` declares it."""
     spec = _stage_spec(name, root)

@@ -29,7 +29,7 @@ def summary(metrics: dict[str, dict[str, float]], gate: Gate) -> dict[str, Any]:
     base, task = metrics["base"], gate["task_metric"]
     sign = 1 if higher_is_better(task, gate.get("lower_is_better", ())) else -1
     out: dict[str, Any] = {"gate_passed": int(gate["passed"])}
-    for name in ("sft", "aligned", "merged", gate["candidate"]):
+    for name in ("cpt", "sft", "aligned", "merged", gate["candidate"]):
         if name not in metrics or name in out:
             continue
         m = metrics[name]
