@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["base", "curate", "split", "sft", "align", "merge", "quantize", "eval"]
+STAGES = ["base", "curate", "split", "cpt", "sft", "align", "merge", "quantize", "eval"]
 OUTS = {"base": "models/base", "curate": "data/curated", "split": "data/split",
-        "sft": "models/sft", "align": "models/align", "merge": "models/merged",
+        "cpt": "models/cpt", "sft": "models/sft", "align": "models/align", "merge": "models/merged",
         "quantize": "models/quantized", "eval": "metrics"}
 
 # Credentials planted in every command's environment: none may reach anything written or logged.

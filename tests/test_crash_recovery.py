@@ -29,8 +29,8 @@ SEED = int(os.environ.get("PEDIGREE_KILL_SEED", "0"))
 # Rough seconds each stage runs on the micro configuration (2-core CPU): a kill lands uniformly
 # in [0, this] after the stage starts (for sft, after its first complete checkpoint); a stage
 # that finishes first is run again with a delay drawn within the time it took.
-SPAN = {"base": 8, "curate": 6, "split": 4, "sft": 3, "align": 8, "merge": 6, "quantize": 6,
-        "eval": 8}
+SPAN = {"base": 8, "curate": 6, "split": 4, "cpt": 2, "sft": 3, "align": 8, "merge": 6,
+        "quantize": 6, "eval": 8}
 
 
 def _start(project: Path, log: Path, *args: str) -> subprocess.Popen:
