@@ -38,6 +38,9 @@ def _project(root: Path, base: Path, **sft) -> Path:
     shutil.copytree(REPO / "stages", root / "stages")
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(base, root / "models/base")
+    # The cpt stage's output with continued pretraining off, as `dvc repro cpt` leaves it.
+    (root / "models/cpt").mkdir(parents=True)
+    (root / "models/cpt/cpt.json").write_text(json.dumps({"trained": False}) + "\n")
     for data in ("data/eval", "data/replay"):  # the stage's inputs for sft.replay
         shutil.copytree(REPO / data, root / data)
     (root / "data/split").mkdir(parents=True)
