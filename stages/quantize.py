@@ -7,22 +7,40 @@ perplexity ratio, KL divergence, top-1 agreement and golden greedy answers (repo
 metrics.json). A format past its gate is kept and reported with passed=false, never promoted.
 A soft-prompt policy (models/merged/soft_prompt/) exports its base weights, ships the adapter in
 each format's soft_prompt/ and checks each format with it applied (export/quantize.py).
+gguf-lora ships the policy unmerged: the model SFT started from as a GGUF file plus the LoRA chain
+(models/sft, models/align) as one GGUF LoRA adapter, checked like every format.
 """
 
 import json
+from pathlib import Path
 
 from pedigree.config import load_params
 from pedigree.data.jsonl import read_jsonl
 from pedigree.export.card import quantized_card
-from pedigree.export.quantize import check_format, export_format, reference
+from pedigree.export.quantize import (
+    adapter_chain,
+    check_format,
+    export_format,
+    reference,
+    ship_more_adapters,
+)
 from pedigree.model.load import load_deployable, load_tokenizer
-from pedigree.pipeline import stage_out
+from pedigree.pipeline import stage_out, start_model
+from pedigree.quant_formats import FORMATS
+from pedigree.records import read_policy
 from pedigree.stage import stage_run
 
 params = load_params()
 cfg, merged_dir = params.quantize, stage_out("merge")
 
-with stage_run("quantize") as run:
+# Other runs' adapters shipped over gguf-lora's base: inputs too, hashed into the manifest.
+extra = [a for chain in cfg.adapters.values() for a in chain]
+with stage_run("quantize", extra_inputs=extra) as run:
+    # gguf-lora ships the unmerged chain: refused here, before anything is written, when
+    # llama.cpp could not apply it
+    chain = (adapter_chain(read_policy(stage_out("align")), start_model(),
+                           params.merge.qlora_base)
+             if any(FORMATS[f].writer == "gguf-lora" for f in cfg.formats) else None)
     merged = load_deployable(merged_dir, params.model.trust_remote_code)  # + its soft prompt
     tokenizer = load_tokenizer(merged_dir, params.model.trust_remote_code)
     held_out = read_jsonl(stage_out("split") / "sft_validation.jsonl")
@@ -32,9 +50,14 @@ with stage_run("quantize") as run:
 
     report = {}
     for fmt in cfg.formats:
-        model, info = export_format(fmt, merged_dir, run.dir, tokenizer, rows, cfg.max_length)
+        model, info = export_format(fmt, merged_dir, run.dir, tokenizer, rows, cfg.max_length,
+                                    chain)
         report[fmt] = check_format(fmt, model, tokenizer, ref, cfg, merged_bytes, info, run.dir)
         r = report[fmt]
+        if fmt == "gguf-lora" and cfg.adapters:  # other runs' adapters over the same base
+            r.update(ship_more_adapters(fmt, run.dir, chain.base, {
+                name: [Path(a) for a in c] for name, c in cfg.adapters.items()},
+                tokenizer, rows, cfg, merged_bytes, r))
         # The merged model's card (provenance) with this format's file and checks added.
         (run.dir / fmt / "README.md").write_text(
             quantized_card((merged_dir / "README.md").read_text(), fmt, r))

@@ -23,8 +23,8 @@ def test_one_agreeing_run_vouches_for_bytes_that_several_runs_made():
 
 def test_runs_that_all_disagree_are_each_named():
     findings = [str(f) for f in check_tracking(REL, MANIFEST, [_run("old", "a" * 64)])]
-    assert findings == [f"{REL}: MLflow run old is tagged base_model.sha256={'a' * 64}, "
-                        f"the manifest says {'b' * 64}"]
+    assert findings == [(f"{REL}: MLflow run old is tagged base_model.sha256={'a' * 64}, "
+                         f"the manifest says {'b' * 64}")]
 
 
 def test_no_run_with_these_outputs_is_a_finding():

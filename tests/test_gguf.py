@@ -318,7 +318,7 @@ def test_llama3_rope_factors_match_transformers(tmp_path):
 def test_qk_permutation_matches_llama_cpp_rope():
     """llama.cpp's default rope rotates adjacent pairs (x[2i], x[2i+1]), HF's Llama the halves
     (x[i], x[i + d/2]) of each head; with permuted Q/K rows both give the same attention scores."""
-    from pedigree.export.gguf import _permute_rows
+    from pedigree.export.gguf import permute_rows, unpermute_rows
 
     n_head, head_dim, hidden = 4, 8, 32
     rng = np.random.default_rng(0)
@@ -341,7 +341,8 @@ def test_qk_permutation_matches_llama_cpp_rope():
         key = rope((w_k @ x_key).reshape(n_head, head_dim), 2)
         return (query * key).sum(-1)
 
-    permuted = _permute_rows(w_q, n_head), _permute_rows(w_k, n_head)
+    permuted = permute_rows(w_q, n_head), permute_rows(w_k, n_head)
+    np.testing.assert_array_equal(unpermute_rows(permuted[0], n_head), w_q)
     hf = scores(w_q, w_k, rope_halves)
     np.testing.assert_allclose(scores(*permuted, rope_pairs), hf, rtol=1e-10)
     assert not np.allclose(scores(w_q, w_k, rope_pairs), hf)  # the permutation is needed

@@ -324,6 +324,18 @@ def test_embedded_default_modelfile_is_pinned():
                              {"num_ctx": 256, "temperature": 0.7})
 
 
+def test_an_adapter_and_a_bos_text_the_runtime_does_not_add():
+    """gguf-lora's Modelfile applies the adapter over the base; a template that renders the BOS
+    text first, for a GGUF whose tokenizer does not add it, gets that text at TEMPLATE's start."""
+    text = modelfile("model-Q8_0.gguf", CHAT_TEMPLATE, {"eos_token": "<|end|>"},
+                     adapter="adapter-F32.gguf", bos_text="<|bos|>")
+    lines = text.splitlines()
+    assert lines[1:3] == ["FROM ./model-Q8_0.gguf", "ADAPTER ./adapter-F32.gguf"]
+    assert lines[3].startswith('TEMPLATE """<|bos|>{{ range $i')
+    with pytest.raises(ModelfileError, match="adapter '../a.gguf' must be a bare file name"):
+        modelfile("m.gguf", CHAT_TEMPLATE, {}, adapter="../a.gguf")
+
+
 def test_unknown_template_names_the_supported_families():
     with pytest.raises(ModelfileError, match="chatml.*llama3.*mistral.*gemma.*pedigree"):
         template_family("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")

@@ -664,9 +664,11 @@ def test_base_check_and_rebase_onto_a_new_revision(project, tmp_path, monkeypatc
 def test_continued_pretraining_runs_under_the_whole_dag(tmp_path):
     """cpt.enabled with the sample's domain text in data/raw: curated as documents, the cpt
     stage trains, and every stage after it sits on models/cpt (SFT starts from it, merge folds
-    onto it with parity, eval adds its row), with the lineage and audit intact."""
+    onto it with parity, eval adds its row, gguf-lora ships it as the GGUF base under the
+    adapters), with the lineage and audit intact."""
     root = new_project(tmp_path / "cpt", "cpt.enabled=true", "cpt.max_steps=4",
-                       "cpt.block_size=64", "cpt.eval_steps=4", "cpt.learning_rate=3e-3")
+                       "cpt.block_size=64", "cpt.eval_steps=4", "cpt.learning_rate=3e-3",
+                       "quantize.formats=[gguf-q8_0,gguf-lora]")
     shutil.copy2(root / "data/text/domain.txt", root / "data/raw/domain.txt")
     commit(root, "domain text")
     run([sys.executable, "-m", "dvc", "repro"], root)
@@ -680,4 +682,13 @@ def test_continued_pretraining_runs_under_the_whole_dag(tmp_path):
     assert parity["max_abs_logit_diff"] <= 1e-4  # the adapters fold onto models/cpt
     evals = json.loads((root / "metrics/eval.json").read_text())
     assert evals["cpt"]["task_loss"] != evals["base"]["task_loss"]
+    lora = json.loads((root / "models/quantized/report.json").read_text())["gguf-lora"]
+    assert lora["base"] == "models/cpt" and lora["chain"] == ["models/sft", "models/align"]
+    assert lora["passed"] and lora["size_bytes"] == lora["base_bytes"] + lora["adapter_bytes"]
+    assert lora["peft"]["top1_agreement"] >= 0.95 and lora["template_parity"]["passed"]
+    card = (root / "models/quantized/gguf-lora/README.md").read_text()
+    assert "--lora adapter-F32.gguf" in card and "--lora-modules my-model=./peft" in card
+    assert abs(evals["gguf-lora"]["task_loss"] - evals["merged"]["task_loss"]) < 0.01
+    assert {"cpt", "sft", "align", "merge"} <= {u["stage"] for u in manifest(root, "quantize")[
+        "upstream"]}
     run([sys.executable, "-m", "pedigree.cli", "audit", "--no-mlflow"], root)

@@ -6,6 +6,7 @@ tokenize the check rows as the merged model's tokenizer does."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -51,3 +52,6 @@ def test_gguf_export_is_gemma3_and_reads_back_as_the_merged_model(project):
         assert q8["llama_cpp"]["top1_agreement"] >= 0.9, q8["llama_cpp"]
     modelfile = (project / "models/quantized/gguf-q8_0/Modelfile").read_text()
     assert "<start_of_turn>model" in modelfile and 'PARAMETER stop "<end_of_turn>"' in modelfile
+    # the stage rendered its conversations through the three runtimes to the same token ids
+    assert q8["template_parity"]["passed"], q8["template_parity"]
+    assert "ollama-go" in q8["template_parity"]["runtimes"] or shutil.which("go") is None

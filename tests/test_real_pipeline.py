@@ -6,6 +6,7 @@ and compared, eval and the gate; then `pedigree audit` and `pedigree lineage`.""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -62,6 +63,9 @@ def test_merge_and_gguf_export_behave_like_the_trained_model(project):
         assert reader["perplexity_ratio"] < 1.05 and reader["top1_agreement"] >= 0.9, q8
     modelfile = (project / "models/quantized/gguf-q8_0/Modelfile").read_text()
     assert "<|im_start|>" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    # the stage rendered its conversations through the three runtimes to the same token ids
+    assert q8["template_parity"]["passed"], q8["template_parity"]
+    assert "ollama-go" in q8["template_parity"]["runtimes"] or shutil.which("go") is None
 
 
 def test_eval_scores_every_model_on_the_real_tokenizer(project):

@@ -74,7 +74,7 @@ def test_the_export_code_maps_every_registry_writer_and_reader():
     for spec in quant_formats.FORMATS.values():
         assert spec.writer in quant_formats.WRITERS and spec.reader in quant_formats.READERS
         assert spec.description
-        if spec.reader == "gguf":
+        if spec.reader in ("gguf", "gguf-lora"):
             assert spec.gguf_type and spec.library is None
         else:
             assert spec.library and spec.gguf_type is None

@@ -699,6 +699,22 @@ class QuantizeConfig(Section):
     max_perplexity_ratio: Annotated[dict[str, float], AfterValidator(_known_formats)] = Field(
         default_factory=dict, description="per-format gate; formats not named use the defaults"
     )
+    adapters: dict[str, list[str]] = Field(
+        default_factory=dict, description="gguf-lora: more fine-tunes shipped over the same "
+        "base, by name: each the chain of LoRA directories another run trained (its models/sft, "
+        "then its models/align), e.g. {b: [../run-b/models/sft]}; written to "
+        "gguf-lora/adapters/<name>/ and checked against that chain merged")
+
+    @model_validator(mode="after")
+    def _adapters_ship_with_gguf_lora(self) -> QuantizeConfig:
+        if self.adapters and "gguf-lora" not in self.formats:
+            raise ValueError("quantize.adapters ships adapters over gguf-lora's base: add "
+                             "gguf-lora to quantize.formats")
+        for name, chain in self.adapters.items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or not chain:
+                raise ValueError(f"quantize.adapters.{name}: a name of letters, digits, '_', "
+                                 "'.' and '-' (a directory name) with at least one adapter")
+        return self
 
 
 class HarnessConfig(Section):
@@ -855,8 +871,8 @@ def format_errors(path: Path, err: ValidationError) -> str:
 
 # Paths in params.yaml that the pipeline reads, relative to the repository root: they must stay
 # inside it (an absolute path or `..` would make a stage depend on, or a later writer touch,
-# files outside the project DVC tracks). `model.path` and `merge.combine.adapters` name models
-# outside the project by design, and `accelerate.config_file` may be the machine's own (it says
+# files outside the project DVC tracks). `model.path`, `merge.combine.adapters` and
+# `quantize.adapters` name models outside the project by design, and `accelerate.config_file` may be the machine's own (it says
 # how to launch, not what is computed); `sft.chat_template` is checked when it names a .jinja file.
 REPO_PATH_KEYS = ("data.raw_dir", "data.eval_dir", "curate.tokenizer", "model.build.corpus",
                   "eval.harness.include_path", "sft.chat_template", "sft.replay.source")

@@ -18,6 +18,9 @@ WRITERS = {
                  "(`llama-quantize` or llama-cpp-python; export/kquants.py)",
     "transformers": "the merged model loaded with the format's quantization config and saved at "
                     "once (export/hf_quant.py)",
+    "gguf-lora": "the model the adapters sit on (models/base, or models/cpt) as a GGUF file from "
+                 "export/gguf.py, with the policy's tokenizer and chat template, and the policy's "
+                 "LoRA chain as one llama.cpp GGUF LoRA adapter (export/gguf_lora.py)",
 }
 
 # The independent reader that reads a written format back for its checks.
@@ -25,6 +28,10 @@ READERS = {
     "gguf": "transformers' GGUF loader, dequantized to fp32 (its tokenizer must encode the check "
             "rows identically), and llama.cpp itself when llama-cpp-python is installed",
     "transformers": "plain `AutoModelForCausalLM.from_pretrained`",
+    "gguf-lora": "transformers' GGUF loader for the base, with the adapter's updates as "
+                 "export/gguf_lora.py reads them from the file added to its weights, and llama.cpp "
+                 "running the base with the adapter (`lora_path`) when llama-cpp-python is "
+                 "installed",
 }
 
 
@@ -37,7 +44,8 @@ class QuantFormat:
     # (`quantize.max_perplexity_ratio` overrides it per format).
     max_perplexity_ratio: float
     description: str
-    gguf_type: str | None = None  # GGUF file type (the file is model-<gguf_type>.gguf)
+    gguf_type: str | None = None  # GGUF file type (the file is model-<gguf_type>.gguf; gguf-lora:
+    # the base's)
     library: str | None = None  # the package writer and reader need (import name = pip name)
 
 
@@ -58,6 +66,9 @@ _FORMATS = (
                 "GGUF Q5_K_M: llama.cpp's 5-bit K-quant mixture", gguf_type="Q5_K_M"),
     QuantFormat("gguf-q6_k", "llama.cpp", "gguf", 1.01,
                 "GGUF Q6_K: llama.cpp's 6-bit K-quant", gguf_type="Q6_K"),
+    QuantFormat("gguf-lora", "gguf-lora", "gguf-lora", 1.005,
+                "GGUF Q8_0 base plus the LoRA chain as one llama.cpp GGUF LoRA adapter (F32): "
+                "several fine-tunes share one base", gguf_type="Q8_0"),
     QuantFormat("bnb-nf4", "transformers", "transformers", 1.15,
                 "bitsandbytes 4-bit NormalFloat with double quantization",
                 library="bitsandbytes"),

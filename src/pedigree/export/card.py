@@ -94,6 +94,30 @@ def quantized_card(merged_card: str, fmt: str, result: dict[str, Any]) -> str:
             f"(PEFT) or they answer as the base. {soft['note']} |")]
           if (soft := result.get("soft_prompt")) else []),
         f"| passed | {'yes' if result['passed'] else 'no: not for promotion'} |", "",
+        *(_serving_adapter(result) if result.get("adapter_file") else []),
     ]
     return "\n".join(["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---"]) \
         + body.rstrip("\n") + "\n\n" + "\n".join(rows)
+
+
+def _serving_adapter(result: dict[str, Any]) -> list[str]:
+    """How to serve gguf-lora's adapter over its base, in each runtime it was written for."""
+    base, adapter, peft = result["file"].split("/")[-1], result["adapter_file"], result["peft_dir"]
+    return [
+        "## Serving the adapter over the base", "",
+        (f"The base `{base}` ({result['base_bytes']:,} bytes) is shared; each fine-tune adds "
+         f"`{adapter}` ({result['adapter_bytes']:,} bytes), or `{peft}/` for vLLM and SGLang."),
+        "",
+        "```bash",
+        f"llama-server -m {base} --lora {adapter}",
+        "ollama create my-model -f Modelfile   # FROM the base, ADAPTER the adapter",
+        (f"vllm serve {result['base']} --enable-lora --max-lora-rank "
+         f"{result['vllm_max_lora_rank']} --lora-modules my-model=./{peft}"),
+        (f"python -m sglang.launch_server --model-path {result['base']} --lora-paths "
+         f"my-model=./{peft}"),
+        "```", "",
+        *([(f"With the other runs' adapters in `adapters/` ({', '.join(sorted(result['adapters']))}"
+            f"), one base plus {shared['models']} adapters is {shared['base_plus_adapters_bytes']:,}"
+            f" bytes, against {shared['merged_bytes']:,} for {shared['models']} merged models."),
+           ""] if (shared := result.get("shared_base")) else []),
+    ]

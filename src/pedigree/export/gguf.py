@@ -113,8 +113,12 @@ class _Vocab:
     chat_template: str | list[dict[str, str]] | None
 
 
-def write_gguf(model_dir: Path, out_path: Path, qtype: str) -> dict:
+def write_gguf(model_dir: Path, out_path: Path, qtype: str,
+               tokenizer_dir: Path | None = None) -> dict:
     """Write the checkpoint in `model_dir` to `out_path` with 2-D weights in `qtype`.
+
+    `tokenizer_dir`: where the tokenizer and chat template come from, when not from `model_dir`
+    (a base model shipped for an adapter carries the template the adapter trained with).
 
     The file is written next to `out_path` under a temporary name and renamed onto it when
     complete. The same inputs always give the same bytes. Returns the file's qtype, sha256,
@@ -124,12 +128,12 @@ def write_gguf(model_dir: Path, out_path: Path, qtype: str) -> dict:
         raise GGUFExportError(f"qtype {qtype!r} is not supported; use one of {SUPPORTED_QTYPES}")
     model_dir, out_path = Path(model_dir), Path(out_path)
     config = _read_json(model_dir / "config.json")
-    arch = _architecture(config)
+    arch = architecture(config)
 
     # Everything is read and checked before the output file is created.
     writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[arch.arch])
     _add_model_metadata(writer, config, arch, qtype)
-    _add_vocab(writer, _read_vocab(model_dir, config))
+    _add_vocab(writer, _read_vocab(Path(tokenizer_dir or model_dir), config))
     tensors = _plan_tensors(model_dir, config, arch, qtype)
 
     tmp_path = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
@@ -156,7 +160,7 @@ def _read_json(path: Path, required: bool = True) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _architecture(config: dict[str, Any]) -> _Architecture:
+def architecture(config: dict[str, Any]) -> _Architecture:
     names = config.get("architectures") or []
     for name in names:
         if name in _ARCHITECTURES:
@@ -481,17 +485,36 @@ def _add_vocab(writer: gguf.GGUFWriter, vocab: _Vocab) -> None:
 # ---- tensors ----------------------------------------------------------------------------------
 
 
+class TensorNames:
+    """llama.cpp's names for a checkpoint's tensors, and the row permutation each one needs.
+
+    Shared with the adapter writer (export/gguf_lora.py), whose tensors must be named and laid out
+    like the base weights they modify."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.arch = architecture(config)
+        self._map = gguf.get_tensor_name_map(self.arch.arch, config["num_hidden_layers"])
+        n_head = config["num_attention_heads"]
+        self._heads = {MODEL_TENSOR.ATTN_Q: n_head,
+                       MODEL_TENSOR.ATTN_K: config.get("num_key_value_heads") or n_head,
+                       } if self.arch.permute_qk else {}
+
+    def get(self, hf_name: str) -> tuple[str, int | None] | None:
+        """(llama.cpp's name, the head count to `permute_rows` by, or None) for a checkpoint
+        tensor; None for a tensor llama.cpp has no name for."""
+        found = self._map.get_type_and_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if found is None:
+            return None
+        kind, name = found
+        return name, self._heads.get(kind)
+
+
 def _plan_tensors(
     model_dir: Path, config: dict[str, Any], arch: _Architecture, qtype: str
 ) -> list[_Tensor]:
     stored = _checkpoint_tensors(model_dir)
     tied = config.get("tie_word_embeddings", False) or "lm_head.weight" not in stored
-    n_head = config["num_attention_heads"]
-    permute_heads = {
-        MODEL_TENSOR.ATTN_Q: n_head,
-        MODEL_TENSOR.ATTN_K: config.get("num_key_value_heads") or n_head,
-    }
-    name_map = gguf.get_tensor_name_map(arch.arch, config["num_hidden_layers"])
+    names = TensorNames(config)
 
     planned = []
     for hf_name, tensor in sorted(stored.items()):
@@ -499,7 +522,7 @@ def _plan_tensors(
         # a tied output layer is the embedding, which llama.cpp reuses when `output` is absent
         if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
             continue
-        found = name_map.get_type_and_name(hf_name, try_suffixes=(".weight", ".bias"))
+        found = names.get(hf_name)
         if found is None:
             raise GGUFExportError(
                 f"tensor {hf_name!r} has no llama.cpp name in architecture "
@@ -509,14 +532,14 @@ def _plan_tensors(
             raise GGUFExportError(
                 f"tensor {hf_name!r} is {tensor.dtype}; only {', '.join(_NUMPY_DTYPES)} are read"
             )
-        kind, name = found
+        name, heads = found
         planned.append(
             _Tensor(
                 name=name,
                 shape=tensor.shape,
                 ggml_type=_storage_type(name, tensor.shape, qtype),
                 source=tensor,
-                permute_heads=permute_heads.get(kind) if arch.permute_qk else None,
+                permute_heads=heads,
                 shift=arch.norm_shift if hf_name.endswith("norm.weight") else 0.0,
             )
         )
@@ -578,7 +601,7 @@ def _values(tensor: _Tensor) -> np.ndarray:
         return tensor.source
     values = _to_float32(tensor.source)
     if tensor.permute_heads is not None:
-        values = _permute_rows(values, tensor.permute_heads)
+        values = permute_rows(values, tensor.permute_heads)
     if tensor.shift:
         values = values + np.float32(tensor.shift)
     return values
@@ -592,12 +615,22 @@ def _to_float32(tensor: LocalTensor) -> np.ndarray:
     return values.astype(np.float32, copy=False)
 
 
-def _permute_rows(weights: np.ndarray, n_head: int) -> np.ndarray:
+def permute_rows(weights: np.ndarray, n_head: int) -> np.ndarray:
     """Within each head, interleave the first and second half of the rows (LlamaModel.permute in
     convert_hf_to_gguf.py): the rotary pairs (i, i + d/2) of HF become the pairs (2i, 2i + 1)."""
     half_head = weights.shape[0] // n_head // 2
     return (
         weights.reshape(n_head, 2, half_head, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
+def unpermute_rows(weights: np.ndarray, n_head: int) -> np.ndarray:
+    """The inverse of `permute_rows`: llama.cpp's row order back to the checkpoint's."""
+    half_head = weights.shape[0] // n_head // 2
+    return (
+        weights.reshape(n_head, half_head, 2, *weights.shape[1:])
         .swapaxes(1, 2)
         .reshape(weights.shape)
     )

@@ -11,7 +11,8 @@ it uses, not by exact text, which differs between releases), and for each layout
 the text the Jinja template renders, for the same messages, with these deliberate differences:
 
 - No BOS text: llama.cpp adds the BOS token itself where the GGUF's tokenizer.ggml.add_bos_token
-  says so, and the text would add a second one.
+  says so, and the text would add a second one. Where it does not, but the chat template renders
+  the BOS text first, the caller passes that text as `bos_text` and TEMPLATE starts with it.
 - A conversation that ends with an assistant message is left open (no end-of-turn), as in Ollama's
   own templates, so that Ollama continues that message; any other last message gets the assistant
   header, as `add_generation_prompt=True` does. Mistral's layout has no header: it ends on [/INST].
@@ -114,19 +115,26 @@ def modelfile(
     chat_template: str,
     special_tokens: dict[str, str | None],
     parameters: dict[str, float | int] | None = None,
+    adapter: str | None = None,
+    bos_text: str = "",
 ) -> str:
-    """The Modelfile for `gguf_name`, a file in the Modelfile's own directory.
+    """The Modelfile for `gguf_name`, a file in the Modelfile's own directory, with the GGUF LoRA
+    adapter `adapter` (a file beside it) applied when given.
 
     `special_tokens` holds the tokens by the names the Jinja template sees (`eos_token`, as in
     tokenizer.special_tokens_map); other keys are ignored. `parameters` become extra PARAMETER
     lines (e.g. {"num_ctx": 4096, "temperature": 0.7}), sorted by name.
     """
-    if not gguf_name or gguf_name != gguf_name.strip() or re.search(r'[/\\\s"]', gguf_name):
-        raise ModelfileError(
-            f"gguf_name {gguf_name!r} must be a bare file name: the Modelfile is written next to "
-            "the GGUF file and names it relative to itself"
-        )
+    for what, name in (("gguf_name", gguf_name), ("adapter", adapter)):
+        if name is not None and (not name or name != name.strip()
+                                 or re.search(r'[/\\\s"]', name)):
+            raise ModelfileError(
+                f"{what} {name!r} must be a bare file name: the Modelfile is written next to "
+                "the GGUF files and names them relative to itself"
+            )
     family = template_family(chat_template)
+    if bos_text:
+        _check_literal(bos_text, "bos_text")
     eos = special_tokens.get("eos_token")
     if eos is not None:
         _check_literal(eos, "eos_token")
@@ -134,7 +142,8 @@ def modelfile(
     lines = [
         f"# Written by pedigree for the {family} chat template the model was trained with.",
         f"FROM ./{gguf_name}",
-        f'TEMPLATE """{_go_template(family, chat_template, eos)}"""',
+        *([f"ADAPTER ./{adapter}"] if adapter else []),
+        f'TEMPLATE """{bos_text}{_go_template(family, chat_template, eos)}"""',
     ]
     system = _default_system(family, chat_template)
     if system is not None:
