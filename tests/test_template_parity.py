@@ -34,11 +34,14 @@ needs_go = pytest.mark.skipif(shutil.which("go") is None and os.environ.get(
     template_parity.REQUIRE_GO) != "1", reason="Go not installed (make test installs golang-go)")
 
 
-def _export(micro_model_dir: Path, out: Path, template: str):
-    """The micro model under `template`: (its tokenizer, its GGUF file, its Modelfile's text)."""
+def _export(micro_model_dir: Path, out: Path, template: str, **tokens):
+    """The micro model under `template` (and special `tokens`): (its tokenizer, its GGUF file,
+    its Modelfile's text)."""
     shutil.copytree(micro_model_dir, out / "model")
     tokenizer = load_tokenizer(out / "model")
     tokenizer.chat_template = template
+    for name, token in tokens.items():
+        setattr(tokenizer, name, token)
     tokenizer.save_pretrained(out / "model")
     gguf = out / "model-Q8_0.gguf"
     write_gguf(out / "model", gguf, "Q8_0")
@@ -54,6 +57,16 @@ def test_every_runtime_gives_the_model_the_tokens_training_gave(micro_model_dir,
     assert report["runtimes"] == ["transformers", "gguf-embedded", "ollama-go"]
     n = len(template_parity.PROBES) + len(ROWS)
     assert report["conversations"] == n and report["comparisons"] == 2 * n
+
+
+@needs_go
+def test_a_turn_marker_that_is_the_bos_token_is_not_written_twice(micro_model_dir, tmp_path):
+    """SmolLM2's BOS token is ChatML's <|im_start|>: every rendering starts with it because the
+    first turn does, not because the template writes a BOS, so the Modelfile adds none."""
+    tokenizer, gguf, modelfile = _export(micro_model_dir, tmp_path, CHAT_TEMPLATE,
+                                         bos_token="<|user|>")
+    assert 'TEMPLATE """{{ range' in modelfile
+    assert check_template_parity(tokenizer, gguf, modelfile, ROWS)["passed"]
 
 
 @needs_go

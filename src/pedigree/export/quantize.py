@@ -296,11 +296,13 @@ def write_modelfile(gguf: Path, tokenizer, adapter: Path | None = None) -> dict[
     from pedigree.export.modelfile import ModelfileError, modelfile, template_family
     from pedigree.export.template_parity import gguf_chat
 
-    # The template renders the BOS text first, and llama.cpp will not add the token: the
-    # Modelfile must write it, as training's rendering has it.
+    # The template writes the BOS text itself ({{ bos_token }}), and llama.cpp will not add the
+    # token: the Modelfile must write it, as training's rendering has it. (A template whose first
+    # marker merely is the BOS token, as SmolLM2's <|im_start|>, renders it in every turn already.)
     probe = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
     bos = tokenizer.bos_token
-    bos_text = bos if bos and probe.startswith(bos) and not gguf_chat(gguf).add_bos else ""
+    bos_text = bos if (bos and "bos_token" in tokenizer.chat_template and probe.startswith(bos)
+                       and not gguf_chat(gguf).add_bos) else ""
     try:
         text = modelfile(gguf.name, tokenizer.chat_template, {"eos_token": tokenizer.eos_token},
                          adapter=adapter.name if adapter else None, bos_text=bos_text)
