@@ -17,6 +17,7 @@ import pytest
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from pedigree.export.modelfile import ModelfileError, modelfile, template_family
+from pedigree.export.template_parity import modelfile_template, ollama_values
 from pedigree.train.tiny import CHAT_TEMPLATE
 from tests.chat_templates import GEMMA3_TEMPLATE
 
@@ -139,20 +140,8 @@ def _run(nodes: list, dot, scope: dict, out: list[str]) -> None:
 
 
 def ollama_prompt(modelfile_text: str, messages: list[dict[str, str]]) -> str:
-    """The prompt Ollama's chat endpoint builds from these messages (server/routes.go and
-    template/template.go: SYSTEM prepended when no system message leads, then `collate`)."""
-    template = re.search(r'^TEMPLATE """(.*?)"""$', modelfile_text, re.DOTALL | re.MULTILINE)[1]
-    system = re.search(r'^SYSTEM """(.*?)"""$', modelfile_text, re.DOTALL | re.MULTILINE)
-    if system and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": system[1]}, *messages]
-    collated: list[dict[str, str]] = []
-    for message in messages:
-        if collated and collated[-1]["Role"] == message["role"]:
-            collated[-1]["Content"] += "\n\n" + message["content"]
-        else:
-            collated.append({"Role": message["role"], "Content": message["content"]})
-    joined = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    return go_render(template, {"System": joined, "Messages": collated, "Response": ""})
+    """The prompt Ollama's chat endpoint builds from these messages, by the evaluator above."""
+    return go_render(modelfile_template(modelfile_text), ollama_values(modelfile_text, messages))
 
 
 def test_evaluator_follows_go_semantics():
