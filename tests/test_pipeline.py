@@ -387,7 +387,8 @@ def test_report_renders_in_headless_chromium(project, tmp_path):
     dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     for element in ('id="lineage-graph"', 'id="eval-table"', 'id="sft-curve"', 'id="align-curve"',
-                    'class="mlflow-run"', 'href="models/merged/README.md"'):
+                    'class="mlflow-run"', 'href="models/merged/README.md"',
+                    'id="side-by-side"'):
         assert element in dom, element
     shot = tmp_path / "report.png"
     subprocess.run([browser, *flags, f"--screenshot={shot}", url], capture_output=True,
@@ -406,7 +407,8 @@ def test_eval_writes_gate_summary_and_one_plot_per_metric(project):
     assert gate["candidate"] == "merged" and isinstance(gate["passed"], bool)
     assert gate["candidate_sha256"] == manifest(project, "merge")["outputs_sha256"]
     assert {c["check"] for c in gate["checks"]} == {"task gain over base",
-                                                    "general probe vs base"}
+                                                    "general probe vs base",
+                                                    "gain over prompting"}
     assert all(r.startswith(("pass: ", "FAIL: ", "no champion")) for r in gate["reasons"])
     summary = json.loads((project / "metrics/summary.json").read_text())
     assert summary["gate_passed"] == int(gate["passed"]) and "task_gain" in summary["sft"]
@@ -415,6 +417,23 @@ def test_eval_writes_gate_summary_and_one_plot_per_metric(project):
         for key in ("task_loss", "task_normalised_match", "general_task_score",
                     "pref_accuracy"):
             assert key in metrics[model], (model, key)
+    # The base well prompted: a system prompt and 0, 1, 3 examples from the training split.
+    baselines = json.loads((project / "metrics/baselines.json").read_text())
+    assert list(baselines) == ["prompted-0shot", "prompted-1shot", "prompted-3shot"]
+    train = {json.loads(line)["id"] for line in
+             (project / "data/split/sft_train.jsonl").read_text().splitlines()}
+    three = baselines["prompted-3shot"]["shots"]
+    assert all(len(ids) == 3 and set(ids) <= train for ids in three.values())
+    assert all(baselines["prompted-1shot"]["shots"][t] == ids[:1] for t, ids in three.items())
+    for name in baselines:
+        assert "task_loss" in metrics[name] and "general_loss" not in metrics[name]
+    [prompting] = [c for c in gate["checks"] if c["check"] == "gain over prompting"]
+    best = max(baselines, key=lambda b: -metrics[b]["task_loss"])
+    assert prompting["reference"] == best and prompting["n"] == 16
+    assert summary["task_gain_over_prompting"] == prompting["difference"]
+    answers = [json.loads(line) for line in
+               (project / "metrics/answers.jsonl").read_text().splitlines()]
+    assert set(answers[0]["answers"]) == set(metrics)
     shown = json.loads(run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], project))
     assert "metrics/summary.json" in json.dumps(shown) and "perf/sft.json" in json.dumps(shown)
     plots = json.loads(run([sys.executable, "-m", "dvc", "plots", "show", "--json"], project))
@@ -501,6 +520,39 @@ def test_promote_refuses_a_failed_gate_then_promotes_and_gates_against_the_champ
     assert str(client.get_model_version_by_alias("pedigree", "champion").version) == "2"
     assert {str(v.version) for v in client.search_model_versions("name = 'pedigree'")} == {
         "1", "2"}
+
+    # The judge, through an OpenAI-compatible server on 127.0.0.1 serving the merged model, its
+    # key read from the environment (the planted PEDIGREE_API_KEY) and written nowhere.
+    champion = json.loads((project / "champion.json").read_text())["champion"]
+    tasks = [json.loads(line)["id"] for line in
+             (project / "data/eval/task.jsonl").read_text().splitlines()][:16]
+    assert sorted(champion["answers"]) == sorted(tasks)
+    import yaml
+
+    from tests.judge_server import model_answer, serve
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    with serve(model_answer(project / "models/merged")) as server:
+        params["eval"]["judge"] = {"enabled": True, "endpoint": {
+            "url": server["url"], "model": "micro", "api_key_env": "PEDIGREE_API_KEY"}}
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        out = run([sys.executable, "-m", "dvc", "repro"], project)
+    assert "Running stage 'eval'" in out and "Running stage 'merge'" not in out
+    judged = json.loads((project / "metrics/judge.json").read_text())
+    assert judged["judge"]["endpoint"] == server["url"]
+    base, champ = judged["against"]["base"], judged["against"]["champion"]
+    assert base["n"] == 16 and 0 <= base["win_rate"] <= 1
+    assert champ["ties"] == champ["n"] == 16  # the champion is this very model
+    assert judged["calibration"]["n"] == 24 and 0 <= judged["calibration"]["agreement"] <= 1
+    items = json.loads((project / "metrics/items.json").read_text())
+    assert set(items["merged"]["judge_win_rate.base"]) == set(tasks)
+    asked = server["requests"]
+    assert len(asked) > 0 and {r["authorization"] for r in asked} == {
+        "Bearer " + SECRETS["PEDIGREE_API_KEY"]}
+    for path in project.rglob("*"):  # what the pipeline wrote (tests/ plants the secrets)
+        if path.is_file() and not {".git", "tests"} & set(path.parts) \
+                and path.stat().st_size < 50_000_000:
+            assert SECRETS["PEDIGREE_API_KEY"].encode() not in path.read_bytes(), path
 
 
 def test_promote_refuses_when_the_lineage_does_not_audit(promotable):

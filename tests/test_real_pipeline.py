@@ -76,5 +76,10 @@ def test_eval_scores_every_model_on_the_real_tokenizer(project):
     # The chat probe holds questions the instruct base answers: forgetting is measured on real
     # ability (chosen by its answers in 32 tokens; the micro eval allows 16).
     assert results["base"]["general_chat_score"] >= 0.9
+    # The instruct base well prompted (ChatML's system turn, examples as earlier turns).
+    for name in ("prompted-0shot", "prompted-1shot", "prompted-3shot"):
+        assert 0 <= results[name]["task_score"] <= 1 and results[name]["task_loss"] > 0, name
     gate = json.loads((project / "metrics/gate.json").read_text())
     assert isinstance(gate["passed"], bool) and gate["checks"]
+    [prompting] = [c for c in gate["checks"] if c["check"] == "gain over prompting"]
+    assert prompting["reference"].startswith("prompted-") and prompting["n"] == 8

@@ -68,3 +68,41 @@ def test_run_links_never_carry_credentials():
     assert public_uri("https://bob:s3cret@mlflow.example.com:8443/x") == \
         "https://mlflow.example.com:8443/x"
     assert public_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_answers_side_by_side_show_where_the_models_differ(tmp_path):
+    from pedigree.report import judge_summary, side_by_side
+
+    rows = [{"id": "a", "prompt": "Add 1 and 1.", "answers": {"base": "2", "prompted-1shot": "2",
+                                                              "merged": "2"}},
+            {"id": "b", "prompt": "Add 2 and <2>.", "answers": {"base": "five",
+                                                                "prompted-1shot": "4",
+                                                                "merged": "4"}},
+            {"id": "c", "prompt": "Say hi.", "answers": {"base": "hi", "prompted-1shot": "hello",
+                                                         "merged": "hey"}}]
+    (tmp_path / "answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scores = {"a": 1.0, "c": 1.0}
+    items = {"base": {"task_score": {**scores, "b": 0.0}},
+             "prompted-1shot": {"task_score": {**scores, "b": 1.0}},
+             "merged": {"task_score": {**scores, "b": 1.0}}}
+    (tmp_path / "items.json").write_text(json.dumps(items))
+    judged = {"judge": {"endpoint": "http://127.0.0.1:8080/v1", "model": "j"},
+              "against": {"base": {"win_rate": 0.75, "ci95": [0.5, 1.0], "wins": 1, "ties": 1,
+                                   "losses": 0, "n": 2},
+                          "champion": {"not_judged": "no answers"}},
+              "verdicts": {"base": {"b": {"score": 1.0}, "c": {"score": 0.5}}},
+              "calibration": {"n": 24, "agreement": 0.5, "kappa": 0.21}}
+    (tmp_path / "judge.json").write_text(json.dumps(judged))
+    html = side_by_side(tmp_path, "merged", "prompted-1shot")
+    # "a" is the same everywhere; "b" (scores differ) comes before "c" (only the answers do).
+    assert "Add 1 and 1." not in html
+    assert html.index("Add 2 and &lt;2&gt;.") < html.index("Say hi.")
+    assert "<th>base</th><th>prompted-1shot</th><th>merged</th>" in html
+    assert "judge vs base 1" in html and "2 of the 2 task prompts" in html
+    assert "1 of the 2 task prompts" in side_by_side(tmp_path, "merged", None, limit=1)
+    (tmp_path / "answers.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    assert "every model gave the same answers" in side_by_side(tmp_path, "merged", None)
+    summary = judge_summary(judged)
+    assert "win rate 0.750 (95 % CI 0.500-1.000; 1 won, 1 tied, 0 lost of 2)" in summary
+    assert "over the champion: not judged (no answers)" in summary
+    assert "agreement 0.500, Cohen&#x27;s kappa 0.210" in summary

@@ -2,8 +2,8 @@
 
 Reads `dvc exp show --json` (the workspace, HEAD and every experiment on it, queued runs
 included once they finished), and for each: the SFT method and the params that differ between
-experiments, the SFT model's task gain and general-probe change over the base
-(metrics/summary.json), its trainable parameters and the size of what it saved
+experiments, the SFT model's task gain and general-probe change over the base and the
+candidate's gain over the best prompted baseline (metrics/summary.json), its trainable parameters and the size of what it saved
 (models/sft/metrics.json), whether it folds into the base, training time and peak memory
 (perf/sft.json), and whether the promotion gate passed.
 """
@@ -41,6 +41,7 @@ def _merges(row: dict[str, Any]) -> str | None:
 COLUMNS = (
     ("task gain", _sft("task_gain"), "signed"),
     ("task score gain", _sft("task_score_gain"), "signed"),
+    ("gain over prompting", lambda r: r["summary"].get("task_gain_over_prompting"), "signed"),
     ("general loss change", _sft("general_loss_change"), "signed"),
     ("general task change", _sft("general_task_score_change"), "signed"),
     ("general chat change", _sft("general_chat_score_change"), "signed"),
@@ -107,7 +108,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                  *(_cell(get(r), fmt) for _, get, fmt in COLUMNS)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     notes = ("task gain: the SFT model's gain over the base on gate.task_metric (positive = "
-             "better); general loss change: nats/token on general text vs the base (positive = "
+             "better); gain over prompting: the candidate's over the best prompted baseline (the gate's "
+             "check); general loss change: nats/token on general text vs the base (positive = "
              "forgot); general task change: cloze prompts the base completes (negative = forgot); "
              "general chat change: chat questions the base answers (negative = forgot); saved "
              "MB: the SFT output's weights on disk (the adapter; every trained weight for "

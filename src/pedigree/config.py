@@ -726,6 +726,54 @@ class HarnessConfig(Section):
     apply_chat_template: bool = Field(True, description="prompts through the chat template")
 
 
+class BaselineConfig(Section):
+    """The base model well prompted: what a fine-tune must beat to be worth training."""
+
+    system: str | None = Field(
+        "Answer with only the result, in the format the request asks for.",
+        description="system prompt of every prompted baseline; None: no system message")
+    # One-shot prompting is often the best of these (the writing this project grew from).
+    shots: list[Annotated[int, Field(ge=0, le=16)]] = Field(
+        default_factory=lambda: [0, 1, 3],
+        description="one baseline per k: the system prompt and k examples from the training "
+        "split (0 with no system prompt is the bare base, already evaluated); empty: none")
+
+
+class JudgeEndpoint(Section):
+    """An OpenAI-compatible chat completions server (llama-server, vLLM, Ollama, a hosted API)."""
+
+    url: str = Field(description="the API root, e.g. http://127.0.0.1:8080/v1 (POST "
+                     "<url>/chat/completions)")
+    model: str = Field("judge", min_length=1, description="the `model` sent with each request")
+    api_key_env: str | None = Field(
+        None, description="the environment variable holding the API key (sent as a Bearer "
+        "token; never written to params, logs or outputs); None: no key")
+    timeout_s: float = Field(120.0, gt=0, description="seconds per request")
+
+
+class JudgeConfig(Section):
+    """A pairwise judge of open answers: the candidate against the base and the champion."""
+
+    enabled: bool = Field(False, description="judge the candidate's answers (metrics/judge.json)")
+    model: str | None = Field(
+        None, description="a model directory in the repository to judge with (e.g. models/base); "
+        "its verdict is the likeliest of A, B and tie. Exclusive with endpoint")
+    endpoint: JudgeEndpoint | None = Field(
+        None, description="judge through an OpenAI-compatible server instead of a local model")
+    template: str | None = Field(
+        None, description="a file holding the judging prompt ({prompt}, {answer_a}, {answer_b}); "
+        "None: the built-in one (README: Pairwise judge)")
+    max_items: int | None = Field(None, ge=1, description="task prompts judged; None: all")
+    max_new_tokens: int = Field(8, ge=1, description="tokens an endpoint may answer with")
+
+    @model_validator(mode="after")
+    def _one_judge(self) -> JudgeConfig:
+        if self.enabled and (self.model is None) == (self.endpoint is None):
+            raise ValueError("eval.judge.enabled=true needs exactly one of eval.judge.model (a "
+                             "local model directory) and eval.judge.endpoint (a server)")
+        return self
+
+
 class EvalConfig(Section):
     """What the evals measure on each model (metrics/eval.json)."""
 
@@ -736,6 +784,10 @@ class EvalConfig(Section):
     max_length: int = Field(256, ge=16, description="tokens per row for the loss measurements")
     harness: HarnessConfig = Field(
         HarnessConfig(), description="lm-evaluation-harness tasks, an optional second evaluator")
+    baseline: BaselineConfig = Field(
+        BaselineConfig(), description="prompted baselines: the base with a system prompt and "
+        "k-shot examples (prompted-<k>shot in eval.json)")
+    judge: JudgeConfig = Field(JudgeConfig(), description="a pairwise judge of open answers")
 
 
 def _known_metrics(tolerances: dict[str, float]) -> dict[str, float]:
@@ -784,6 +836,13 @@ class GateConfig(Section):
                                  "pref_accuracy": 0.05},
         description="per metric, the absolute regression against the champion always allowed",
     )
+    # 0: the fine-tune must at least match the best prompted baseline on the task metric.
+    min_gain_over_prompting: float | None = Field(
+        0.0, description="required improvement over the best prompted baseline (eval.baseline), "
+        "in task_metric's units; None: not checked")
+    min_win_rate: float | None = Field(
+        None, ge=0, le=1, description="the judge's least win rate of the candidate over the base "
+        "(eval.judge must be enabled); None: not checked")
     standard_errors: float = Field(
         2.0, ge=0, description="a regression within this many standard errors of the paired "
         "difference is noise, not a regression",
@@ -840,6 +899,13 @@ class Params(Section):
                 f"{self.sft.method}.yaml does)")
         return self
 
+    @model_validator(mode="after")
+    def _win_rate_needs_judge(self) -> Params:
+        if self.gate.min_win_rate is not None and not self.eval.judge.enabled:
+            raise ValueError(f"gate.min_win_rate={self.gate.min_win_rate}: needs the judge "
+                             "(eval.judge.enabled=true with eval.judge.model or .endpoint)")
+        return self
+
 
 class ConfigError(PedigreeError, ValueError):
     """A params file that does not match the schema; the message is meant for the user."""
@@ -875,7 +941,8 @@ def format_errors(path: Path, err: ValidationError) -> str:
 # `quantize.adapters` name models outside the project by design, and `accelerate.config_file` may be the machine's own (it says
 # how to launch, not what is computed); `sft.chat_template` is checked when it names a .jinja file.
 REPO_PATH_KEYS = ("data.raw_dir", "data.eval_dir", "curate.tokenizer", "model.build.corpus",
-                  "eval.harness.include_path", "sft.chat_template", "sft.replay.source")
+                  "eval.harness.include_path", "sft.chat_template", "sft.replay.source",
+                  "eval.judge.model", "eval.judge.template")
 
 
 def _escapes(value: str) -> bool:

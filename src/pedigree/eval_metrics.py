@@ -61,6 +61,9 @@ NAMES: tuple[str, ...] = tuple(METRICS)
 
 FAMILIES = (
     Family("task_score.<task>", "task_score.", True, "task_score on one task's rows"),
+    Family("judge_win_rate.<opponent>", "judge_win_rate.", True,
+           "the pairwise judge's verdicts on the task prompts: 1 the candidate's answer is "
+           "better, 0.5 a tie, 0 worse, against the base or the champion (eval.judge)"),
     Family("harness.<task>.<metric>", "harness.", None,
            "lm-evaluation-harness: lower is better where the harness declares it, or the name "
            "ends in loss or perplexity"),

@@ -111,6 +111,16 @@ class Plan:
         ]
 
 
+def _answers(path: Path, model: str) -> dict[str, str]:
+    """{task id: answer} of one model from the eval stage's answers.jsonl."""
+    answers = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if model in row["answers"]:
+            answers[row["id"]] = row["answers"][model]
+    return answers
+
+
 def plan_promotion(root: Path, registered_model: str, audit_experiment: str | None) -> Plan:
     """Every check, no side effect; raises PromotionRefused with the reasons."""
     from pedigree.audit import audit
@@ -148,6 +158,8 @@ def plan_promotion(root: Path, registered_model: str, audit_experiment: str | No
         "roots": manifest["roots"],
         "metrics": metrics,
         "items": items[gate["candidate"]],
+        # the candidate's answers to the task prompts: what the next candidate is judged against
+        "answers": _answers(metrics_dir / "answers.jsonl", gate["candidate"]),
     }
     return plan
 

@@ -54,6 +54,9 @@ class GateCheck(TypedDict):
     n: NotRequired[int]  # items paired
     unpaired: NotRequired[int]  # items only one side has
     error: NotRequired[str]  # why the comparison could not be made
+    reference: NotRequired[str]  # the model compared with, where several could be
+    value: NotRequired[float]  # a figure checked on its own (the judge's win rate)
+    ci95: NotRequired[list[float]]  # its 95 % interval
 
 
 @with_config(_STRICT)

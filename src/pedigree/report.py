@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+td pre { white-space: pre-wrap; text-align: left; margin: 0; max-width: 22em; }
 th:first-child, td:first-child { text-align: left; }
 code { font-size: 0.85em; } .node rect { fill: #eef4fb; stroke: #1f77b4; }
 """
@@ -180,6 +182,67 @@ def eval_table(results: dict[str, dict[str, float]]) -> str:
     return f'<table id="eval-table"><tr><th>model</th>{head}</tr>{rows}</table>'
 
 
+SIDE_BY_SIDE = 8  # answers shown in the report's side-by-side table
+
+
+def side_by_side(eval_dir: Path, candidate: str, reference: str | None,
+                 limit: int = SIDE_BY_SIDE) -> str:
+    """The answers of the base, the best prompted baseline (`reference`) and the candidate to a
+    sample of task prompts where they differ, each with its task score and the judge's verdict:
+    the first `limit` by id where the scores differ, then where only the answers do."""
+    rows = [json.loads(line) for line in
+            (eval_dir / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
+    items = read_json(eval_dir / "items.json")
+    judged = read_json(eval_dir / "judge.json") if (eval_dir / "judge.json").is_file() else {}
+    verdicts = judged.get("verdicts", {}).get("base", {})
+    models = [m for m in ("base", reference, candidate) if m]
+
+    def score(model: str, row_id: str) -> float | None:
+        return items.get(model, {}).get("task_score", {}).get(row_id)
+
+    differ = [r for r in sorted(rows, key=lambda r: r["id"])
+              if len({r["answers"].get(m) for m in models}) > 1]
+    differ.sort(key=lambda r: len({score(m, r["id"]) for m in models}) == 1)  # stable
+    if not differ:
+        return '<p id="side-by-side">every model gave the same answers</p>'
+    head = "".join(f"<th>{_esc(m)}</th>" for m in models)
+    body = []
+    for r in differ[:limit]:
+        cells = []
+        for m in models:
+            note = f"score {score(m, r['id']):g}" if score(m, r["id"]) is not None else ""
+            if m == candidate and r["id"] in verdicts:
+                note += f"; judge vs base {verdicts[r['id']]['score']:g}"
+            cells.append(f"<td><pre>{_esc(r['answers'].get(m, '-'))}</pre><small>{_esc(note)}"
+                         "</small></td>")
+        body.append(f"<tr><td><pre>{_esc(r['prompt'])}</pre></td>{''.join(cells)}</tr>")
+    return (f'<table id="side-by-side"><tr><th>prompt</th>{head}</tr>{"".join(body)}</table>'
+            f"<p>{min(limit, len(differ))} of the {len(differ)} task prompts where the answers "
+            "differ, those where the scores differ first; every answer is in "
+            f"<code>{_esc((eval_dir / 'answers.jsonl').name)}</code>.</p>")
+
+
+def judge_summary(judged: dict[str, Any]) -> str:
+    """The judge's win rates and its agreement with people, from metrics/judge.json."""
+    lines = []
+    for opponent, w in judged["against"].items():
+        if "win_rate" in w:
+            lines.append(f"over the {opponent}: win rate {w['win_rate']:.3f} (95 % CI "
+                         f"{w['ci95'][0]:.3f}-{w['ci95'][1]:.3f}; {w['wins']} won, {w['ties']} "
+                         f"tied, {w['losses']} lost of {w['n']})")
+        else:
+            lines.append(f"over the {opponent}: not judged ({w['not_judged']})")
+    cal = judged.get("calibration")
+    if cal:
+        kappa = "undefined" if cal["kappa"] is None else f"{cal['kappa']:.3f}"
+        lines.append(f"against people on {cal['n']} labelled pairs: agreement "
+                     f"{cal['agreement']:.3f}, Cohen's kappa {kappa}")
+    who = judged["judge"]
+    name = who.get("endpoint") or who.get("model")
+    return (f'<ul id="judge"><li>judge: {_esc(name)} ({_esc(who.get("model"))})</li>'
+            + "".join(f"<li>{_esc(line)}</li>" for line in lines) + "</ul>")
+
+
 def build_report(root: Path, out_dir: Path) -> str:
     """The report's HTML for the pipeline whose last stage is eval; links are relative to
     `out_dir`, where the file will be."""
@@ -221,6 +284,14 @@ def build_report(root: Path, out_dir: Path) -> str:
             sections.append(f'<h3 id="gate">Promotion gate: {verdict} '
                             f"({_esc(gate['candidate'])})</h3><ul>" + "".join(
                                 f"<li>{_esc(r)}</li>" for r in gate["reasons"]) + "</ul>")
+            prompted = next((c.get("reference") for c in gate["checks"]
+                             if c["check"] == "gain over prompting"), None)
+            if (out["eval"] / "answers.jsonl").is_file():
+                sections.append("<h3>Answers side by side</h3>" + side_by_side(
+                    out["eval"], gate["candidate"], prompted))
+            if (out["eval"] / "judge.json").is_file():
+                sections.append("<h3>Pairwise judge</h3>"
+                                + judge_summary(read_json(out["eval"] / "judge.json")))
         for key in REPORT_CHARTS:
             values = {m: r[key] for m, r in results.items() if key in r}
             sections.append(f"<h3>{_esc(key)}</h3>" + bar_chart(f"eval-{key}", values, key))

@@ -1,4 +1,5 @@
-"""The promotion gate: is the candidate better than the base and no worse than the champion?
+"""The promotion gate: is the candidate better than the base, better than the base well prompted,
+and no worse than the champion?
 
 Every comparison is paired: the two models' per-item values (task rows, general texts, held-out
 pairs) are matched by item id and the difference is the mean of the per-item differences, with
@@ -99,6 +100,56 @@ def check_champion(cfg: GateConfig, candidate: Items, champion: Items,
     return checks
 
 
+def best_prompted(task_metric: str, items: dict[str, Items], baselines: Collection[str],
+                  lower_is_better: Collection[str] = ()) -> str | None:
+    """The prompted baseline with the best mean task metric (None: none measured it). Picking
+    the best on the same items favours prompting: the fine-tune has the harder bar."""
+    sign = 1.0 if higher_is_better(task_metric, lower_is_better) else -1.0
+    means = {name: sign * sum(v.values()) / len(v) for name in baselines
+             if (v := items.get(name, {}).get(task_metric))}
+    return max(sorted(means), key=means.__getitem__) if means else None
+
+
+def check_prompting(cfg: GateConfig, items: dict[str, Items], baselines: Collection[str],
+                    lower_is_better: Collection[str] = ()) -> list[dict[str, Any]]:
+    """The candidate must beat the best prompted baseline (the base with a system prompt and
+    k examples) by min_gain_over_prompting: otherwise a prompt would have done."""
+    if cfg.min_gain_over_prompting is None or not baselines:
+        return []
+    best = best_prompted(cfg.task_metric, items, baselines, lower_is_better)
+    if best is None:
+        return [{"check": "gain over prompting", "passed": False, "reason": f"gain over "
+                 f"prompting: no prompted baseline measured {cfg.task_metric} (they measure the "
+                 "task scores and task_loss); set gate.min_gain_over_prompting=null"}]
+    diff = paired_difference(cfg.task_metric, items[cfg.candidate], items[best], lower_is_better)
+    diff.update(check="gain over prompting", reference=best, required=cfg.min_gain_over_prompting)
+    if "error" in diff:
+        diff.update(passed=False, reason=f"gain over prompting: {diff['error']}")
+    else:
+        diff["passed"] = diff["difference"] >= cfg.min_gain_over_prompting
+        diff["reason"] = (f"{cfg.task_metric}: {_fmt(diff['difference'])} (SE {diff['se']:.3g}) "
+                          f"over the best prompted baseline, {best} (needs >= "
+                          f"{cfg.min_gain_over_prompting:g})")
+    return [diff]
+
+
+def check_win_rate(cfg: GateConfig, judged: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The judge's win rate of the candidate over the base must reach min_win_rate."""
+    if cfg.min_win_rate is None:
+        return []
+    against = (judged or {}).get("base")
+    if not against or "win_rate" not in against:
+        return [{"check": "judge win rate", "passed": False, "reason": "judge win rate over "
+                 "the base: not measured (eval.judge)"}]
+    rate = against["win_rate"]
+    return [{"check": "judge win rate", "metric": "judge_win_rate.base", "reference": "base",
+             "value": rate, "ci95": against["ci95"], "n": against["n"],
+             "required": cfg.min_win_rate, "passed": rate >= cfg.min_win_rate,
+             "reason": f"judge win rate over the base: {rate:.3g} (95 % CI "
+             f"{against['ci95'][0]:.3g}-{against['ci95'][1]:.3g}, {against['n']} prompts; "
+             f"needs >= {cfg.min_win_rate:g})"}]
+
+
 def export_check(candidate: str, quantize_report: dict[str, Any]) -> list[dict[str, Any]]:
     """A quantized candidate must have passed the quantize stage's own checks (parity against
     the merged model); the merged model has none here. A precondition for `decide`."""
@@ -111,14 +162,18 @@ def export_check(candidate: str, quantize_report: dict[str, Any]) -> list[dict[s
 
 def decide(cfg: GateConfig, items: dict[str, Items], champion: dict[str, Any] | None,
            candidate_sha256: str, preconditions: list[dict[str, Any]] | None = None,
-           lower_is_better: Collection[str] = ()) -> Gate:
+           lower_is_better: Collection[str] = (), baselines: Collection[str] = (),
+           judged: dict[str, Any] | None = None) -> Gate:
     """The gate record: every check with its reason, and `passed` when all pass.
     `preconditions`: checks the caller made ({"check", "passed", "reason"}), e.g. that a
     quantized candidate passed its export checks. `lower_is_better`: metrics whose names do not
-    say so (see higher_is_better); kept in the record for whoever reads it later."""
+    say so (see higher_is_better); kept in the record for whoever reads it later. `baselines`:
+    the prompted baselines among `items`; `judged`: the judge's win rates ({opponent: figures})."""
     candidate = items[cfg.candidate]
     checks = [*(preconditions or []),
-              *check_base(cfg, candidate, items["base"], lower_is_better)]
+              *check_base(cfg, candidate, items["base"], lower_is_better),
+              *check_prompting(cfg, items, baselines, lower_is_better),
+              *check_win_rate(cfg, judged)]
     against = None
     if champion and champion.get("items"):
         against = ChampionRef(**{k: champion[k] for k in ChampionRef.__annotations__
@@ -128,6 +183,8 @@ def decide(cfg: GateConfig, items: dict[str, Items], champion: dict[str, Any] | 
     reasons = [("pass: " if c["passed"] else "FAIL: ") + c["reason"] for c in checks]
     if against is None:
         reasons.append("no champion yet: compared with the base only")
+    if not baselines and cfg.min_gain_over_prompting is not None:
+        reasons.append("no prompted baseline (eval.baseline): not compared with prompting")
     return Gate(schema_version=GATE_VERSION, passed=passed, candidate=cfg.candidate,
                 candidate_sha256=candidate_sha256, champion=against, task_metric=cfg.task_metric,
                 checks=checks, reasons=reasons, lower_is_better=sorted(lower_is_better))

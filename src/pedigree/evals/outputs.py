@@ -41,6 +41,16 @@ def summary(metrics: dict[str, dict[str, float]], gate: Gate) -> dict[str, Any]:
             if probe in m:
                 figures[f"{probe}_change"] = m[probe] - base[probe]
         out[name] = figures
+    prompting = next((c for c in gate["checks"] if c["check"] == "gain over prompting"
+                      and "difference" in c), None)
+    if prompting is not None:  # the candidate against the best prompted baseline
+        best = metrics[prompting["reference"]]
+        out["prompted"] = {"task_gain": sign * (best[task] - base[task]),
+                           "task_score_gain": best["task_score"] - base["task_score"]}
+        out["task_gain_over_prompting"] = prompting["difference"]
+    for check in gate["checks"]:
+        if check["check"] == "judge win rate" and "value" in check:
+            out["judge_win_rate_base"] = check["value"]
     return out
 
 
@@ -49,7 +59,13 @@ def _dump(value: Any) -> str:
 
 
 def write_outputs(out: Path, *, metrics: dict[str, dict[str, float]],
-                  items: dict[str, dict[str, dict[str, float]]], gate: Gate) -> None:
+                  items: dict[str, dict[str, dict[str, float]]], gate: Gate,
+                  baselines: dict[str, Any], judged: dict[str, Any] | None) -> None:
+    """`baselines`: how each prompted baseline prompted (baselines.json); `judged`: the judge's
+    record (judge.json), None when it did not run."""
+    (out / "baselines.json").write_text(_dump(baselines))
+    if judged is not None:
+        (out / "judge.json").write_text(_dump(judged))
     (out / "eval.json").write_text(_dump(metrics))  # {model: {metric: value}}: dvc metrics
     (out / "summary.json").write_text(_dump(summary(metrics, gate)))  # dvc metrics too
     (out / "items.json").write_text(_dump(items))  # {model: {metric: {item id: value}}}

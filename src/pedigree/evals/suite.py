@@ -15,6 +15,7 @@ models item by item and put a standard error on their difference.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ class EvalSets:
     general_chat: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _read(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
+def read_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
     """JSONL rows, each checked for `required` string fields; errors name file, line, field."""
     rows = []
     with open(path, encoding="utf-8") as f:
@@ -76,19 +77,19 @@ def _read(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
 
 def load_eval_sets(eval_dir: Path, split_dir: Path, cfg: EvalConfig) -> EvalSets:
     task_file = eval_dir / "task.jsonl"
-    tasks = _read(task_file, ("id", "task", "prompt"))[: cfg.max_task_rows]
+    tasks = read_rows(task_file, ("id", "task", "prompt"))[: cfg.max_task_rows]
     for number, row in enumerate(tasks, start=1):
         check_task_row(row, f"{task_file}:{number}")
-    general = _read(eval_dir / "general.jsonl", ("id", "text"))
+    general = read_rows(eval_dir / "general.jsonl", ("id", "text"))
     cloze_file = eval_dir / "general_tasks.jsonl"
-    general_tasks = _read(cloze_file, ("id", "prompt", "reference")) if cloze_file.exists() else []
+    general_tasks = read_rows(cloze_file, ("id", "prompt", "reference")) if cloze_file.exists() else []
     chat_file = eval_dir / "general_chat.jsonl"
-    general_chat = _read(chat_file, ("id", "prompt")) if chat_file.exists() else []
+    general_chat = read_rows(chat_file, ("id", "prompt")) if chat_file.exists() else []
     for number, row in enumerate(general_chat, start=1):
         check_task_row({"task": "chat", **row}, f"{chat_file}:{number}")
-    validation = _read(split_dir / "sft_validation.jsonl", ("id",))[: cfg.max_loss_rows]
+    validation = read_rows(split_dir / "sft_validation.jsonl", ("id",))[: cfg.max_loss_rows]
     pref_file = split_dir / "preference_validation.jsonl"
-    preferences = _read(pref_file, ("id",))[: cfg.max_loss_rows] if pref_file.exists() else []
+    preferences = read_rows(pref_file, ("id",))[: cfg.max_loss_rows] if pref_file.exists() else []
     for path, rows in ((task_file, tasks), (eval_dir / "general.jsonl", general),
                        (split_dir / "sft_validation.jsonl", validation)):
         if not rows:  # every score and loss is a mean over these
@@ -96,9 +97,20 @@ def load_eval_sets(eval_dir: Path, split_dir: Path, cfg: EvalConfig) -> EvalSets
     return EvalSets(tasks, validation, general, general_tasks, preferences, general_chat)
 
 
-def _reference_rows(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+Context = Callable[[dict[str, Any]], list[dict[str, str]]]  # a task row -> messages before it
+
+
+def _no_context(row: dict[str, Any]) -> list[dict[str, str]]:
+    return []
+
+
+def _task_prompt(row: dict[str, Any], context: Context) -> list[dict[str, str]]:
+    return [*context(row), {"role": "user", "content": row["prompt"]}]
+
+
+def _reference_rows(tasks: list[dict[str, Any]], context: Context) -> list[dict[str, Any]]:
     """Task rows as canonical prompt/completion rows (rows with a reference only)."""
-    return [{"id": t["id"], "prompt": [{"role": "user", "content": t["prompt"]}],
+    return [{"id": t["id"], "prompt": _task_prompt(t, context),
              "completion": [{"role": "assistant", "content": t["reference"]}]}
             for t in tasks if isinstance(t.get("reference"), str)]
 
@@ -118,25 +130,13 @@ def evaluate(model, tokenizer, sets: EvalSets, cfg: EvalConfig) -> ModelEval:
     lower_is_better: set[str] = set()
 
     def losses(name: str, ids: list[str], rows: list[tuple[float, int]]) -> None:
-        if not any(count for _, count in rows):  # a user's data or setting, not a bug
-            raise EvalSetError(f"{name} rows: no labelled tokens to score: every row is empty "
-                               f"or truncated to nothing at eval.max_length={n}; raise it")
-        metrics[f"{name}_loss"] = mean_loss(rows)  # token-weighted, nats/token
-        metrics[f"{name}_perplexity"] = perplexity(metrics[f"{name}_loss"])
-        items[f"{name}_loss"] = dict(zip(ids, row_means(rows), strict=True))
+        _losses(metrics, items, name, ids, rows, n)
 
     losses("val", [r["id"] for r in sets.validation],
            completion_nll(model, tokenizer, sets.validation, n, bs))
     losses("general", [r["id"] for r in sets.general],
            text_nll(model, tokenizer, [r["text"] for r in sets.general], n, bs))
-    references = _reference_rows(sets.tasks)
-    if references:  # graded task ability: NLL of the reference answers
-        losses("task", [r["id"] for r in references],
-               completion_nll(model, tokenizer, references, n, bs))
-
-    prompts = [[{"role": "user", "content": row["prompt"]}] for row in sets.tasks]
-    answers = greedy_answers(model, tokenizer, prompts, cfg.max_new_tokens, bs)
-    items.update(score_task_rows(sets.tasks, answers))
+    answers = _tasks(model, tokenizer, sets.tasks, _no_context, cfg, n, metrics, items)
 
     if sets.general_tasks:
         got = greedy_continuations(model, tokenizer, [r["prompt"] for r in sets.general_tasks],
@@ -167,10 +167,53 @@ def evaluate(model, tokenizer, sets: EvalSets, cfg: EvalConfig) -> ModelEval:
         items.update(harness.items)
         lower_is_better.update(harness.lower_is_better)
 
+    _item_means(metrics, items)
+    return ModelEval(metrics, items, answers, lower_is_better)
+
+
+def evaluate_prompted(model, tokenizer, tasks: list[dict[str, Any]], context: Context, k: int,
+                      cfg: EvalConfig) -> ModelEval:
+    """The task metrics (scores and reference loss) of prompts with `context` before each: a
+    prompted baseline (evals/prompting.py) with k examples. The loss rows may be (k + 1) times
+    eval.max_length, room for the examples as well as the row."""
+    metrics: dict[str, float] = {}
+    items: dict[str, dict[str, float]] = {}
+    answers = _tasks(model, tokenizer, tasks, context, cfg, cfg.max_length * (k + 1), metrics,
+                     items)
+    _item_means(metrics, items)
+    return ModelEval(metrics, items, answers)
+
+
+def _losses(metrics: dict[str, float], items: dict[str, dict[str, float]], name: str,
+            ids: list[str], rows: list[tuple[float, int]], max_length: int) -> None:
+    if not any(count for _, count in rows):  # a user's data or setting, not a bug
+        raise EvalSetError(f"{name} rows: no labelled tokens to score: every row is empty "
+                           f"or truncated to nothing at {max_length} tokens (eval.max_length); "
+                           "raise it")
+    metrics[f"{name}_loss"] = mean_loss(rows)  # token-weighted, nats/token
+    metrics[f"{name}_perplexity"] = perplexity(metrics[f"{name}_loss"])
+    items[f"{name}_loss"] = dict(zip(ids, row_means(rows), strict=True))
+
+
+def _tasks(model, tokenizer, tasks: list[dict[str, Any]], context: Context, cfg: EvalConfig,
+           max_length: int, metrics: dict[str, float],
+           items: dict[str, dict[str, float]]) -> list[str]:
+    """Reference-answer loss and greedy answers scored, for every task row; the answers."""
+    references = _reference_rows(tasks, context)
+    if references:  # graded task ability: NLL of the reference answers
+        _losses(metrics, items, "task", [r["id"] for r in references],
+                completion_nll(model, tokenizer, references, max_length, cfg.batch_size),
+                max_length)
+    prompts = [_task_prompt(row, context) for row in tasks]
+    answers = greedy_answers(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size)
+    items.update(score_task_rows(tasks, answers))
+    return answers
+
+
+def _item_means(metrics: dict[str, float], items: dict[str, dict[str, float]]) -> None:
     for name, values in items.items():
         if name not in metrics:  # scores: the mean of the items
             metrics[name] = sum(values.values()) / len(values)
-    return ModelEval(metrics, items, answers, lower_is_better)
 
 
 def answers_table(sets: EvalSets, answers: dict[str, list[str]]) -> str:
