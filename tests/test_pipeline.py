@@ -374,6 +374,67 @@ def test_mlflow_server_serves_the_runs_and_their_lineage(project):
     assert leftover.stdout == b"", "mlflow server workers outlived the server"
 
 
+def test_a_team_shares_the_artifacts_through_an_s3_remote(project, tmp_path):
+    """`dvc push` to an S3 API (moto's server on 127.0.0.1), then `git clone` and `dvc pull`
+    elsewhere: the clone audits, traces its lineage and has nothing to re-run."""
+    import signal
+    import urllib.request
+
+    import boto3
+
+    port = free_port()
+    server = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)], env=env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    # moto accepts any key; these are the planted ones (scratch.SECRETS): never written down.
+    keys = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "no moto server"
+                time.sleep(0.3)
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                     aws_access_key_id="testing-key-id",
+                     aws_secret_access_key=env()["AWS_SECRET_ACCESS_KEY"]).create_bucket(
+            Bucket="team-artifacts")
+        dvc = [sys.executable, "-m", "dvc"]
+        run([*dvc, "remote", "add", "-d", "team", "s3://team-artifacts/pedigree"], project)
+        run([*dvc, "remote", "modify", "team", "endpointurl", endpoint], project)
+        commit(project, "a DVC remote for the team")
+        pushed = run([*dvc, "push"], project, **keys)
+        assert "pushed" in pushed
+
+        clone = tmp_path / "teammate"
+        run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+        assert not (clone / "models").exists()  # git holds no artifact
+        run([*dvc, "pull"], clone, **keys)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    for stage in STAGES:
+        assert manifest(clone, stage) == manifest(project, stage), stage
+    assert "Data and pipelines are up to date" in run([*dvc, "status"], clone)
+    repro = run([*dvc, "repro"], clone)
+    assert "Running stage" not in repro and "Data and pipelines are up to date" in repro
+    cli = [sys.executable, "-m", "pedigree.cli"]
+    assert "audit passed" in run([*cli, "audit", "--no-mlflow"], clone)
+    # Against the team's tracking store (here the pusher's; in practice `mlflow server`).
+    tracked = run([*cli, "audit"], clone,
+                  MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
+    assert "audit passed" in tracked
+    chain = run([*cli, "lineage", "metrics"], clone)
+    for path in ("metrics", "models/merged", "models/sft", "models/base", "data/curated"):
+        assert f"{path}  (stage" in chain
+    assert manifest(project, "curate")["roots"]["data_sha256"] in chain
+    config = (clone / ".dvc" / "config").read_text()
+    assert endpoint in config and env()["AWS_SECRET_ACCESS_KEY"] not in config
+
+
 def test_report_renders_in_headless_chromium(project, tmp_path):
     """The report of a finished run, opened in Debian's chromium: graph and charts drawn."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")

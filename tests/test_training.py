@@ -212,7 +212,7 @@ def test_training_curve_counts_a_repeated_evaluation_once():
 
 
 def test_sharded_weights_are_refused_not_saved(tmp_path):
-    class Sharded(torch.nn.Module):  # what a ZeRO-3 rank holds: empty placeholders
+    class Sharded(torch.nn.Module):  # FSDP1 flat parameters: empty, and not the model's names
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.empty(0))

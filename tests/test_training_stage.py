@@ -1,7 +1,7 @@
 """The `sft` stage as DVC runs it, in a scratch project: a run killed mid-training resumes from
 its last checkpoint to the same weights as an uninterrupted run; changed params refuse the
-resume; under `accelerate launch` with two CPU processes it trains once, logs once, and every
-rank holds the same adapter."""
+resume; under `accelerate launch` with two CPU processes, on one machine or as two "nodes", it
+trains once, logs once, and every rank holds the same adapter."""
 
 from __future__ import annotations
 
@@ -156,3 +156,71 @@ def test_two_cpu_processes_train_one_model(tmp_path, micro_model_dir):
     assert len(ranks) == 2 and ranks[0] == ranks[1]
     assert ranks[0] == state_digest(load_file(root / ADAPTER))
     assert not list(tmp_path.glob("**/.sft.tmp"))
+
+
+def test_two_nodes_of_one_process_each_train_one_model(tmp_path, micro_model_dir):
+    """Multi-node DDP as users launch it: one process on each of two "nodes" (here both on
+    127.0.0.1, sharing the project directory as nodes share a filesystem), each told its rank by
+    PEDIGREE_MACHINE_RANK; rank 0 alone publishes, and both ranks hold the same adapter."""
+    from tests.scratch import free_port
+
+    config = yaml.safe_load((REPO / "conf/accelerate/cpu_multinode.yaml").read_text())
+    config["main_process_port"] = free_port()
+    (tmp_path / "two_nodes.yaml").write_text(yaml.safe_dump(config))
+    root = _project(tmp_path / "p", micro_model_dir, accelerate=str(tmp_path / "two_nodes.yaml"),
+                    max_steps=10, save_steps=50)
+    nodes = [subprocess.Popen([sys.executable, "stages/sft.py"], cwd=root,
+                              env={**_env(), "PEDIGREE_MACHINE_RANK": str(rank),
+                                   "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    outs = [node.communicate(timeout=600) for node in nodes]
+    for node, (out, err) in zip(nodes, outs, strict=True):
+        assert node.returncode == 0, out[-2000:] + err[-3000:]
+    assert outs[0][0].count("[sft] lora:") == 1 and "[sft] lora:" not in outs[1][0]
+    manifest = json.loads((root / "models/sft/lineage.json").read_text())
+    ranks = manifest["details"]["training"]["rank_sha256"]
+    assert len(ranks) == 2 and ranks[0] == ranks[1]  # one model, on both nodes
+    assert ranks[0] == state_digest(load_file(root / ADAPTER))
+    assert not list(tmp_path.glob("**/.sft.tmp"))
+
+
+def test_node_arguments_come_from_the_environment():
+    from pedigree.errors import PedigreeError
+    from pedigree.launch import node_arguments
+
+    assert node_arguments({}) == []
+    assert node_arguments({"SLURM_NODEID": "3"}) == ["--machine_rank", "3"]
+    assert node_arguments({"PEDIGREE_MACHINE_RANK": "1", "SLURM_NODEID": "3",
+                           "PEDIGREE_MAIN_PROCESS_IP": "node-a"}) == [
+        "--machine_rank", "1", "--main_process_ip", "node-a"]
+    with pytest.raises(PedigreeError, match="PEDIGREE_MACHINE_RANK / SLURM_NODEID = 'one'"):
+        node_arguments({"PEDIGREE_MACHINE_RANK": "one"})
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", ["fsdp.yaml", "deepspeed_zero3.yaml"])
+def test_sharded_gpu_training_saves_the_whole_adapter(tmp_path, micro_model_dir, config):
+    """accelerate's FSDP2 and DeepSpeed ZeRO-3 on two GPUs: the stage gathers the sharded
+    adapter on rank 0 and saves it whole (CPU runs cannot shard through accelerate; the gather
+    itself is tested on CPU in test_fsdp_save.py)."""
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    if config.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed (pip install deepspeed)")
+    root = _project(tmp_path / "p", micro_model_dir, accelerate=str(REPO / "conf/accelerate" /
+                                                                    config),
+                    max_steps=10, save_steps=50)
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["accelerate"]["num_processes"] = 2
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    _sft(root)
+    adapter = load_file(root / ADAPTER)
+    config_file = json.loads((root / "models/sft/adapter_config.json").read_text())
+    lora_a = [t for k, t in adapter.items() if "lora_A" in k]
+    assert lora_a and all(t.shape[0] == config_file["r"] and t.numel() > 0 for t in lora_a)
+    assert any(float(t.abs().max()) > 0 for k, t in adapter.items() if "lora_B" in k)

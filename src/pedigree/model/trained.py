@@ -26,7 +26,8 @@ INITIAL_ADAPTER = "pedigree_initial_adapter"
 
 
 class TrainedWeightsError(PedigreeError, ValueError):
-    """Trained weights that cannot be saved (sharded) or laid over this base (foreign names)."""
+    """Trained weights that cannot be saved (sharded past gathering) or laid over this base
+    (foreign names)."""
 
 
 def trained_state(model) -> dict[str, Any]:
@@ -46,25 +47,58 @@ def state_digest(tensors: dict[str, Any]) -> str:
 
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        tensor = tensors[name].detach().contiguous().cpu()
+        tensor = tensors[name].detach()
+        if hasattr(tensor, "to_local"):  # an FSDP2 shard: the slice this rank holds
+            tensor = tensor.to_local()
+        tensor = tensor.contiguous().cpu()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
         digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
-def _check_gathered(model) -> None:
-    """Refuse to save shards: under FSDP or DeepSpeed ZeRO-3 each rank holds only a slice (or an
-    empty placeholder) of every weight, and saving it would write a broken model silently. The
-    parameters are checked, not the state to save: AdaLoRA's saved state legitimately holds
-    empty tensors, for targets pruned to rank 0."""
-    sharded = [name for name, t in model.named_parameters()
-               if t.requires_grad and (t.numel() == 0 or type(t).__name__ == "DTensor")]
-    if sharded:
+def _sharding(model) -> str | None:
+    """"fsdp2" when the trained parameters are DTensor shards (FSDP2's fully_shard), "zero3"
+    when they are DeepSpeed ZeRO-3 placeholders, None when every rank holds them whole."""
+    trained = [t for _, t in model.named_parameters() if t.requires_grad]
+    if any(type(t).__name__ == "DTensor" for t in trained):
+        return "fsdp2"
+    if any(hasattr(t, "ds_id") for t in trained):
+        return "zero3"
+    # An empty trained tensor that is neither: FSDP1's flattened parameters (accelerate's
+    # fsdp_version 1), whose names are not the model's. (AdaLoRA's *saved* state may hold empty
+    # tensors for pruned targets; its parameters never are.)
+    empty = [name for name, t in model.named_parameters() if t.requires_grad and t.numel() == 0]
+    if empty:
         raise TrainedWeightsError(
-            f"the trained weights are sharded ({sharded[0]} and {len(sharded) - 1} more): saving "
-            "under FSDP or DeepSpeed ZeRO-3 is not supported yet; use conf/accelerate/ddp.yaml "
-            "or deepspeed_zero2.yaml"
-        )
+            f"the trained weights are sharded ({empty[0]} and {len(empty) - 1} more) in a way "
+            "pedigree does not gather (FSDP1's flat parameters?): use FSDP2 (fsdp_version: 2, "
+            "conf/accelerate/fsdp.yaml), DeepSpeed ZeRO-3 or DDP")
+    return None
+
+
+def gathered_state(model) -> dict[str, Any] | None:
+    """Every parameter whole, on the CPU, as the unsharded model names them; {} on ranks other
+    than 0 when the model is sharded. Under FSDP2 and ZeRO-3 this is a collective: every rank
+    must call it, as the HF Trainer's save_model does (FSDP2: torch.distributed.checkpoint's
+    get_model_state_dict with full_state_dict and cpu_offload; ZeRO-3: its gathered 16-bit
+    weights, deepspeed.zero.GatheredParameters). None when nothing is sharded."""
+    sharding = _sharding(model)
+    if sharding == "fsdp2":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(
+            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if sharding == "zero3":
+        import deepspeed
+        import torch.distributed as dist
+
+        trained = [p for p in model.parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(trained, modifier_rank=None):
+            if dist.get_rank() != 0:
+                return {}
+            return {n: p.detach().cpu().clone() for n, p in model.named_parameters()
+                    if p.requires_grad}
+    return None
 
 
 def remember_initial_adapter(model) -> None:
@@ -97,17 +131,29 @@ def _save_adapter(model, out: Path) -> None:
 
 def save_trained(model, out: Path, method: str, quant: QuantConfig | None = None) -> None:
     """The adapter (PEFT layout) or the trained tensors, plus training.json naming the kind (and
-    for QLoRA the 4-bit settings of the base it trained against)."""
+    for QLoRA the 4-bit settings of the base it trained against). Every rank calls it: a sharded
+    model's weights are gathered whole first (`gathered_state`), and ranks other than 0 of a
+    sharded model write nothing (their output is a scratch directory)."""
     from safetensors.torch import save_file
 
-    _check_gathered(model)
+    full = gathered_state(model)
+    if full == {}:
+        return  # a sharded model's rank > 0: rank 0 holds the gathered weights
+    if full is not None and getattr(model, INITIAL_ADAPTER, None) is not None:
+        raise TrainedWeightsError("a PiSSA or OLoRA adapter trained sharded cannot be converted "
+                                  "to a plain LoRA here: train it with DDP (sft.lora.init)")
     if method in ADAPTER_METHODS:
-        _save_adapter(model, out)
+        if full is None:
+            _save_adapter(model, out)
+        else:  # PEFT keeps the adapter's tensors of the full state dict
+            model.save_pretrained(out, state_dict=full)
         (out / "README.md").unlink(missing_ok=True)  # PEFT's empty card template
         _sort_target_modules(out / "adapter_config.json")
         kind = "adapter"
     else:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in trained_state(model).items()}
+        trained = [name for name, p in model.named_parameters() if p.requires_grad]
+        source = trained_state(model) if full is None else {n: full[n] for n in trained}
+        tensors = {k: v.detach().contiguous().cpu() for k, v in source.items()}
         save_file(tensors, out / TRAINED_WEIGHTS)
         kind = "weights"
     info: dict[str, Any] = {"method": method, "kind": kind}
