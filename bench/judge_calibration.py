@@ -69,11 +69,11 @@ def main() -> None:
     print(f"{len(rows)} labelled pairs (people: {humans['a']} a, {humans['b']} b, "
           f"{humans['tie']} tie), each judged in both orders")
     best = max(results["always A"]["agreement"], results["the longer answer"]["agreement"])
-    print(f"{'judge':<36} {'agreement':>9} {'kappa':>7} {'x best baseline':>15} {'s/pair':>7}")
+    print(f"{"judge":<40} {'agreement':>9} {'kappa':>7} {'x best baseline':>15} {'s/pair':>7}")
     for name, r in results.items():
         kappa = "-" if r["kappa"] is None else f"{r['kappa']:+.3f}"
         said = [v["judge"] for v in r["verdicts"].values()]
-        print(f"{name:<36} {r['agreement']:>9.3f} {kappa:>7} {r['agreement'] / best:>15.2f} "
+        print(f"{name:<40} {r['agreement']:>9.3f} {kappa:>7} {r['agreement'] / best:>15.2f} "
               f"{r['seconds'] / len(rows):>7.2f}   (said a {said.count('a')}, b {said.count('b')},"
               f" tie {said.count('tie')})")
 

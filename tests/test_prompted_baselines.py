@@ -96,8 +96,10 @@ def test_the_gate_compares_with_the_best_prompted_baseline():
     assert not gate["passed"]
     assert any(r.startswith("FAIL: task_score: +0.25") for r in gate["reasons"])
     # A loss is lower-better: the best baseline has the lowest task_loss.
-    losses = {"base": _items(task_loss=[3.0, 3.0]), "prompted-1shot": _items(task_loss=[2.0, 2.2]),
-              "prompted-3shot": _items(task_loss=[2.5, 2.5]), "merged": _items(task_loss=[1.0, 1.2])}
+    losses = {"base": _items(task_loss=[3.0, 3.0]),
+              "prompted-1shot": _items(task_loss=[2.0, 2.2]),
+              "prompted-3shot": _items(task_loss=[2.5, 2.5]),
+              "merged": _items(task_loss=[1.0, 1.2])}
     assert best_prompted("task_loss", losses, names) == "prompted-1shot"
     loss_cfg = cfg.model_copy(update={"task_metric": "task_loss"})
     assert check_prompting(loss_cfg, losses, names)[0]["difference"] == pytest.approx(1.0)

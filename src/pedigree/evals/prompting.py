@@ -58,8 +58,8 @@ class Baseline:
 
     def record(self) -> dict[str, Any]:
         """What metrics/baselines.json keeps: enough to rebuild every prompt from the split."""
-        return {"system": self.system, "k": self.k,
-                "shots": {task: [r["id"] for r in rows] for task, rows in sorted(self.shots.items())}}
+        shots = {task: [r["id"] for r in rows] for task, rows in sorted(self.shots.items())}
+        return {"system": self.system, "k": self.k, "shots": shots}
 
 
 def baselines(cfg: BaselineConfig, train_rows: list[dict[str, Any]], tasks: list[str],

@@ -82,7 +82,8 @@ def load_eval_sets(eval_dir: Path, split_dir: Path, cfg: EvalConfig) -> EvalSets
         check_task_row(row, f"{task_file}:{number}")
     general = read_rows(eval_dir / "general.jsonl", ("id", "text"))
     cloze_file = eval_dir / "general_tasks.jsonl"
-    general_tasks = read_rows(cloze_file, ("id", "prompt", "reference")) if cloze_file.exists() else []
+    general_tasks = (read_rows(cloze_file, ("id", "prompt", "reference"))
+                     if cloze_file.exists() else [])
     chat_file = eval_dir / "general_chat.jsonl"
     general_chat = read_rows(chat_file, ("id", "prompt")) if chat_file.exists() else []
     for number, row in enumerate(general_chat, start=1):
