@@ -69,7 +69,7 @@ def main() -> None:
     print(f"{len(rows)} labelled pairs (people: {humans['a']} a, {humans['b']} b, "
           f"{humans['tie']} tie), each judged in both orders")
     best = max(results["always A"]["agreement"], results["the longer answer"]["agreement"])
-    print(f"{"judge":<40} {'agreement':>9} {'kappa':>7} {'x best baseline':>15} {'s/pair':>7}")
+    print(f"{'judge':<40} {'agreement':>9} {'kappa':>7} {'x best baseline':>15} {'s/pair':>7}")
     for name, r in results.items():
         kappa = "-" if r["kappa"] is None else f"{r['kappa']:+.3f}"
         said = [v["judge"] for v in r["verdicts"].values()]
