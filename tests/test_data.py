@@ -392,7 +392,8 @@ def test_eval_files_cover_the_eval_dir_and_named_files(tmp_path):
     extra = write_jsonl(tmp_path / "bench.jsonl", [{"question": "q " * 20}])
     files = eval_files(REPO / "data/eval", [extra])
     assert {f.name for f in files} == {"task.jsonl", "general.jsonl", "general_tasks.jsonl",
-                                       "general_chat.jsonl", "bench.jsonl"}
+                                       "general_chat.jsonl", "judge_calibration.jsonl",
+                                       "bench.jsonl"}
     assert eval_files(tmp_path / "missing") == []
 
 

@@ -122,7 +122,8 @@ def test_stages_did_their_jobs(project):
     assert {"README.md", "generation_config.json", "chat_template.jinja"} <= {
         p.name for p in (project / "models/merged").iterdir()}
     metrics = json.loads((project / "metrics/eval.json").read_text())
-    assert set(metrics) == {"base", "sft", "aligned", "merged", "gguf-q8_0"}
+    assert set(metrics) == {"base", "sft", "aligned", "merged", "gguf-q8_0", "prompted-0shot",
+                            "prompted-1shot", "prompted-3shot"}
     assert metrics["sft"]["val_loss"] < metrics["base"]["val_loss"]
     assert abs(metrics["merged"]["val_loss"] - metrics["aligned"]["val_loss"]) < 1e-4
 
