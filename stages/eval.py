@@ -19,18 +19,13 @@ from pathlib import Path
 
 from pedigree.champion import candidate_dir, read_champion
 from pedigree.config import ConfigError, load_params
+from pedigree.evals.eval_rows import read_rows
 from pedigree.evals.gate import decide, export_check
 from pedigree.evals.judge import judge_inputs, run_judge
 from pedigree.evals.models import pipeline_models
 from pedigree.evals.outputs import write_outputs
 from pedigree.evals.prompting import baselines
-from pedigree.evals.suite import (
-    answers_table,
-    evaluate,
-    evaluate_prompted,
-    load_eval_sets,
-    read_rows,
-)
+from pedigree.evals.suite import answers_table, evaluate, evaluate_prompted, load_eval_sets
 from pedigree.files import read_json
 from pedigree.lineage import read_manifest
 from pedigree.model.load import load_tokenizer

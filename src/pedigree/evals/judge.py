@@ -35,6 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pedigree.config import ConfigError, JudgeConfig
 from pedigree.errors import PedigreeError
+from pedigree.evals.eval_rows import read_rows
 from pedigree.evals.scorers import EvalSetError
 
 CALIBRATION_FILE = "judge_calibration.jsonl"  # in data.eval_dir
@@ -130,24 +131,14 @@ def cohen_kappa(first: Sequence[str], second: Sequence[str]) -> float | None:
     return None if chance == 1 else (observed - chance) / (1 - chance)
 
 
+def _check_human(row: dict[str, Any], where: str) -> None:
+    if row.get("human") not in ("a", "b", "tie"):
+        raise EvalSetError(f"{where}: human: must be \"a\", \"b\" or \"tie\" (the people's "
+                           f"preference), got {row.get('human')!r}")
+
+
 def read_calibration(path: Path) -> list[dict[str, str]]:
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise EvalSetError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise EvalSetError(f"{path}:{number}: expected a JSON object")
-        for field in ("id", "prompt", "answer_a", "answer_b"):
-            if not isinstance(row.get(field), str) or not row[field].strip():
-                raise EvalSetError(f"{path}:{number}: {field}: a non-empty string is required")
-        if row.get("human") not in ("a", "b", "tie"):
-            raise EvalSetError(f"{path}:{number}: human: must be \"a\", \"b\" or \"tie\" (the "
-                               f"people's preference), got {row.get('human')!r}")
-        rows.append(row)
+    rows = read_rows(path, ("id", "prompt", "answer_a", "answer_b"), _check_human)
     if not rows:
         raise EvalSetError(f"{path}: no rows; delete the file or label some pairs")
     return rows
@@ -166,7 +157,8 @@ def calibrate(verdicts: Verdicts, template: str, rows: list[dict[str, str]]) -> 
 
 
 def public_url(url: str) -> str:
-    """The URL without user:password@, to be written down."""
+    """The URL without user:password@, to be written down (report.public_uri does the same for
+    tracking links; the eval stage does not depend on report.py)."""
     parts = urlsplit(url)
     netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

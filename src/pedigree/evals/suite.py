@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pedigree.config import EvalConfig
+from pedigree.evals.eval_rows import read_rows
 from pedigree.evals.scorers import (
     EvalSetError,
     check_task_row,
@@ -49,30 +50,6 @@ class EvalSets:
     preferences: list[dict[str, Any]]  # canonical preference rows held out by the split
     # {"id", "task", "prompt", "reference", "match"}: questions an instruct base answers
     general_chat: list[dict[str, Any]] = field(default_factory=list)
-
-
-def read_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
-    """JSONL rows, each checked for `required` string fields; errors name file, line, field."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EvalSetError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise EvalSetError(f"{path}:{number}: expected a JSON object")
-            for field in required:
-                if not isinstance(row.get(field), str) or not row[field]:
-                    raise EvalSetError(f"{path}:{number}: {field}: a non-empty string is required")
-            rows.append(row)
-    ids = [r["id"] for r in rows if "id" in r]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise EvalSetError(f"{path}: id {dup!r} appears more than once")
-    return rows
 
 
 def load_eval_sets(eval_dir: Path, split_dir: Path, cfg: EvalConfig) -> EvalSets:
