@@ -5,9 +5,10 @@ Uses the `tokenizers` library on tokenizer.json directly: no torch, no transform
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, pre_tokenizers
 
 from pedigree.errors import MissingInputError
 
@@ -25,10 +26,16 @@ class TokenCounter:
         self._tok = Tokenizer.from_file(str(path))
         # Without a normaliser rewriting the text first, every token covers at least one byte
         # of it (at most one more for a word-start marker a pre-tokenizer adds), and at most
-        # `max_token_bytes` bytes (4 per character of the longest vocabulary entry).
+        # `max_token_bytes` bytes: the longest vocabulary entry's. A byte-level BPE entry
+        # (GPT-2, Llama 3, SmolLM2) spells each byte as one character of its alphabet; any
+        # other entry (and an added token) covers at most its own UTF-8 bytes ("▁the", "##ing").
         self.byte_bounds = self._tok.normalizer is None
+        byte_level = '"ByteLevel"' in json.dumps(json.loads(self._tok.to_str())["pre_tokenizer"])
+        alphabet = set(pre_tokenizers.ByteLevel.alphabet()) if byte_level else set()
         vocab = self._tok.get_vocab(with_added_tokens=True)
-        self.max_token_bytes = 4 * max(map(len, vocab), default=1)
+        self.max_token_bytes = max((len(t) if alphabet.issuperset(t)
+                                    else len(t.encode("utf-8", "surrogatepass")) for t in vocab),
+                                   default=4)
 
     def count(self, texts: list[str]) -> list[int]:
         counts: list[int] = []
@@ -43,9 +50,11 @@ class TokenCounter:
         out = [-1] * len(texts)
         todo = list(range(len(texts)))
         if self.byte_bounds:
-            low = min_tokens * self.max_token_bytes
+            # tokens >= ceil(bytes / max_token_bytes), so more than (min_tokens - 1) times
+            # max_token_bytes bytes are at least min_tokens tokens
+            low = (min_tokens - 1) * self.max_token_bytes
             todo = [i for i in todo
-                    if not low <= len(texts[i].encode("utf-8", "surrogatepass")) < max_tokens]
+                    if not low < len(texts[i].encode("utf-8", "surrogatepass")) < max_tokens]
         for i, n in zip(todo, self.count([texts[i] for i in todo]), strict=True):
             out[i] = n
         return out
