@@ -219,13 +219,41 @@ def test_length_bounds_count_base_tokenizer_tokens(tmp_path, tokenizer_dir):
 
 def test_byte_bounds_skip_tokenizing_only_rows_provably_within_bounds(tokenizer_dir):
     counter = TokenCounter(tokenizer_dir)
-    assert counter.byte_bounds and counter.max_token_bytes == 4 * len("[UNK]")
+    # not a byte-level vocabulary: an entry covers at most its own UTF-8 bytes
+    assert counter.byte_bounds and counter.max_token_bytes == len("[UNK]")
     texts = [" ".join("abcdefxyz"[(i * j) % 9] * (1 + j % 3) for j in range(i)) for i in range(60)]
     bounded = counter.lengths(texts, min_tokens=4, max_tokens=120)
     exact = counter.count(texts)
     assert -1 in bounded and any(n >= 0 for n in bounded)
     for b, n in zip(bounded, exact, strict=True):
         assert b == n or (b == -1 and 4 <= n <= 120)
+
+
+def test_byte_level_vocabularies_bound_a_token_by_its_bytes(tmp_path):
+    """GPT-2-style byte-level BPE spells a byte as one character ("Ġ" is a space), so its
+    longest entry bounds a token's bytes by its length, not four times it: most rows of real
+    data are then proved within bounds without tokenizing, and the counts that are made agree."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["the cat sat on the mat " * 3, "é è ü 😀 ====== ######## \n\n  tabs\t"] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    counter = TokenCounter(tmp_path)
+    longest = max(tok.get_vocab(), key=len)
+    assert counter.max_token_bytes == len(longest) > 1
+    texts = ["".join("ab #=\né😀"[(i * j) % 8] for j in range(i * 3)) for i in range(80)]
+    bounded = counter.lengths(texts, min_tokens=3, max_tokens=150)
+    exact = counter.count(texts)
+    # skipped rows shorter than one entry at 4 bytes a character (that bound would need
+    # min_tokens times it)
+    skipped = [len(t.encode()) for t, b in zip(texts, bounded, strict=True) if b == -1]
+    assert len(skipped) > 20 and min(skipped) < 4 * counter.max_token_bytes
+    for b, n in zip(bounded, exact, strict=True):
+        assert b == n or (b == -1 and 3 <= n <= 150)
 
 
 def test_min_tokens_above_max_is_a_config_error():
