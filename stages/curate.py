@@ -33,7 +33,8 @@ with stage_run("curate", extra_inputs=tokenizer_files) as run:
                        decon.min_words) if decon.enabled else None)
     counter = TokenCounter(cfg.tokenizer) if cfg.tokenizer else None
     tools = ToolSupport(cfg.tokenizer) if cfg.tokenizer else None
-    result = curate(sources, cfg, index, counter, tools)
+    result = curate(sources, cfg, index, counter, tools,
+                    progress=lambda line: print(f"[curate] {line}", flush=True))
     print("[curate] " + summary(result.report()))
     check_kept(result, cfg.min_kept_fraction)  # fails the stage: nothing is published
     report = write_curation(result, run.dir)

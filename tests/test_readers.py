@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 
@@ -317,3 +318,35 @@ def test_command_line_directory_gives_one_source_per_dataset(tmp_path):
     sources = sources_from_paths([tmp_path / "a.jsonl.gz", tmp_path])
     assert [(s.name, len(s.files)) for s in sources] == [
         ((tmp_path / "a.jsonl.gz").as_posix(), 1), ((tmp_path / "saved").as_posix(), 2)]
+
+
+# ----------------------------------------------------------------------------- spans
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_spans_of_a_file_read_as_the_whole_file_does(tmp_path, suffix):
+    """Curation's workers each read a span of lines: together the spans give the whole file's
+    rows, line numbers and errors, with its byte order mark, CRLF line ends, blank lines, bad
+    JSON and bad UTF-8, whatever the span size (1 byte: a span a line)."""
+    lines = []
+    for i in range(300):
+        lines.append(["", "  ", "{bad", json.dumps({"instruction": "é" * (i % 50),
+                                                    "output": "x" * (i * 7 % 300)})][i % 4])
+    data = ("\ufeff" + "\n".join(lines)).encode().replace(b"\n", b"\r\n", 40)
+    path = tmp_path / f"rows{suffix}"
+    path.write_bytes(data + b"\n\xff\xfe{}\n" + b'{"last": "no newline"}')
+    whole = [(r.file, r.line, r.text, r.value, str(r.error)) for r in read_rows(path, "r")]
+    for size in (1, 100, 4096, 10**6):
+        spans = readers.line_spans(path, size)
+        assert spans[0].start == 0 and spans[-1].end == path.stat().st_size
+        assert all(a.end == b.start for a, b in itertools.pairwise(spans))
+        got = [(r.file, r.line, r.text, r.value, str(r.error))
+               for span in spans for r in read_rows(path, "r", span)]
+        assert got == whole, size
+    assert len(readers.line_spans(path, 100)) > 10
+
+
+def test_only_jsonl_and_text_are_read_a_span_at_a_time(tmp_path):
+    path = tmp_path / "a.jsonl.gz"
+    path.write_bytes(gzip.compress(jsonl(ROWS)))
+    assert not readers.splittable(path) and readers.splittable(tmp_path / "a.jsonl")
+    with pytest.raises(ValueError, match="span at a time"):
+        read_rows(path, "a", readers.Span(0, 10, 1))

@@ -262,6 +262,10 @@ class CurateConfig(Section):
     )
     decontaminate: DecontaminateConfig = Field(
         DecontaminateConfig(), description="leaks of the eval sets into the training data")
+    workers: int | None = Field(
+        None, ge=1, description="processes for the per-row checks of data over 32 MiB; null: "
+        "every core (the outputs are the same for any number)",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> CurateConfig:

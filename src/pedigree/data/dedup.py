@@ -46,8 +46,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CLUSTERS", "NearDuplicates", "Shingles", "candidate_pairs", "jaccard",
-           "near_duplicates", "shingle", "signatures", "word_hash"]
+__all__ = ["CLUSTERS", "NearDuplicates", "Shingles", "candidate_pairs", "jaccard", "minhash_keys",
+           "near_duplicates", "near_duplicates_by_keys", "shingle", "signatures", "word_hash"]
 
 _U64 = np.uint64
 _MASK64 = (1 << 64) - 1
@@ -623,17 +623,32 @@ def near_duplicates(texts: Sequence[str], *, threshold: float = 0.8, ngram: int 
     Docs with identical shingle sets are folded together before LSH (they are duplicates of each
     other without a signature), and empty docs are never duplicates of anything.
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) \
-            or not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")
-    if cluster not in CLUSTERS:
-        raise ValueError(f"cluster must be one of {', '.join(CLUSTERS)}, got {cluster!r}")
+    _check_clustering(threshold, cluster)
     _check_positive(ngram=ngram, bands=bands, rows=rows)
-    n = len(texts)
     sh = shingle(texts, ngram)
-    counts = sh.counts()
-    band_keys = _signature_band_keys(sh, bands, rows, seed)
+    return near_duplicates_by_keys(sh.counts(), _signature_band_keys(sh, bands, rows, seed),
+                                   lambda pairs: jaccard(sh, pairs), threshold=threshold,
+                                   cluster=cluster)
 
+
+def minhash_keys(texts: Sequence[str], *, ngram: int = 5, bands: int = 20, rows: int = 5,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(shingles of each text, (bands, n_texts) uint64 LSH band keys): what
+    `near_duplicates_by_keys` needs of each text. Each text's values are its own, so they can be
+    computed a batch of texts at a time, in other processes (curation's workers do)."""
+    _check_positive(ngram=ngram, bands=bands, rows=rows)
+    sh = shingle(texts, ngram)
+    return sh.counts(), _signature_band_keys(sh, bands, rows, seed)
+
+
+def near_duplicates_by_keys(counts: np.ndarray, band_keys: np.ndarray,
+                            similarity: Callable[[np.ndarray], np.ndarray], *,
+                            threshold: float = 0.8, cluster: str = "star") -> NearDuplicates:
+    """`near_duplicates` from each doc's shingle count and band keys (`minhash_keys`), with
+    `similarity(pairs)` the exact Jaccard of (k, 2) doc index pairs: the caller holds the
+    shingles (or the texts), and is asked only about the pairs LSH proposes."""
+    _check_clustering(threshold, cluster)
+    n = len(counts)
     # Docs with identical shingle sets have identical signatures: find those by a key of all
     # their band keys, confirm the sets are equal, and send one doc per set through LSH.
     nonempty = np.flatnonzero(counts > 0)
@@ -644,17 +659,17 @@ def near_duplicates(texts: Sequence[str], *, threshold: float = 0.8, ngram: int 
     first = order[np.maximum.accumulate(np.where(same, 0, np.arange(len(order))))]
     ident_pairs = np.stack([first[same], order[same]], axis=1)
     if len(ident_pairs):
-        ident_pairs = ident_pairs[jaccard(sh, ident_pairs) == 1.0]
+        ident_pairs = ident_pairs[similarity(ident_pairs) == 1.0]
     folded = np.zeros(n, dtype=bool)
     folded[ident_pairs[:, 1]] = True
     unique_docs = nonempty[~folded[nonempty]]
     if len(unique_docs) < n:
         band_keys = band_keys[:, unique_docs]
-    local = _pairs_from_keys(band_keys, MAX_GROUP, stacklevel=2)
+    local = _pairs_from_keys(band_keys, MAX_GROUP, stacklevel=3)
     del band_keys
     cand = unique_docs[local]
     cand.sort(axis=1)
-    sim = jaccard(sh, cand)
+    sim = similarity(cand) if len(cand) else np.zeros(0)
     keep = sim >= threshold
     verified = cand[keep]
     verified_sim = sim[keep]
@@ -664,11 +679,19 @@ def near_duplicates(texts: Sequence[str], *, threshold: float = 0.8, ngram: int 
         representative = _components(n, all_pairs)
     else:
         representative = _star(n, verified, ident_pairs)
-    similarity = np.ones(n, dtype=np.float64)
+    similarity_out = np.ones(n, dtype=np.float64)
     moved = np.flatnonzero(representative != np.arange(n))
     if len(moved):
-        similarity[moved] = jaccard(sh, np.stack([representative[moved], moved], axis=1))
-    return NearDuplicates(representative, similarity, all_pairs, all_sim, len(cand))
+        similarity_out[moved] = similarity(np.stack([representative[moved], moved], axis=1))
+    return NearDuplicates(representative, similarity_out, all_pairs, all_sim, len(cand))
+
+
+def _check_clustering(threshold: float, cluster: str) -> None:
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) \
+            or not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")
+    if cluster not in CLUSTERS:
+        raise ValueError(f"cluster must be one of {', '.join(CLUSTERS)}, got {cluster!r}")
 
 
 def _star(n: int, pairs: np.ndarray, ident_pairs: np.ndarray) -> np.ndarray:

@@ -56,6 +56,15 @@ class RowError(ValueError):
         self.detail = detail
 
 
+class Span(NamedTuple):
+    """Whole lines of a JSONL or text file: bytes [start, end), the first of them line `line`.
+    Curation's worker processes each read a span of a large file (`line_spans`)."""
+
+    start: int
+    end: int
+    line: int
+
+
 class RawRow(NamedTuple):
     # A NamedTuple, not a dataclass: it is built once per row and is twice as cheap to build.
     file: str  # path relative to the repository root
@@ -82,9 +91,44 @@ def is_plain_text(path: Path) -> bool:
     return (readable_suffix(path) or "").startswith(".txt")
 
 
-def read_rows(path: Path, rel: str) -> Iterator[RawRow]:
+def splittable(path: Path) -> bool:
+    """Whether `path` is read line by line from its own bytes (uncompressed JSONL or text), so
+    that a span of its lines can be read alone (`read_rows(..., span)`)."""
+    return readable_suffix(path) in (".jsonl", ".txt", None)
+
+
+def line_spans(path: Path, size: int) -> list[Span]:
+    """`path` (`splittable`) cut into spans of about `size` bytes, each ending after a newline,
+    with the number of each span's first line: one pass counting newlines."""
+    spans: list[Span] = []
+    start = position = 0
+    line = first = 1  # line: the number of the line at `position`
+    with path.open("rb") as f:
+        while block := f.read(_BLOCK):
+            at = 0
+            while position + len(block) - start >= size:  # a cut falls in this block
+                cut = block.find(b"\n", max(at, start + size - 1 - position))
+                if cut < 0:
+                    break
+                line += block.count(b"\n", at, cut + 1)
+                at = cut + 1
+                spans.append(Span(start, position + at, first))
+                start, first = position + at, line
+            line += block.count(b"\n", at)
+            position += len(block)
+    if position > start or not spans:
+        spans.append(Span(start, position, first))
+    return spans
+
+
+def read_rows(path: Path, rel: str, span: Span | None = None) -> Iterator[RawRow]:
     """The rows of one file, in file order, one at a time (`rel` names the file in rows and
-    errors). Blank lines are not rows. A file of no readable suffix is read as JSONL."""
+    errors). Blank lines are not rows. A file of no readable suffix is read as JSONL. `span`:
+    only those lines of a `splittable` file."""
+    if span is not None:
+        if not splittable(path):
+            raise ValueError(f"{rel}: only a JSONL or text file is read a span at a time")
+        return (_read_text if is_plain_text(path) else _read_jsonl)(path, rel, span=span)
     name = path.name.lower()
     compression = next((c for c in _COMPRESSIONS if name.endswith(c)), None)
     suffix = Path(name.removesuffix(compression)).suffix if compression else path.suffix.lower()
@@ -194,14 +238,15 @@ def _decompressed(rows: Iterator[RawRow], rel: str, compression: str) -> Iterato
                          f"({type(err).__name__}: {err})") from None
 
 
-def _read_jsonl(path: Path, rel: str, compression: str | None = None) -> Iterator[RawRow]:
+def _read_jsonl(path: Path, rel: str, compression: str | None = None,
+                span: Span | None = None) -> Iterator[RawRow]:
     """The hot path (a million rows must take seconds): a block of whole lines is decoded at
     once and split; only a block with bytes that are not UTF-8 is decoded line by line."""
     loads = json.loads
     scan = json.JSONDecoder().scan_once
-    number = 0
+    number = span.line - 1 if span else 0
     with _open_binary(path, compression) as f:
-        for lines in _lines(f):
+        for lines in _lines(f, span):
             for line in lines:
                 number += 1
                 if line.__class__ is bytes:  # only in a block that is not all UTF-8
@@ -227,14 +272,15 @@ def _read_jsonl(path: Path, rel: str, compression: str | None = None) -> Iterato
                 yield RawRow(rel, number, line, value)  # type: ignore[arg-type]
 
 
-def _read_text(path: Path, rel: str, compression: str | None = None) -> Iterator[RawRow]:
+def _read_text(path: Path, rel: str, compression: str | None = None,
+               span: Span | None = None) -> Iterator[RawRow]:
     """Plain text, one document a line (as pretraining text is published): each line that is
     not blank is the row {"text": line}, as it is in the file. Lines end at "\\n" alone, as in
     JSONL (not also at U+2028 or a form feed, as str.splitlines() would): line numbers are an
     editor's."""
-    number = 0
+    number = span.line - 1 if span else 0
     with _open_binary(path, compression) as f:
-        for lines in _lines(f):
+        for lines in _lines(f, span):
             for line in lines:
                 number += 1
                 if line.__class__ is bytes:
@@ -246,13 +292,15 @@ def _read_text(path: Path, rel: str, compression: str | None = None) -> Iterator
                     yield RawRow(rel, number, line, {"text": line})  # type: ignore[arg-type]
 
 
-def _lines(f: io.BufferedIOBase) -> Iterator[list[str] | list[bytes]]:
-    """The file's lines a block at a time (`_line_blocks`), without their line ends and without
-    a leading byte order mark (Windows tools write one). A block is decoded at once (one call
-    instead of one a line); one with bytes that are not UTF-8 comes as bytes, for
+def _lines(f: io.BufferedIOBase, span: Span | None = None) -> Iterator[list[str] | list[bytes]]:
+    """The file's lines (or the span's) a block at a time (`_line_blocks`), without their line
+    ends and without a leading byte order mark (Windows tools write one). A block is decoded at
+    once (one call instead of one a line); one with bytes that are not UTF-8 comes as bytes, for
     `_decode_line` to decode line by line, so that only the bad lines are bad rows."""
-    first = True
-    for block in _line_blocks(f):
+    first = span is None or span.start == 0  # a mark only ever starts the file
+    if span is not None:
+        f.seek(span.start)
+    for block in _line_blocks(f, span.end - span.start if span else None):
         if first:
             block, first = block.removeprefix(b"\xef\xbb\xbf"), False
         try:
@@ -284,12 +332,15 @@ def _json_error(err: ValueError | RecursionError) -> RowError:
     return RowError("invalid_json", str(err))
 
 
-def _line_blocks(f: io.BufferedIOBase) -> Iterator[bytes]:
-    """The file in blocks that end at a newline (the last one may not), so no line is split.
-    Windows line ends become "\\n" (a raw CR cannot be inside a JSON string, so it is safe; in
-    plain text a CR before a line end is part of the line end)."""
+def _line_blocks(f: io.BufferedIOBase, size: int | None = None) -> Iterator[bytes]:
+    """The file (or its next `size` bytes) in blocks that end at a newline (the last one may
+    not), so no line is split. Windows line ends become "\\n" (a raw CR cannot be inside a
+    JSON string, so it is safe; in plain text a CR before a line end is part of the line end)."""
     tail = b""
-    while chunk := f.read(_BLOCK):
+    left = size  # bytes still to read; None: to the end of the file
+    while left != 0 and (chunk := f.read(_BLOCK if left is None else min(_BLOCK, left))):
+        if left is not None:
+            left -= len(chunk)
         cut = chunk.rfind(b"\n")
         if cut < 0:  # a line longer than a block: keep reading
             tail += chunk
