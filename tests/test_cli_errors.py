@@ -121,6 +121,8 @@ CASES = [
      "--min-tokens: invalid int value: 'two'"),
     ("curate-option-out-of-range", files(x_dot_jsonl="{}\n"),
      ["curate", "x.jsonl", "--out", "o", "--threshold", "2"], USAGE, "--threshold 2.0"),
+    ("curate-no-workers", files(x_dot_jsonl="{}\n"),
+     ["curate", "x.jsonl", "--out", "o", "--workers", "0"], USAGE, "--workers 0"),
     ("curate-bounds-crossed", files(x_dot_jsonl="{}\n"),
      ["curate", "x.jsonl", "--out", "o", "--min-tokens", "9", "--max-tokens", "3"], USAGE,
      "min_tokens=9 > max_tokens=3"),

@@ -545,7 +545,8 @@ def test_cli_curate_and_split_run_the_library_on_any_files(tmp_path):
         {"question": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(40)])
     leak = write_jsonl(tmp_path / "bench.jsonl", [{"question": "What is 3 plus 3?"}])
     done = pedigree("curate", str(qa), "--out", "cur", "--columns",
-                    "prompt=question,completion=answer", "--against", str(leak), cwd=tmp_path)
+                    "prompt=question,completion=answer", "--against", str(leak),
+                    "--workers", "2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "kept 39 of 40 rows" in done.stdout and "eval_contamination" in done.stdout
     report = json.loads((tmp_path / "cur/report.json").read_text())

@@ -220,7 +220,7 @@ def _hash(args: argparse.Namespace) -> int:
 OPTION_KEYS = {"--tokenizer": "tokenizer", "--min-tokens": "min_tokens",
                "--max-tokens": "max_tokens", "--dedup-fields": "dedup_fields",
                "--threshold": "near_dedup.threshold", "--ngram": "decontaminate.ngram",
-               "--min-kept-fraction": "min_kept_fraction",
+               "--min-kept-fraction": "min_kept_fraction", "--workers": "workers",
                "--val-fraction": "validation_fraction", "--salt": "salt",
                "--stratify": "stratify"}
 
@@ -267,6 +267,7 @@ def _curate(args: argparse.Namespace) -> int:
         "dedup_fields": args.dedup_fields,
         "near_dedup": {"enabled": not args.no_near_dedup, "threshold": args.threshold},
         "decontaminate": {"ngram": args.ngram}, "min_kept_fraction": args.min_kept_fraction,
+        "workers": args.workers,
     })
     data = DataConfig.model_fields  # the defaults of --format and --eval-dir
     fmt = args.format or data["format"].default
@@ -284,7 +285,8 @@ def _curate(args: argparse.Namespace) -> int:
     index = EvalIndex(eval_items(against), cfg.decontaminate.ngram,
                       cfg.decontaminate.min_words) if against else None
     counter = TokenCounter(tokenizer) if tokenizer else None
-    result = curate(sources, cfg, index, counter, ToolSupport(tokenizer) if tokenizer else None)
+    result = curate(sources, cfg, index, counter, ToolSupport(tokenizer) if tokenizer else None,
+                    progress=lambda line: print(line, file=sys.stderr, flush=True))
     with atomic_dir(Path(args.out)) as tmp:
         report = write_curation(result, tmp)
     print(summary(report))
@@ -427,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-kept-fraction", type=float,
                    help="fail (exit 1) when a file keeps a smaller fraction of its rows; 0: "
                    "only when it keeps none (default: curate.min_kept_fraction)")
+    p.add_argument("--workers", type=int, help="processes for the per-row checks (default: "
+                   "curate.workers, every core); the output is the same for any number")
     p.set_defaults(func=_curate)
 
     p = sub.add_parser("split", help="split a curation output into train and validation",
