@@ -104,7 +104,7 @@ def test_any_number_of_workers_curates_the_same_bytes(tmp_path, monkeypatch):
         cfg_n = cfg.model_copy(update={"workers": workers})
         assert outputs(sources, cfg_n, tmp_path / f"w{workers}", progress=told.append) == one
         parts = int(told[-1].split("/")[1].split()[0])
-        assert parts > 10 and f"{workers} workers" in told[-1]
+        assert parts > 10 and f"{workers} worker processes" in told[-1]
     near = cfg.model_copy(update={"workers": 2, "near_dedup": cfg.near_dedup.model_copy(
         update={"cluster": "connected"})})
     assert (outputs(sources, near, tmp_path / "connected")

@@ -63,11 +63,11 @@ def test_lineage_svg_layers_follow_the_dag():
 
 
 def test_run_links_never_carry_credentials():
-    from pedigree.report import public_uri
+    from pedigree.urls import public_url
 
-    assert public_uri("https://bob:s3cret@mlflow.example.com:8443/x") == \
+    assert public_url("https://bob:s3cret@mlflow.example.com:8443/x") == \
         "https://mlflow.example.com:8443/x"
-    assert public_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert public_url("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
 def test_answers_side_by_side_show_where_the_models_differ(tmp_path):

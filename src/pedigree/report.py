@@ -21,6 +21,7 @@ from pedigree.files import read_json
 from pedigree.pipeline import stage_out
 from pedigree.records import GATE_FILE, read_gate
 from pedigree.tracking import runs_for_output, tracking_uri
+from pedigree.urls import public_url
 
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
 STYLE = """
@@ -158,18 +159,8 @@ def _curve(path: Path) -> list[tuple[float, float]]:
 def _mlflow_link(root: Path, run_id: str) -> str:
     """Where a run shows in the MLflow UI: the team server, or `mlflow ui` on the local store."""
     uri = tracking_uri(root)
-    base = public_uri(uri) if uri.startswith("http") else "http://127.0.0.1:5000"
+    base = public_url(uri) if uri.startswith("http") else "http://127.0.0.1:5000"
     return f"{base.rstrip('/')}/#/runs/{run_id}"
-
-
-def public_uri(uri: str) -> str:
-    """The URI without user:password@ (a tracking URI may carry credentials)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def eval_table(results: dict[str, dict[str, float]]) -> str:

@@ -124,7 +124,6 @@ class CurationResult:
         }
 
 
-
 @dataclass
 class _Candidates:
     """Every part's candidates, one column each, in reading order (a million rows stay small:
@@ -174,14 +173,15 @@ def curate(sources: list[Source], cfg: CurateConfig, eval_index: EvalIndex | Non
     with tempfile.TemporaryDirectory(prefix="pedigree-curate-") as spool_dir:
         parts = plan_parts(sources, Path(spool_dir))
         size = sum(p.stat().st_size for src in sources for p in src.files)
-        workers = worker_count(cfg.workers) if size >= POOL_MIN_BYTES else 1
-        checked = []
-        for done, part in enumerate(ordered_map(check_part, state, parts, workers), start=1):
+        workers = min(worker_count(cfg.workers) if size >= POOL_MIN_BYTES else 1, len(parts))
+        where = f"{workers} worker processes" if workers > 1 else "one process"
+        checked: list[CheckedPart] = []
+        rows = 0
+        for part in ordered_map(check_part, state, parts, workers):
             checked.append(part)
+            rows += part.counts["input_rows"]
             if progress and len(parts) > 1:
-                rows = sum(c.counts["input_rows"] for c in checked)
-                progress(f"read {done}/{len(parts)} parts ({rows:,} rows, "
-                         f"{min(workers, len(parts))} workers)")
+                progress(f"read {len(checked)}/{len(parts)} parts ({rows:,} rows, {where})")
         candidates = _merge(parts, checked, result, eval_index)
         dropped, clusters = _deduplicate(candidates, cfg, result)
         _unspool(candidates, dropped, clusters, result)

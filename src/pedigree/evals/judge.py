@@ -31,12 +31,12 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pedigree.config import ConfigError, JudgeConfig
 from pedigree.errors import PedigreeError
 from pedigree.evals.eval_rows import read_rows
 from pedigree.evals.scorers import EvalSetError
+from pedigree.urls import public_url
 
 CALIBRATION_FILE = "judge_calibration.jsonl"  # in data.eval_dir
 PLACEHOLDERS = ("{prompt}", "{answer_a}", "{answer_b}")
@@ -154,14 +154,6 @@ def calibrate(verdicts: Verdicts, template: str, rows: list[dict[str, str]]) -> 
             / len(rows), "kappa": cohen_kappa(said, humans),
             "verdicts": {r["id"]: {"judge": s, "human": r["human"]}
                          for r, s in zip(rows, said, strict=True)}}
-
-
-def public_url(url: str) -> str:
-    """The URL without user:password@, to be written down (report.public_uri does the same for
-    tracking links; the eval stage does not depend on report.py)."""
-    parts = urlsplit(url)
-    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def endpoint_verdicts(cfg: JudgeConfig) -> Verdicts:
