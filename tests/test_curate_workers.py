@@ -113,13 +113,13 @@ def test_any_number_of_workers_curates_the_same_bytes(tmp_path, monkeypatch):
 
 def test_workers_run_in_other_processes(tmp_path, monkeypatch):
     """The pool is real: parts are checked in processes other than this one."""
-    seen: list[int] = []
+    pids = tmp_path / "pids"
+    pids.mkdir()
     check = curate_parts.check_part
 
     def spy(state, part):
-        checked = check(state, part)
-        checked.unread.append({"pid": os.getpid()})  # carried back like any row not read
-        return checked
+        (pids / str(os.getpid())).touch()  # a forked worker sees this function and directory
+        return check(state, part)
 
     monkeypatch.setattr(curate_module, "check_part", spy)
     monkeypatch.setattr(curate_module, "POOL_MIN_BYTES", 0)
@@ -127,7 +127,7 @@ def test_workers_run_in_other_processes(tmp_path, monkeypatch):
     rows = [json.dumps({"instruction": words(i), "output": words(i + 1)}) for i in range(200)]
     source = Source("s", (write_lines(tmp_path / "s.jsonl", rows),))
     result = curate([source], CurateConfig(tokenizer=None, workers=2))
-    seen = {u["pid"] for u in result.unread[0] if isinstance(u, dict) and "pid" in u}
+    seen = {int(p.name) for p in pids.iterdir()}
     assert len(result.sft) == 200
     assert seen and os.getpid() not in seen
 
